@@ -1,0 +1,21 @@
+"""Camera protocols, the offscreen renderer, view grids and render folders."""
+
+from rewardkit.render.batch import BatchSummary, output_names, render_batch
+from rewardkit.render.folder import (
+    RenderFolderError,
+    RenderResult,
+    load_views,
+    read_meta,
+    render_to_dir,
+    view_paths,
+    write_views,
+)
+from rewardkit.render.grid import grid_shape, make_grid
+from rewardkit.render.protocol import PRESETS, PROTOCOL_VERSION, CameraProtocol, get_protocol, look_at_pose
+from rewardkit.render.renderer import MODES, RenderConfig, RenderError, Renderer
+
+__all__ = [
+    "BatchSummary", "CameraProtocol", "MODES", "PRESETS", "PROTOCOL_VERSION", "RenderConfig", "RenderError",
+    "RenderFolderError", "RenderResult", "Renderer", "get_protocol", "grid_shape", "load_views", "look_at_pose",
+    "make_grid", "output_names", "read_meta", "render_batch", "render_to_dir", "view_paths", "write_views",
+]

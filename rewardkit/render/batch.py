@@ -1,0 +1,135 @@
+"""Rendering many meshes: one renderer per worker process, progress, and failures that stop nothing.
+
+A mesh that fails to load or render is recorded with its reason in the batch summary; the others are
+rendered anyway. ``summary.json`` in the output root lists both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rewardkit.io import MeshError
+from rewardkit.render.folder import RenderResult, render_to_dir
+from rewardkit.render.protocol import CameraProtocol, get_protocol
+from rewardkit.render.renderer import RenderConfig, Renderer
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class BatchSummary:
+    protocol: dict
+    modes: list[str]
+    rendered: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def output_names(mesh_paths: Sequence[str | Path]) -> list[str]:
+    """A folder name per mesh: its file stem, made unique (deterministically) where stems collide."""
+    stems = [Path(p).stem for p in mesh_paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names = []
+    for p, s in zip(mesh_paths, stems):
+        if counts[s] > 1:
+            s = f"{s}-{hashlib.sha256(str(Path(p)).encode()).hexdigest()[:8]}"
+        names.append(s)
+    return names
+
+
+# one renderer per worker process, created lazily by the worker itself
+_worker_renderer: Renderer | None = None
+
+
+def _worker_init(size: int, config: RenderConfig) -> None:
+    global _worker_renderer
+    _worker_renderer = Renderer(size=size, config=config)
+
+
+def _render_one(job: tuple[str, str, CameraProtocol, tuple[str, ...], str]) -> tuple[str, RenderResult | None, str | None]:
+    mesh_path, out_dir, protocol, modes, up = job
+    try:
+        result = render_to_dir(mesh_path, out_dir, protocol, modes, renderer=_worker_renderer, up=up)
+        return mesh_path, result, None
+    except MeshError as exc:
+        return mesh_path, None, exc.reason
+    except Exception as exc:  # one broken mesh must not stop the batch
+        return mesh_path, None, f"{type(exc).__name__}: {exc}"
+
+
+def render_batch(
+    mesh_paths: Iterable[str | Path],
+    out_root: str | Path,
+    protocol: "str | CameraProtocol" = "orbit6",
+    modes: Sequence[str] = ("rgb", "geometry", "normal"),
+    *,
+    size: int | None = None,
+    workers: int = 1,
+    up: str = "+y",
+    config: RenderConfig | None = None,
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Render each mesh into ``out_root/<name>/``; write and return the batch summary.
+
+    ``names`` overrides the folder names (default: file stems, de-duplicated). ``workers > 1`` renders
+    in that many processes, each with its own OpenGL context.
+    """
+    mesh_paths = [str(p) for p in mesh_paths]
+    protocol = get_protocol(protocol, size=size)
+    config = config or RenderConfig()
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    names = list(names) if names is not None else output_names(mesh_paths)
+    if len(names) != len(mesh_paths):
+        raise ValueError("names must have one entry per mesh")
+    jobs = [(p, str(out_root / n), protocol, tuple(modes), up) for p, n in zip(mesh_paths, names)]
+    summary = BatchSummary(protocol=protocol.to_dict(), modes=list(modes))
+    results: dict[str, tuple[RenderResult | None, str | None]] = {}
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]render"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("", total=len(jobs))
+        if workers <= 1:
+            _worker_init(protocol.size, config)
+            try:
+                for job in jobs:
+                    path, result, error = _render_one(job)
+                    results[path] = (result, error)
+                    bar.update(task, advance=1, description=Path(path).name)
+            finally:
+                global _worker_renderer
+                if _worker_renderer is not None:
+                    _worker_renderer.close()
+                    _worker_renderer = None
+        else:
+            ctx = mp.get_context("spawn")  # a forked GL context is not safe to reuse
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(protocol.size, config)) as pool:
+                for path, result, error in pool.map(_render_one, jobs):
+                    results[path] = (result, error)
+                    bar.update(task, advance=1, description=Path(path).name)
+
+    for path, _, _, _, _ in jobs:
+        result, error = results[path]
+        if result is not None:
+            summary.rendered.append(asdict(result))
+        else:
+            summary.failed.append({"mesh_path": path, "error": error})
+    (out_root / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary

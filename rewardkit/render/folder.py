@@ -1,0 +1,145 @@
+"""Render folders: the on-disk contract between rendering and everything downstream.
+
+::
+
+    <render_dir>/meta.json          protocol (name, version, cameras), mesh path + sha256, normalization,
+                                    render config, modes, views, warnings, rewardkit version
+    <render_dir>/<mode>/00.png ...  one PNG per view and mode (mode in rgb | geometry | normal | mask)
+    <render_dir>/grid_<mode>.png    the views tiled into one image (2x3 for orbit6)
+
+Nothing in a render folder depends on the time or the machine, so the same mesh and protocol give
+byte-identical files (and DVC sees no change).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import PIL.Image
+
+from rewardkit import __version__
+from rewardkit.io import LoadedMesh, load_mesh
+from rewardkit.render.grid import make_grid
+from rewardkit.render.protocol import CameraProtocol, get_protocol
+from rewardkit.render.renderer import Renderer
+
+META_FILE = "meta.json"
+
+
+class RenderFolderError(FileNotFoundError):
+    """A render folder is missing, incomplete or has no metadata."""
+
+
+@dataclass
+class RenderResult:
+    mesh_path: str
+    render_dir: str
+    mesh_sha256: str
+    n_views: int
+    modes: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _png(image: np.ndarray, path: Path, compress_level: int) -> None:
+    PIL.Image.fromarray(image).save(path, format="PNG", compress_level=compress_level)
+
+
+def write_views(
+    views: dict[str, list[np.ndarray]],
+    out_dir: str | Path,
+    *,
+    mesh: LoadedMesh,
+    protocol: CameraProtocol,
+    render_config: dict,
+    grid: bool = True,
+    compress_level: int = 6,
+) -> Path:
+    """Write rendered views, their grids and ``meta.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for mode, images in views.items():
+        (out_dir / mode).mkdir(exist_ok=True)
+        for i, image in enumerate(images):
+            _png(image, out_dir / mode / f"{i:02d}.png", compress_level)
+        if grid:
+            make_grid(images, background=tuple(render_config["background"]) if mode != "mask" else (0, 0, 0)).save(
+                out_dir / f"grid_{mode}.png", format="PNG", compress_level=compress_level
+            )
+    meta = {
+        "rewardkit_version": __version__,
+        "protocol": protocol.to_dict(),
+        "mesh_path": mesh.path,
+        "mesh_sha256": mesh.sha256,
+        "normalization": mesh.normalization,
+        "render_config": render_config,
+        "modes": list(views),
+        "views": [
+            {"index": i, "azimuth": a, "elevation": e}
+            for i, (a, e) in enumerate(zip(protocol.azimuths, protocol.elevations))
+        ],
+        "warnings": mesh.warnings,
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def render_to_dir(
+    mesh: "str | Path | LoadedMesh",
+    out_dir: str | Path,
+    protocol: "str | CameraProtocol" = "orbit6",
+    modes: Iterable[str] = ("rgb", "geometry", "normal"),
+    *,
+    renderer: Renderer | None = None,
+    size: int | None = None,
+    up: str = "+y",
+    grid: bool = True,
+) -> RenderResult:
+    """Load (if needed), render and write one mesh's render folder. Reuses ``renderer`` when given."""
+    protocol = get_protocol(protocol, size=size)
+    loaded = mesh if isinstance(mesh, LoadedMesh) else load_mesh(mesh, up=up)
+    own = renderer is None
+    renderer = renderer or Renderer(size=protocol.size)
+    try:
+        views = renderer.render(loaded, protocol, modes)
+    finally:
+        if own:
+            renderer.close()
+    write_views(views, out_dir, mesh=loaded, protocol=protocol, render_config=renderer.config.to_dict(), grid=grid)
+    return RenderResult(
+        mesh_path=loaded.path, render_dir=str(out_dir), mesh_sha256=loaded.sha256,
+        n_views=protocol.n_views, modes=list(views), warnings=list(loaded.warnings),
+    )
+
+
+def read_meta(render_dir: str | Path) -> dict:
+    """The metadata of a render folder."""
+    path = Path(render_dir) / META_FILE
+    if not path.exists():
+        raise RenderFolderError(f"{render_dir}: not a render folder (no {META_FILE})")
+    return json.loads(path.read_text())
+
+
+def view_paths(render_dir: str | Path, mode: str) -> list[Path]:
+    """Paths of the view PNGs of one mode, in view order; error names what is missing."""
+    render_dir = Path(render_dir)
+    meta = read_meta(render_dir)
+    if mode not in meta["modes"]:
+        raise RenderFolderError(f"{render_dir}: mode {mode!r} was not rendered (has {meta['modes']})")
+    paths = [render_dir / mode / f"{v['index']:02d}.png" for v in meta["views"]]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise RenderFolderError(f"{render_dir}: missing view files {missing}")
+    return paths
+
+
+def load_views(render_dir: str | Path, mode: str) -> list[PIL.Image.Image]:
+    """The views of one mode as RGB (``mask``: L) PIL images, in view order."""
+    images = []
+    for p in view_paths(render_dir, mode):
+        with PIL.Image.open(p) as im:
+            images.append(im.convert("L" if mode == "mask" else "RGB"))
+    return images

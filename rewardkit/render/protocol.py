@@ -1,0 +1,121 @@
+"""Camera protocols: named, versioned multi-view camera presets.
+
+A protocol is recorded in the metadata of every render folder, so a reward model trained on one protocol
+can refuse (or at least flag) views rendered with another. Presets:
+
+- ``orbit6`` (default): azimuths 0, 60, ..., 300 deg at 20 deg elevation
+- ``orbit4``: azimuths 0, 90, 180, 270 deg at 20 deg elevation
+- ``orbit8``: azimuths 0, 45, ..., 315 deg at 20 deg elevation
+
+all with radius 2.0, vertical field of view 40 deg, 512x512 pixels, looking at the origin of the
+canonical frame (mesh normalized into [-0.5, 0.5]^3, +Y up). Azimuth 0 looks at the object from +Z
+(the glTF "front"), azimuth 90 from +X.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CameraProtocol:
+    """A fixed set of views. ``azimuths`` and ``elevations`` are in degrees, one entry per view."""
+
+    name: str
+    azimuths: tuple[float, ...]
+    elevations: tuple[float, ...]
+    radius: float = 2.0
+    yfov_deg: float = 40.0
+    size: int = 512
+    znear: float = 0.05
+    zfar: float = 10.0
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.azimuths) != len(self.elevations):
+            raise ValueError("azimuths and elevations must have the same length")
+        if not self.azimuths:
+            raise ValueError("a camera protocol needs at least one view")
+        if self.size <= 0 or self.radius <= 0 or not (0 < self.yfov_deg < 180):
+            raise ValueError(f"invalid protocol geometry: size={self.size} radius={self.radius} fov={self.yfov_deg}")
+        if not all(-90 < e < 90 for e in self.elevations):
+            raise ValueError("elevations must lie strictly between -90 and 90 degrees")
+
+    @property
+    def n_views(self) -> int:
+        return len(self.azimuths)
+
+    def with_size(self, size: int | None) -> "CameraProtocol":
+        return self if size is None or size == self.size else replace(self, size=int(size))
+
+    def camera_poses(self) -> list[np.ndarray]:
+        """4x4 camera-to-world matrices (OpenGL convention: the camera looks down its -Z axis, +Y up)."""
+        return [look_at_pose(a, e, self.radius) for a, e in zip(self.azimuths, self.elevations)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["azimuths"] = list(self.azimuths)
+        d["elevations"] = list(self.elevations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CameraProtocol":
+        d = dict(d)
+        d["azimuths"] = tuple(float(x) for x in d["azimuths"])
+        d["elevations"] = tuple(float(x) for x in d["elevations"])
+        return cls(**d)
+
+
+def look_at_pose(azimuth_deg: float, elevation_deg: float, radius: float) -> np.ndarray:
+    """Camera-to-world pose on a sphere around the origin, looking at the origin with +Y up."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    eye = np.array([radius * math.cos(el) * math.sin(az), radius * math.sin(el), radius * math.cos(el) * math.cos(az)])
+    forward = -eye / np.linalg.norm(eye)  # camera looks along -z_cam == forward
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, -forward, eye
+    return pose
+
+
+def _orbit(name: str, n: int, elevation: float = 20.0) -> CameraProtocol:
+    return CameraProtocol(name=name, azimuths=tuple(360.0 * i / n for i in range(n)), elevations=(elevation,) * n)
+
+
+PRESETS: dict[str, CameraProtocol] = {p.name: p for p in (_orbit("orbit6", 6), _orbit("orbit4", 4), _orbit("orbit8", 8))}
+
+
+def get_protocol(
+    spec: "str | CameraProtocol | Sequence[tuple[float, float]]" = "orbit6", *, size: int | None = None
+) -> CameraProtocol:
+    """A protocol from a preset name, an explicit list of (azimuth, elevation) pairs, or a string
+    ``"az:el,az:el,..."`` (e.g. ``"0:20,90:20,180:-10"``). ``size`` overrides the image size."""
+    if isinstance(spec, CameraProtocol):
+        return spec.with_size(size)
+    if isinstance(spec, str):
+        if spec in PRESETS:
+            return PRESETS[spec].with_size(size)
+        if ":" in spec:
+            try:
+                views = [tuple(float(x) for x in item.split(":")) for item in spec.split(",") if item.strip()]
+            except ValueError as exc:
+                raise ValueError(f"cannot parse camera list {spec!r}: expected 'az:el,az:el,...'") from exc
+            if any(len(v) != 2 for v in views):
+                raise ValueError(f"cannot parse camera list {spec!r}: expected 'az:el,az:el,...'")
+            spec = views  # type: ignore[assignment]
+        else:
+            raise ValueError(f"unknown camera protocol {spec!r}; presets: {', '.join(PRESETS)} or 'az:el,az:el,...'")
+    views = list(spec)  # type: ignore[arg-type]
+    proto = CameraProtocol(
+        name="explicit",
+        azimuths=tuple(float(a) for a, _ in views),
+        elevations=tuple(float(e) for _, e in views),
+    )
+    return proto.with_size(size)
