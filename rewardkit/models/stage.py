@@ -1,0 +1,354 @@
+"""The per-stage multi-view reward model.
+
+One class for both Hi-GRPO stages; ``StageModelConfig.modes`` decides what it sees (``global``:
+``geometry``, optionally ``normal``; ``local``: ``rgb``). Each view goes through the open_clip image
+tower, the views are fused by attention pooling with learned mode/view embeddings, and the reward is
+
+    r = exp(logit_scale) · cos(fused image feature, prompt text feature) + quality_head(fused)
+
+Forward contract (kept stable for ``rewardkit.scoring``)::
+
+    reward = model(views, prompts)                      # -> FloatTensor [B]
+    details = model(views, prompts, return_details=True)  # -> dict, see ``forward``
+
+``views``: a float tensor [B, V, 3, H, W] with RGB values in [0, 1] (uint8 in [0, 255] is accepted too),
+views of all the model's modes concatenated mode-major (all views of ``modes[0]``, then ``modes[1]`` ...),
+or a dict ``{mode: [B, V_mode, 3, H, W]}``. Resizing to the backbone's input size and CLIP normalisation
+happen inside the model (differentiable). ``prompts``: a list of B strings, or token ids [B, L]; or pass
+``text_features`` [B, D] (from ``encode_text``) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rewardkit import __version__
+from rewardkit.models.backbone import (
+    BackboneConfig,
+    create_backbone,
+    freeze_backbone,
+    get_tokenizer,
+    image_preprocess_cfg,
+)
+from rewardkit.models.fusion import AttentionViewPool, MeanViewPool
+
+STAGES = ("global", "local")
+RENDER_MODES = ("rgb", "geometry", "normal")
+DEFAULT_MODES: dict[str, list[str]] = {"global": ["geometry"], "local": ["rgb"]}
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class StageModelConfig:
+    """Architecture and freezing options of one stage's reward model."""
+
+    stage: str = "global"
+    # Render modes the model consumes; None -> the stage's default (global: geometry, local: rgb).
+    modes: list[str] | None = None
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Freezing (HPS: --lock-text --lock-image-unlocked-groups N).
+    lock_text: bool = True
+    unlocked_text_layers: int = 0
+    unlocked_image_blocks: int | None = None  # None: whole image tower trains; N: only the last N blocks
+    # Fusion.
+    fusion: str = "attention"  # "attention" | "mean"
+    fusion_heads: int = 1
+    max_views: int = 32
+    view_dropout: float = 0.0
+    # Score heads.
+    use_alignment: bool = True
+    quality_head: bool = True
+    quality_hidden: int = 0  # 0: a linear head; >0: one hidden layer of that width
+    init_logit_scale: float | None = None  # None: the backbone's own exp(logit_scale), capped at 100
+    learn_logit_scale: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, Mapping):
+            self.backbone = BackboneConfig(**self.backbone)
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.modes is None:
+            self.modes = list(DEFAULT_MODES[self.stage])
+        if isinstance(self.modes, str):
+            self.modes = [m.strip() for m in self.modes.split(",") if m.strip()]
+        self.modes = list(self.modes)
+        bad = [m for m in self.modes if m not in RENDER_MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {RENDER_MODES}, got {self.modes}")
+        if self.stage == "global" and "rgb" in self.modes:
+            raise ValueError("the global stage must not see rgb (texture) renders: use geometry and/or normal")
+        if self.fusion not in ("attention", "mean"):
+            raise ValueError(f"fusion must be 'attention' or 'mean', got {self.fusion!r}")
+        if not (0.0 <= self.view_dropout < 1.0):
+            raise ValueError(f"view_dropout must be in [0, 1), got {self.view_dropout}")
+        if not (self.use_alignment or self.quality_head):
+            raise ValueError("at least one of use_alignment and quality_head must be on")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown StageModelConfig fields: {sorted(unknown)}")
+        return cls(**dict(d))
+
+
+class StageRewardModel(nn.Module):
+    def __init__(self, config: StageModelConfig | Mapping[str, Any]):
+        super().__init__()
+        if isinstance(config, Mapping):
+            config = StageModelConfig.from_dict(config)
+        self.config = config
+        self.backbone = create_backbone(config.backbone)
+        self.tokenizer = get_tokenizer(config.backbone)
+        freeze_backbone(self.backbone, lock_text=config.lock_text, unlocked_text_layers=config.unlocked_text_layers,
+                        unlocked_image_blocks=config.unlocked_image_blocks)
+        pp = image_preprocess_cfg(self.backbone)
+        self.preprocess_cfg = pp
+        self.register_buffer("pixel_mean", torch.tensor(pp["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pp["std"]).view(1, 3, 1, 1), persistent=False)
+        dim = self._embed_dim()
+        self.embed_dim = dim
+        if config.fusion == "attention":
+            self.fusion = AttentionViewPool(dim, num_modes=len(config.modes), max_views=config.max_views,
+                                            heads=config.fusion_heads, view_dropout=config.view_dropout)
+        else:
+            self.fusion = MeanViewPool(view_dropout=config.view_dropout)
+        if config.init_logit_scale is None:
+            init = float(self.backbone.logit_scale.detach().exp().clamp(max=100.0)) if hasattr(
+                self.backbone, "logit_scale") else 1 / 0.07
+        else:
+            init = float(config.init_logit_scale)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=config.learn_logit_scale)
+        if config.quality_head:
+            if config.quality_hidden > 0:
+                last = nn.Linear(config.quality_hidden, 1)
+                self.quality = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, config.quality_hidden), nn.GELU(), last)
+            else:
+                last = nn.Linear(dim, 1)
+                self.quality = nn.Sequential(nn.LayerNorm(dim), last)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        else:
+            self.quality = None
+
+    # ----------------------------------------------------------------------------------------------- #
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.config.modes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocess_cfg["size"])
+
+    def _embed_dim(self) -> int:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, self.image_size, self.image_size)
+            was = self.backbone.training
+            self.backbone.eval()
+            d = self.backbone.encode_image(x).shape[-1]
+            self.backbone.train(was)
+        return int(d)
+
+    def _text_trainable(self) -> bool:
+        return any(p.requires_grad for n, p in self.backbone.named_parameters()
+                   if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias"))
+
+    # ----------------------------------------------------------------------------------------------- #
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        return self.tokenizer(list(prompts))
+
+    def encode_text(self, prompts: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Normalised prompt features [B, D]."""
+        tokens = prompts if isinstance(prompts, torch.Tensor) else self.tokenize(prompts)
+        tokens = tokens.to(self.logit_scale.device)
+        if self._text_trainable():
+            return self.backbone.encode_text(tokens, normalize=True)
+        with torch.no_grad():
+            return self.backbone.encode_text(tokens, normalize=True)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] RGB in [0, 1] (or uint8) -> resized, CLIP-normalised backbone input (differentiable)."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        images = images.to(self.pixel_mean.device, torch.float32)
+        s = self.image_size
+        if images.shape[-2:] != (s, s):
+            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _stack_views(self, views: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> views [B, V, 3, H, W], mode_index [V], view_index [V]."""
+        modes = self.modes
+        if isinstance(views, Mapping):
+            missing = [m for m in modes if m not in views]
+            if missing:
+                raise ValueError(f"{self.stage} model needs render modes {modes}; missing {missing}")
+            parts = [views[m] for m in modes]
+            counts = [p.shape[1] for p in parts]
+            if len({tuple(p.shape[-2:]) for p in parts}) > 1:
+                s = self.image_size
+                parts = [p if p.shape[-2:] == (s, s) else F.interpolate(
+                    p.flatten(0, 1).float() / (255.0 if p.dtype == torch.uint8 else 1.0), size=(s, s),
+                    mode="bilinear", antialias=True).view(*p.shape[:3], s, s) for p in parts]
+            x = torch.cat(parts, dim=1)
+        else:
+            x = views
+            if x.dim() == 4:  # a single mesh [V, 3, H, W]
+                x = x.unsqueeze(0)
+            if x.dim() != 5 or x.shape[2] != 3:
+                raise ValueError(f"views must be [B, V, 3, H, W], got {tuple(x.shape)}")
+            v = x.shape[1]
+            if v % len(modes):
+                raise ValueError(f"{v} views cannot be split evenly over modes {modes}")
+            counts = [v // len(modes)] * len(modes)
+        mode_index = torch.cat([torch.full((c,), i, dtype=torch.long) for i, c in enumerate(counts)])
+        view_index = torch.cat([torch.arange(c) for c in counts])
+        return x, mode_index, view_index
+
+    def encode_views(self, views: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-view image features [B, V, D] (not normalised), mode_index [V], view_index [V]."""
+        x, mode_index, view_index = self._stack_views(views)
+        b, v = x.shape[:2]
+        feats = self.backbone.encode_image(self.preprocess(x.flatten(0, 1)))
+        return feats.view(b, v, -1), mode_index, view_index
+
+    # ----------------------------------------------------------------------------------------------- #
+    def forward(
+        self,
+        views: torch.Tensor | Mapping[str, torch.Tensor],
+        prompts: Sequence[str] | torch.Tensor | None = None,
+        *,
+        text_features: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_details: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Reward per sample [B]. With ``return_details``: a dict with ``reward`` [B], ``alignment`` [B],
+        ``quality`` [B], ``view_alignment`` [B, V] (scaled cosine of each view alone with the prompt),
+        ``view_weights`` [B, V] (fusion weights, mean over heads) and ``view_mask`` [B, V].
+
+        ``view_mask`` [B, V] marks present views (default: all). In training mode view dropout (if
+        configured) drops further views, drawn from ``generator`` when one is given.
+        """
+        feats, mode_index, view_index = self.encode_views(views)
+        b, v, _ = feats.shape
+        mask = torch.ones(b, v, dtype=torch.bool, device=feats.device) if view_mask is None else view_mask.to(
+            feats.device, torch.bool)
+        if self.training:
+            mask = self.fusion.dropout_mask(mask, generator)
+        pooled, weights = self.fusion(feats, mode_index, view_index, mask)
+        zero = pooled.new_zeros(b)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        txt = None
+        if self.config.use_alignment:
+            if text_features is None:
+                if prompts is None:
+                    raise ValueError("pass prompts or text_features")
+                text_features = self.encode_text(prompts)
+            txt = F.normalize(text_features.to(pooled), dim=-1)
+            if txt.shape[0] != b:
+                raise ValueError(f"{txt.shape[0]} prompts for {b} samples")
+            alignment = scale * (F.normalize(pooled, dim=-1) * txt).sum(-1)
+        else:
+            alignment = zero
+        quality = self.quality(pooled).squeeze(-1) if self.quality is not None else zero
+        reward = alignment + quality
+        if not return_details:
+            return reward
+        if txt is not None:
+            view_alignment = scale * torch.einsum("bvd,bd->bv", F.normalize(feats, dim=-1), txt)
+        else:
+            view_alignment = feats.new_zeros(b, v)
+        return {"reward": reward, "alignment": alignment, "quality": quality, "view_alignment": view_alignment,
+                "view_weights": weights.mean(dim=1), "view_mask": mask}
+
+    # ----------------------------------------------------------------------------------------------- #
+    def to_config_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model (weights aside): JSON-serialisable."""
+        return {
+            "kind": "rewardkit.StageRewardModel",
+            "rewardkit_version": __version__,
+            "stage": self.stage,
+            "modes": self.modes,
+            "model": self.config.to_dict(),
+            "preprocess": dict(self.preprocess_cfg),
+            "embed_dim": self.embed_dim,
+        }
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any], *, load_backbone_weights: bool = False) -> StageRewardModel:
+        """Rebuild from ``to_config_dict()``. Backbone weights are not loaded (nothing is downloaded) unless
+        ``load_backbone_weights``: the trained weights come from ``load_weights`` / ``from_pretrained``."""
+        cfg = dict(d.get("model", d))
+        backbone = dict(cfg.get("backbone") or {})
+        if not load_backbone_weights:
+            backbone["pretrained"] = None
+        cfg["backbone"] = backbone
+        return cls(StageModelConfig.from_dict(cfg))
+
+    def save_weights(self, path: str | Path) -> Path:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(path), metadata={"format": "pt", "rewardkit_version": __version__})
+        return path
+
+    def load_weights(self, path: str | Path, strict: bool = True) -> None:
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(self, str(path), strict=strict)
+        if strict and (missing or unexpected):  # pragma: no cover - load_model raises in strict mode
+            raise RuntimeError(f"{path}: missing {missing}, unexpected {unexpected}")
+
+    def save_pretrained(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``config.json`` (``to_config_dict()`` plus ``extra``) and ``model.safetensors``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = self.to_config_dict()
+        if extra:
+            cfg.update(extra)
+        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        self.save_weights(directory / WEIGHTS_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> StageRewardModel:
+        directory = Path(directory)
+        cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{directory}: missing {p.name}")
+        model = cls.from_config_dict(json.loads(cfg_path.read_text()))
+        model.load_weights(w_path)
+        return model.to(map_location).eval()
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+__all__ = [
+    "CONFIG_FILE", "DEFAULT_MODES", "RENDER_MODES", "STAGES", "StageModelConfig", "StageRewardModel", "WEIGHTS_FILE",
+    "trainable_parameters",
+]
