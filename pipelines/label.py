@@ -1,0 +1,52 @@
+"""Stage ``label``: the preferences table.
+
+``preferences.source: synthetic`` (the demo) labels every pair with the rule-based stand-in annotator of
+``rewardkit.demo`` (rows carry ``source=synthetic``; they stand in for human labels).
+``preferences.source: labelstudio`` pulls the annotations of the Label Studio project instead, through
+``rewardkit.annotation`` (the server must be reachable; credentials come from the environment).
+"""
+
+from __future__ import annotations
+
+from pipelines._common import DEMO_DIR, PAIRS, PREFERENCES, chdir_root, params, step
+
+
+def _synthetic(p: dict):
+    from rewardkit.data.tables import read_pairs
+    from rewardkit.demo import label_pairs, read_candidates
+
+    return label_pairs(read_pairs(PAIRS), read_candidates(DEMO_DIR / "candidates.parquet"),
+                       noise=float(p.get("noise", 0.0)), seed=int(p.get("seed", 0)))
+
+
+def _labelstudio(p: dict):
+    try:
+        from rewardkit.annotation import pull_preferences
+    except ImportError as exc:  # pragma: no cover - depends on the annotation package being installed
+        raise SystemExit(f"preferences.source=labelstudio needs rewardkit.annotation: {exc}") from exc
+    from rewardkit.data.tables import read_pairs
+
+    ls = p.get("labelstudio") or {}
+    return pull_preferences(pairs=read_pairs(PAIRS), url=ls.get("url"), project=ls.get("project"))
+
+
+def main() -> None:
+    chdir_root()
+    p = params("preferences")
+    from rewardkit.data.tables import write_table
+
+    source = p.get("source", "synthetic")
+    with step(f"label ({source})"):
+        if source == "synthetic":
+            prefs = _synthetic(p)
+        elif source == "labelstudio":
+            prefs = _labelstudio(p)
+        else:
+            raise SystemExit(f"params.yaml: preferences.source must be 'synthetic' or 'labelstudio', not {source!r}")
+        write_table(prefs, PREFERENCES, "preferences")
+        summary = prefs.group_by("question", "label").len().sort("question", "label")
+        print(f"  {prefs.height} preferences: " + ", ".join(f"{q}/{lab}={n}" for q, lab, n in summary.iter_rows()))
+
+
+if __name__ == "__main__":
+    main()

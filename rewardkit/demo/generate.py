@@ -1,0 +1,198 @@
+"""The demo data set: prompted objects, a clean candidate and controlled degradations per prompt, as GLB.
+
+:func:`generate` writes, under ``out_dir``:
+
+- ``meshes/<item_id>.glb``: one file per candidate;
+- ``items.parquet``: the ``items`` table (``rewardkit.data.tables``); ``render_dir`` is left empty for
+  the render stage to fill;
+- ``candidates.parquet``: the sidecar the items schema has no room for: ``item_id``, ``prompt_id``,
+  ``category``, ``colour``, ``material``, ``variant``, ``degradation`` (``clean``, one name, or
+  ``geometry+texture``), ``kind`` (``none`` | ``geometry`` | ``texture`` | ``both``),
+  ``geometry_degradation`` and ``texture_degradation`` (``none`` when absent) and ``split``
+  (``train`` | ``holdout``: held-out prompts never get pairs or labels, they are for evaluation).
+
+Every candidate of a prompt is built from the same :class:`ObjectSpec`, so a geometry degradation has
+exactly the clean texture and a texture degradation exactly the clean shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import trimesh
+
+from rewardkit.data.tables import write_table
+from rewardkit.demo import degrade
+from rewardkit.demo.objects import CATEGORIES, ObjectSpec, assemble, build_atlas, build_parts, sample_spec
+
+GENERATOR_NAME = "rewardkit-demo"
+
+CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
+    "item_id": pl.Utf8,
+    "prompt_id": pl.Utf8,
+    "category": pl.Utf8,
+    "colour": pl.Utf8,
+    "material": pl.Utf8,
+    "variant": pl.Utf8,
+    "degradation": pl.Utf8,
+    "kind": pl.Utf8,
+    "geometry_degradation": pl.Utf8,
+    "texture_degradation": pl.Utf8,
+    "split": pl.Utf8,
+}
+
+
+@dataclass
+class DemoConfig:
+    """What :func:`generate` makes. Every field is a ``generate`` param in params.yaml."""
+
+    prompts_per_category: int = 8  # training prompts (pairs and labels are made for these)
+    holdout_per_category: int = 2  # held-out prompts (candidates only; used by evaluation)
+    categories: Sequence[str] = CATEGORIES
+    geometry: Sequence[str] = degrade.GEOMETRY  # geometry degradations, one candidate each
+    texture: Sequence[str] = degrade.TEXTURE  # texture degradations, one candidate each
+    mixed: int = 2  # extra candidates with one geometry and one texture degradation together
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for c in self.categories:
+            if c not in CATEGORIES:
+                raise ValueError(f"unknown category {c!r}; known: {CATEGORIES}")
+        for d in self.geometry:
+            if d not in degrade.GEOMETRY:
+                raise ValueError(f"unknown geometry degradation {d!r}; known: {degrade.GEOMETRY}")
+        for d in self.texture:
+            if d not in degrade.TEXTURE:
+                raise ValueError(f"unknown texture degradation {d!r}; known: {degrade.TEXTURE}")
+        if self.mixed and not (self.geometry and self.texture):
+            raise ValueError("mixed candidates need at least one geometry and one texture degradation")
+
+
+@dataclass
+class Candidate:
+    item_id: str
+    spec: ObjectSpec
+    degradation: str
+    geometry_degradation: str
+    texture_degradation: str
+    mesh: trimesh.Trimesh
+
+    @property
+    def kind(self) -> str:
+        return degrade.kind_of(self.degradation)
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(list(key)))
+
+
+def prompt_specs(cfg: DemoConfig) -> list[tuple[str, ObjectSpec, str]]:
+    """``(prompt_id, spec, split)`` for every prompt, in a fixed order, deterministic in ``cfg.seed``."""
+    out = []
+    n = cfg.prompts_per_category + cfg.holdout_per_category
+    for ci, cat in enumerate(cfg.categories):
+        seen: set[str] = set()
+        k, tries = 0, 0
+        while k < n:
+            spec = sample_spec(cat, _rng(cfg.seed, CATEGORIES.index(cat), tries))
+            tries += 1
+            if spec.prompt in seen and tries < 50 * n:  # distinct prompts where the vocabulary allows
+                continue
+            seen.add(spec.prompt)
+            split = "train" if k < cfg.prompts_per_category else "holdout"
+            out.append((f"{cat}-{k:03d}", spec, split))
+            k += 1
+    return out
+
+
+def make_candidate(spec: ObjectSpec, geometry: str = "none", texture: str = "none",
+                   rng: np.random.Generator | None = None, item_id: str = "") -> Candidate:
+    """One candidate of ``spec`` with at most one geometry and one texture degradation."""
+    rng = rng if rng is not None else _rng(spec.seed, 3)
+    parts = build_parts(spec)
+    atlas = build_atlas(spec)
+    if geometry != "none":
+        parts = degrade.degrade_geometry(geometry, parts, spec, rng)
+    if texture != "none":
+        atlas = degrade.degrade_texture(texture, atlas, spec, rng)
+    names = [n for n in (geometry, texture) if n != "none"]
+    return Candidate(item_id, spec, "+".join(names) or "clean", geometry, texture, assemble(parts, atlas))
+
+
+def candidate_plan(cfg: DemoConfig, spec_seed: int) -> list[tuple[str, str]]:
+    """``(geometry, texture)`` degradation names for the candidates of one prompt (clean first)."""
+    plan = [("none", "none")]
+    plan += [(g, "none") for g in cfg.geometry]
+    plan += [("none", t) for t in cfg.texture]
+    rng = _rng(spec_seed, 4)
+    combos = [(g, t) for g in cfg.geometry for t in cfg.texture]
+    if cfg.mixed and combos:
+        picks = rng.choice(len(combos), size=min(cfg.mixed, len(combos)), replace=False)
+        plan += [combos[int(i)] for i in sorted(picks)]
+    return plan
+
+
+def iter_candidates(cfg: DemoConfig) -> Iterator[tuple[str, str, Candidate]]:
+    """``(prompt_id, split, candidate)`` for the whole data set."""
+    for prompt_id, spec, split in prompt_specs(cfg):
+        for j, (g, t) in enumerate(candidate_plan(cfg, spec.seed)):
+            name = "+".join(n for n in (g, t) if n != "none") or "clean"
+            yield prompt_id, split, make_candidate(spec, g, t, _rng(spec.seed, 5, j), f"{prompt_id}-{name}")
+
+
+def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
+    return mesh.export(file_type="glb")
+
+
+def generate(cfg: DemoConfig, out_dir: str | Path, progress: Callable[[int, int], None] | None = None,
+             ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Write the demo data set under ``out_dir``; return ``(items, candidates)``."""
+    out_dir = Path(out_dir)
+    mesh_dir = out_dir / "meshes"
+    mesh_dir.mkdir(parents=True, exist_ok=True)
+    for old in mesh_dir.glob("*.glb"):
+        old.unlink()
+    specs = prompt_specs(cfg)
+    total = len(specs) * len(candidate_plan(cfg, 0))
+    items, cands = [], []
+    for n, (prompt_id, split, cand) in enumerate(iter_candidates(cfg)):
+        data = glb_bytes(cand.mesh)
+        path = mesh_dir / f"{cand.item_id}.glb"
+        path.write_bytes(data)
+        spec = cand.spec
+        items.append({
+            "item_id": cand.item_id, "prompt_id": prompt_id, "prompt": spec.prompt, "mesh_path": str(path),
+            "mesh_sha256": hashlib.sha256(data).hexdigest(), "generator": GENERATOR_NAME, "seed": spec.seed,
+            "render_dir": "",
+        })
+        cands.append({
+            "item_id": cand.item_id, "prompt_id": prompt_id, "category": spec.category, "colour": spec.colour,
+            "material": spec.material, "variant": spec.variant, "degradation": cand.degradation,
+            "kind": cand.kind, "geometry_degradation": cand.geometry_degradation,
+            "texture_degradation": cand.texture_degradation, "split": split,
+        })
+        if progress is not None:
+            progress(n + 1, total)
+    items_df = pl.DataFrame(items)
+    cands_df = pl.DataFrame(cands, schema=CANDIDATES_SCHEMA)
+    write_table(items_df, out_dir / "items.parquet", "items")
+    cands_df.write_parquet(out_dir / "candidates.parquet")
+    return items_df, cands_df
+
+
+def read_candidates(path: str | Path) -> pl.DataFrame:
+    df = pl.read_parquet(path)
+    missing = [c for c in CANDIDATES_SCHEMA if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: candidates table is missing columns {missing}")
+    return df.select([pl.col(c).cast(t) for c, t in CANDIDATES_SCHEMA.items()])
+
+
+def load_glb(data: bytes) -> trimesh.Scene:
+    return trimesh.load(io.BytesIO(data), file_type="glb")

@@ -1,0 +1,116 @@
+"""Procedural colours and texture images for the demo objects.
+
+Every demo object carries one texture atlas (an RGB image) split into two square tiles: the *main*
+tile holds the prompted material ("wooden", "striped", ...) tinted with the prompted colour, the
+*secondary* tile a flat accent colour (wheels, lamp poles, caps). Parts map into one tile or the other
+by their UVs (see :mod:`rewardkit.demo.objects`). All functions are pure functions of their arguments
+and a ``numpy.random.Generator``, so a seed fixes every pixel.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+TILE = 128  # texels per tile side; the atlas is (TILE, 2 * TILE)
+
+# prompt colour word -> RGB (0-255). Hues spread round the wheel so a "wrong colour" is unmistakable.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 30),
+    "orange": (235, 125, 20),
+    "yellow": (235, 210, 35),
+    "green": (40, 160, 50),
+    "blue": (35, 70, 205),
+    "purple": (130, 40, 170),
+    "pink": (235, 110, 170),
+}
+
+# prompt material word -> pattern drawn in the main tile. All of them have visible structure at
+# demo render sizes, so blurring or noising the texture changes what a camera sees.
+MATERIALS = ("wooden", "striped", "checkered", "dotted", "marbled")
+
+# flat accent colours for secondary parts
+ACCENTS: dict[str, tuple[int, int, int]] = {
+    "black": (25, 25, 28),
+    "silver": (170, 172, 178),
+    "white": (235, 235, 230),
+}
+
+
+def _hue(rgb: tuple[int, int, int]) -> float:
+    return colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))[0]
+
+
+def far_colour(colour: str, rng: np.random.Generator) -> str:
+    """A palette colour whose hue is far (>= 90 degrees) from ``colour``'s, chosen with ``rng``."""
+    h = _hue(COLOURS[colour])
+    far = []
+    for name, rgb in COLOURS.items():
+        d = abs(_hue(rgb) - h)
+        d = min(d, 1.0 - d)
+        if name != colour and d >= 0.25:
+            far.append(name)
+    if not far:  # pragma: no cover - the palette above always has far colours
+        far = [c for c in COLOURS if c != colour]
+    return str(far[int(rng.integers(len(far)))])
+
+
+def _shade(rgb: tuple[int, int, int], f: float) -> np.ndarray:
+    return np.clip(np.asarray(rgb, dtype=np.float32) * f, 0, 255)
+
+
+def pattern_tile(material: str, colour: str, rng: np.random.Generator, size: int = TILE) -> np.ndarray:
+    """A ``size x size x 3`` uint8 tile of ``material``'s pattern in ``colour``."""
+    base = COLOURS[colour]
+    light, dark = _shade(base, 1.12), _shade(base, 0.45)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    phase = float(rng.uniform(0, 2 * np.pi))
+    if material == "wooden":
+        # wavy grain rings: period ~1/7 of the tile, darker late-wood lines
+        warp = 0.06 * np.sin(2 * np.pi * (y * 2.0) + phase)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * 7.0 * (x + warp) + phase)
+        t = t**3
+    elif material == "striped":
+        t = (np.sin(2 * np.pi * 6.0 * (x + y) + phase) > 0).astype(np.float32)
+    elif material == "checkered":
+        n = 6
+        t = ((np.floor(x * n) + np.floor(y * n)) % 2).astype(np.float32)
+    elif material == "dotted":
+        n = 6
+        cx, cy = (x * n) % 1.0 - 0.5, (y * n) % 1.0 - 0.5
+        t = ((cx**2 + cy**2) < 0.28**2).astype(np.float32)
+    elif material == "marbled":
+        turb = 0.0
+        for k in range(1, 4):
+            turb = turb + np.sin(2 * np.pi * (k * 2.0) * (x * rng.uniform(0.6, 1.4) + y) + rng.uniform(0, 6)) / k
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * x + 2.0 * turb + phase)
+        t = t**2
+    else:
+        raise ValueError(f"unknown material {material!r}; known: {MATERIALS}")
+    # t=1 -> dark pattern colour, t=0 -> light base colour
+    img = light[None, None, :] * (1.0 - t[..., None]) + dark[None, None, :] * t[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def flat_tile(rgb: tuple[int, int, int], size: int = TILE) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, dtype=np.uint8), (size, size, 3)).copy()
+
+
+def atlas(main: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Main tile on the left, secondary tile on the right."""
+    return np.concatenate([main, secondary], axis=1)
+
+
+def noise_tile(tile: np.ndarray, rng: np.random.Generator, block: int = 8, amplitude: float = 110.0) -> np.ndarray:
+    """Blocky colour noise (blocks of ``block`` texels survive the renderer's texture filtering)."""
+    h, w, _ = tile.shape
+    small = rng.normal(0.0, amplitude, size=(h // block + 1, w // block + 1, 3)).astype(np.float32)
+    big = np.repeat(np.repeat(small, block, axis=0), block, axis=1)[:h, :w]
+    return np.clip(tile.astype(np.float32) + big, 0, 255).astype(np.uint8)
+
+
+def blur_tile(tile: np.ndarray, radius: float = 10.0) -> np.ndarray:
+    """A strong Gaussian blur: the pattern washes out to its mean colour."""
+    return np.asarray(Image.fromarray(tile).filter(ImageFilter.GaussianBlur(radius=radius)))
