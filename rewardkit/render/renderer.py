@@ -47,6 +47,8 @@ class RenderConfig:
     """The uniform surface colour of ``geometry`` renders."""
     smooth: bool = True
     """Smooth (vertex-normal) shading; False gives flat per-face shading."""
+    crease_angle_deg: float = 35.0
+    """With smooth shading, edges whose faces meet at more than this angle stay sharp."""
     ambient: float = 0.35
     key_light: float = 2.6
     fill_light: float = 1.0
@@ -57,6 +59,7 @@ class RenderConfig:
             "fallback_color": list(self.fallback_color),
             "geometry_color": list(self.geometry_color),
             "smooth": self.smooth,
+            "crease_angle_deg": self.crease_angle_deg,
             "ambient": self.ambient,
             "key_light": self.key_light,
             "fill_light": self.fill_light,
@@ -93,24 +96,29 @@ def _base_color(material, fallback: Sequence[int]) -> list[float]:
 
 
 class _Part:
-    """One geometry's arrays, prepared once and turned into pyrender primitives for each mode."""
+    """One geometry's per-corner arrays, prepared once and turned into pyrender primitives for each mode.
 
-    def __init__(self, geom: trimesh.Trimesh, smooth: bool) -> None:
-        visual = geom.visual
-        face_colors = isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "face"
-        self.flat = not smooth or face_colors
-        if self.flat:
-            self.positions = geom.vertices[geom.faces].reshape(-1, 3).astype(np.float32)
-            self.normals = np.repeat(geom.face_normals, 3, axis=0).astype(np.float32)
-            self.indices = None
-        else:
-            self.positions = geom.vertices.astype(np.float32)
-            self.normals = geom.vertex_normals.astype(np.float32)
-            self.indices = geom.faces.astype(np.uint32)
+    Corners are not shared between faces, so each corner gets its own normal: the smooth vertex normal
+    where it is within ``crease_angle_deg`` of the face normal, else the face normal (hard edges stay
+    hard, as on a box, while curved surfaces are smooth).
+    """
+
+    def __init__(self, geom: trimesh.Trimesh, smooth: bool, crease_angle_deg: float) -> None:
+        faces = geom.faces
         self.geom = geom
+        self.positions = geom.vertices[faces].reshape(-1, 3).astype(np.float32)
+        face_normals = np.repeat(geom.face_normals, 3, axis=0)
+        if smooth:
+            vertex_normals = geom.vertex_normals[faces].reshape(-1, 3)
+            keep = (vertex_normals * face_normals).sum(axis=1) >= np.cos(np.deg2rad(crease_angle_deg))
+            normals = np.where(keep[:, None], vertex_normals, face_normals)
+        else:
+            normals = face_normals
+        self.normals = normals.astype(np.float32)
+        self.indices = None
 
     def _per_corner(self, per_vertex: np.ndarray) -> np.ndarray:
-        return per_vertex[self.geom.faces].reshape(-1, per_vertex.shape[-1]) if self.flat else per_vertex
+        return per_vertex[self.geom.faces].reshape(-1, per_vertex.shape[-1])
 
     def rgb_primitive(self, pyrender, config: RenderConfig):
         visual = self.geom.visual
@@ -189,9 +197,30 @@ class Renderer:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._offscreen is not None:
-            self._offscreen.delete()
-            self._offscreen = None
+        """Free this renderer's GL resources and context, leaving other renderers in the process working.
+
+        (pyrender's own ``delete`` calls ``eglTerminate`` on the process-wide EGL display, which breaks
+        every other live context; this releases only our own context.)
+        """
+        off, self._offscreen = self._offscreen, None
+        if off is None:
+            return
+        platform = off._platform
+        platform.make_current()
+        off._renderer.delete()
+        display = getattr(platform, "_egl_display", None)
+        context = getattr(platform, "_egl_context", None)
+        if display is not None and context is not None:
+            from OpenGL import EGL
+
+            EGL.eglMakeCurrent(display, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
+            EGL.eglDestroyContext(display, context)
+            platform._egl_context = None
+            platform._egl_display = None
+        else:  # other platforms (osmesa, pyglet) own their display
+            platform.delete_context()
+        off._renderer = None
+        off._platform = None
 
     def __enter__(self) -> "Renderer":
         return self
@@ -227,7 +256,7 @@ class Renderer:
         pr = self._pyrender
         cfg = self.config
 
-        parts = [_Part(g, cfg.smooth) for g in mesh.geometries]
+        parts = [_Part(g, cfg.smooth, cfg.crease_angle_deg) for g in mesh.geometries]
         lit_meshes: dict[str, object] = {}
         if "rgb" in modes:
             lit_meshes["rgb"] = pr.Mesh([p.rgb_primitive(pr, cfg) for p in parts])
