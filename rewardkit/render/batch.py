@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rewardkit.io import MeshError
-from rewardkit.render.folder import RenderResult, render_to_dir
+from rewardkit.io import MeshError, load_mesh
+from rewardkit.render.folder import RenderResult, render_to_dir, write_views
 from rewardkit.render.protocol import CameraProtocol, get_protocol
 from rewardkit.render.renderer import RenderConfig, Renderer
 
@@ -28,6 +28,8 @@ class BatchSummary:
     modes: list[str]
     rendered: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    render_seconds: float = 0.0
+    """Time spent inside pyrender's render calls, summed over workers."""
 
     @property
     def ok(self) -> bool:
@@ -60,15 +62,24 @@ def _worker_init(size: int, config: RenderConfig) -> None:
     _worker_renderer = Renderer(size=size, config=config)
 
 
-def _render_one(job: tuple[str, str, CameraProtocol, tuple[str, ...], str]) -> tuple[str, RenderResult | None, str | None]:
+def _render_one(job: tuple[str, str, CameraProtocol, tuple[str, ...], str]) -> tuple[str, RenderResult | None, str | None, float]:
     mesh_path, out_dir, protocol, modes, up = job
+    before = _worker_renderer.render_seconds
     try:
-        result = render_to_dir(mesh_path, out_dir, protocol, modes, renderer=_worker_renderer, up=up)
-        return mesh_path, result, None
+        result, error = render_to_dir(mesh_path, out_dir, protocol, modes, renderer=_worker_renderer, up=up), None
     except MeshError as exc:
-        return mesh_path, None, exc.reason
+        result, error = None, exc.reason
     except Exception as exc:  # one broken mesh must not stop the batch
-        return mesh_path, None, f"{type(exc).__name__}: {exc}"
+        result, error = None, f"{type(exc).__name__}: {exc}"
+    return mesh_path, result, error, _worker_renderer.render_seconds - before
+
+
+def _write(views, out_dir: str, loaded, protocol: CameraProtocol, render_config: dict) -> RenderResult:
+    write_views(views, out_dir, mesh=loaded, protocol=protocol, render_config=render_config)
+    return RenderResult(
+        mesh_path=loaded.path, render_dir=out_dir, mesh_sha256=loaded.sha256, n_views=protocol.n_views,
+        modes=list(views), warnings=list(loaded.warnings),
+    )
 
 
 def render_batch(
@@ -107,22 +118,38 @@ def render_batch(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("", total=len(jobs))
         if workers <= 1:
-            _worker_init(protocol.size, config)
-            try:
-                for job in jobs:
-                    path, result, error = _render_one(job)
-                    results[path] = (result, error)
+            # one process: render mesh i+1 while mesh i's PNGs are written in a background thread
+            with Renderer(size=protocol.size, config=config) as renderer, ThreadPoolExecutor(1) as writer:
+                pending: tuple[str, Future] | None = None
+
+                def finish(item: tuple[str, Future]) -> None:
+                    path, future = item
+                    try:
+                        results[path] = (future.result(), None)
+                    except Exception as exc:
+                        results[path] = (None, f"{type(exc).__name__}: {exc}")
                     bar.update(task, advance=1, description=Path(path).name)
-            finally:
-                global _worker_renderer
-                if _worker_renderer is not None:
-                    _worker_renderer.close()
-                    _worker_renderer = None
+
+                for mesh_path, out_dir, proto, job_modes, job_up in jobs:
+                    try:
+                        loaded = load_mesh(mesh_path, up=job_up)
+                        views = renderer.render(loaded, proto, job_modes)
+                    except Exception as exc:  # one broken mesh must not stop the batch
+                        results[mesh_path] = (None, exc.reason if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}")
+                        bar.update(task, advance=1, description=Path(mesh_path).name)
+                        continue
+                    if pending is not None:
+                        finish(pending)
+                    pending = (mesh_path, writer.submit(_write, views, out_dir, loaded, proto, renderer.config.to_dict()))
+                if pending is not None:
+                    finish(pending)
+                summary.render_seconds = renderer.render_seconds
         else:
             ctx = mp.get_context("spawn")  # a forked GL context is not safe to reuse
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(protocol.size, config)) as pool:
-                for path, result, error in pool.map(_render_one, jobs):
+                for path, result, error, seconds in pool.map(_render_one, jobs):
                     results[path] = (result, error)
+                    summary.render_seconds += seconds
                     bar.update(task, advance=1, description=Path(path).name)
 
     for path, _, _, _, _ in jobs:

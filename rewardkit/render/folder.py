@@ -14,6 +14,8 @@ byte-identical files (and DVC sees no change).
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -44,8 +46,20 @@ class RenderResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _png(image: np.ndarray, path: Path, compress_level: int) -> None:
-    PIL.Image.fromarray(image).save(path, format="PNG", compress_level=compress_level)
+_encoder_pool: ThreadPoolExecutor | None = None
+
+
+def _encoders() -> ThreadPoolExecutor:
+    """Threads for PNG encoding (zlib releases the GIL, so encoding runs in parallel with rendering)."""
+    global _encoder_pool
+    if _encoder_pool is None:
+        _encoder_pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="rk-png")
+    return _encoder_pool
+
+
+def _save_png(image: "np.ndarray | PIL.Image.Image", path: Path, compress_level: int) -> None:
+    image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(image)
+    image.save(path, format="PNG", compress_level=compress_level)
 
 
 def write_views(
@@ -61,14 +75,15 @@ def write_views(
     """Write rendered views, their grids and ``meta.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[np.ndarray | PIL.Image.Image, Path]] = []
     for mode, images in views.items():
         (out_dir / mode).mkdir(exist_ok=True)
-        for i, image in enumerate(images):
-            _png(image, out_dir / mode / f"{i:02d}.png", compress_level)
+        jobs.extend((image, out_dir / mode / f"{i:02d}.png") for i, image in enumerate(images))
         if grid:
-            make_grid(images, background=tuple(render_config["background"]) if mode != "mask" else (0, 0, 0)).save(
-                out_dir / f"grid_{mode}.png", format="PNG", compress_level=compress_level
-            )
+            background = tuple(render_config["background"]) if mode != "mask" else (0, 0, 0)
+            jobs.append((make_grid(images, background=background), out_dir / f"grid_{mode}.png"))
+    for future in [_encoders().submit(_save_png, image, path, compress_level) for image, path in jobs]:
+        future.result()  # re-raises the first write error
     meta = {
         "rewardkit_version": __version__,
         "protocol": protocol.to_dict(),
