@@ -1,0 +1,52 @@
+"""An ``items`` table from a folder of render folders plus a prompts CSV (the hand-made route).
+
+``renders/<item_id>/`` is one candidate's render folder (``meta.json``, ``grid_<mode>.png``, as
+``rewardkit render --out renders`` writes them). The CSV has columns ``item_id`` and ``prompt`` and
+optionally ``prompt_id`` (default: a hash of the prompt text, so equal prompts group together),
+``generator`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from rewardkit.data.tables import conform
+
+
+def prompt_id_of(prompt: str) -> str:
+    return "q-" + hashlib.sha256(prompt.strip().encode()).hexdigest()[:12]
+
+
+def items_from_renders(renders: str | Path, prompts_csv: str | Path) -> pl.DataFrame:
+    renders, prompts_csv = Path(renders), Path(prompts_csv)
+    if not renders.is_dir():
+        raise FileNotFoundError(f"{renders}: renders folder not found")
+    table = pl.read_csv(prompts_csv, infer_schema_length=0)  # all strings
+    for col in ("item_id", "prompt"):
+        if col not in table.columns:
+            raise ValueError(f"{prompts_csv}: needs columns item_id and prompt (has {table.columns})")
+    rows, missing = [], []
+    for r in table.iter_rows(named=True):
+        rd = renders / r["item_id"]
+        meta_path = rd / "meta.json"
+        if not meta_path.is_file():
+            missing.append(str(meta_path))
+            continue
+        meta = json.loads(meta_path.read_text())
+        rows.append({
+            "item_id": r["item_id"],
+            "prompt_id": r.get("prompt_id") or prompt_id_of(r["prompt"]),
+            "prompt": r["prompt"],
+            "mesh_path": meta.get("mesh_path"),
+            "mesh_sha256": meta.get("mesh_sha256"),
+            "generator": r.get("generator") or "unknown",
+            "seed": int(r["seed"]) if r.get("seed") not in (None, "") else None,
+            "render_dir": str(rd),
+        })
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} render folder(s) missing or not rendered: {missing[:20]}")
+    return conform(pl.DataFrame(rows, infer_schema_length=None), "items")

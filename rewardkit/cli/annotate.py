@@ -1,0 +1,296 @@
+"""``rewardkit annotate``: preference collection through a real Label Studio server.
+
+    rewardkit annotate pairs   items (or render folders + prompts) -> items.parquet, pairs.parquet
+    rewardkit annotate up      start Label Studio on 127.0.0.1, create/update the project, register renders
+    rewardkit annotate push    one task per pair not yet imported
+    rewardkit annotate status  tasks, done, per annotator
+    rewardkit annotate pull    annotations -> preferences.parquet
+    rewardkit annotate qc      label distribution, agreement, per-annotator stats, flags
+    rewardkit annotate down    stop the server started by `up`
+
+Server state (url, pid, project id; no secrets) lives in ``--data-dir`` (default ``.labelstudio``);
+credentials in environment variables or ``.rewardkit-credentials.json`` (mode 0600, git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+DATA_DIR = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".labelstudio"), show_default=True,
+    help="Label Studio data folder (database, log, server state).",
+)
+URL = click.option("--url", default=None, help="Server URL (default: LABEL_STUDIO_URL, else the server started by `up`).")
+PROJECT = click.option("--project", default=None, help="Project id or title (default: the one `up` created).")
+CREDS = click.option(
+    "--credentials", type=click.Path(path_type=Path), default=None,
+    help="Credentials file (default: $REWARDKIT_LS_CREDENTIALS or ./.rewardkit-credentials.json).",
+)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+def _session(url, project, data_dir, credentials):
+    from rewardkit.annotation import AnnotationError
+    from rewardkit.annotation.session import open_session
+
+    try:
+        return open_session(url=url, project=project, data_dir=data_dir, credentials=credentials)
+    except AnnotationError as exc:
+        _fail(exc)
+
+
+@click.group()
+def annotate() -> None:
+    """Collect pairwise preferences in Label Studio (see docs/annotation.md)."""
+
+
+# -- pairs ----------------------------------------------------------------------------------------
+@annotate.command("pairs")
+@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None, help="An items table (parquet).")
+@click.option("--renders", type=click.Path(path_type=Path), default=None, help="A folder of render folders (one per candidate).")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None,
+              help="With --renders: CSV with columns item_id (render folder name), prompt[, prompt_id].")
+@click.option("--out-items", type=click.Path(path_type=Path), default=Path("data/items.parquet"), show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("data/pairs.parquet"), show_default=True)
+@click.option("--strategy", type=click.Choice(["all", "k_per_prompt"]), default="all", show_default=True)
+@click.option("--k", type=int, default=None, help="Pairs per prompt for k_per_prompt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def pairs_cmd(items_path, renders, prompts, out_items, out, strategy, k, seed) -> None:
+    """Sample comparison pairs within each prompt (A/B side randomized and recorded)."""
+    from rewardkit.data import read_items, sample_pairs, write_table
+    from rewardkit.annotation.items import items_from_renders
+
+    try:
+        if items_path is not None:
+            items = read_items(items_path)
+        elif renders is not None and prompts is not None:
+            items = items_from_renders(renders, prompts)
+            write_table(items, out_items, "items")
+            click.echo(f"items: {items.height} candidates -> {out_items}")
+        else:
+            raise click.UsageError("give --items, or --renders with --prompts")
+        pairs = sample_pairs(items, strategy, k=k, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    write_table(pairs, out, "pairs")
+    click.echo(f"pairs: {pairs.height} over {pairs['prompt_id'].n_unique()} prompts ({strategy}, seed {seed}) -> {out}")
+
+
+# -- up -------------------------------------------------------------------------------------------
+@annotate.command("up")
+@click.option("--renders", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder holding the render folders; registered as local-files storage (not copied).")
+@click.option("--document-root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Local-files document root; must contain --renders (default: the parent of --renders).")
+@DATA_DIR
+@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1 (0, or taken: a free one).")
+@click.option("--title", default=None, help="Project title (default: rewardkit).")
+@click.option("--label-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Labeling interface (default: annotation/label_config.xml).")
+@click.option("--guidelines", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Annotator guidelines shown as instructions (default: annotation/guidelines.md).")
+@click.option("--annotators-per-task", type=int, default=1, show_default=True, help="Overlap: annotations wanted per task.")
+@click.option("--label-studio-bin", type=click.Path(path_type=Path), default=None, help="label-studio executable (default: .venv-ls).")
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the server.")
+@CREDS
+def up(renders, document_root, data_dir, port, title, label_config, guidelines, annotators_per_task,
+       label_studio_bin, timeout, credentials) -> None:
+    """Start Label Studio (127.0.0.1), create or update the project, register the renders folder."""
+    from rewardkit.annotation import (
+        AnnotationError, LabelStudioServer, ServerConfig, connect, ensure_local_storage, ensure_project,
+        load_credentials, read_state, save_credentials,
+    )
+    from rewardkit.annotation.credentials import credentials_path
+    from rewardkit.annotation.project import DEFAULT_TITLE, default_guidelines_path, default_label_config_path
+    from rewardkit.annotation.server import check_reachable, find_free_port, start_detached
+
+    renders = renders.resolve()
+    document_root = (document_root or renders.parent).resolve()
+    title = title or DEFAULT_TITLE
+    try:
+        creds = load_credentials(credentials).with_defaults()
+        cpath = credentials_path(credentials)
+        state = read_state(data_dir)
+        url = None
+        if state and state.get("url"):
+            try:
+                check_reachable(state["url"], timeout=3)
+                url = state["url"]
+                click.echo(f"Label Studio already running at {url} (data {data_dir})")
+            except AnnotationError:
+                state = None
+        if url is None:
+            if port:
+                try:
+                    import socket
+
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", port))
+                except OSError:
+                    click.echo(f"port {port} is taken; using a free port")
+                    port = find_free_port()
+            cfg = ServerConfig.from_credentials(
+                creds, data_dir=data_dir, document_root=document_root, port=port or 0,
+                label_studio_bin=label_studio_bin, startup_timeout_s=timeout,
+            )
+            click.echo(f"starting Label Studio (data {data_dir}, document root {document_root}) ...")
+            server = start_detached(cfg)
+            url = server.url
+        creds.url = url
+        save_credentials(creds, cpath)
+        client = connect(url, creds.token)
+        xml = (label_config or default_label_config_path()).read_text()
+        gpath = guidelines or default_guidelines_path()
+        info = ensure_project(client, xml, title=title, guidelines=gpath.read_text() if gpath else None,
+                              annotators_per_task=annotators_per_task)
+        ensure_local_storage(client, info.id, renders, document_root)
+    except (AnnotationError, FileNotFoundError) as exc:
+        _fail(exc)
+    st = read_state(data_dir) or {}
+    st.update({"project_id": info.id, "project_title": title, "renders": str(renders)})
+    (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(st, indent=2))
+    click.echo(f"project {title!r} (id {info.id}) {'created' if info.created else 'updated'}")
+    click.echo(f"open {url}/projects/{info.id}/data  and log in as {creds.username}")
+    click.echo(f"password and API token are in {cpath} (mode 600); annotators can sign up at {url}/user/signup/")
+
+
+# -- push -----------------------------------------------------------------------------------------
+@annotate.command("push")
+@click.option("--items", "items_path", type=click.Path(path_type=Path, exists=True), default=Path("data/items.parquet"), show_default=True)
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path, exists=True), default=Path("data/pairs.parquet"), show_default=True)
+@click.option("--display", type=click.Choice(["pairs", "random", "swapped"]), default="pairs", show_default=True,
+              help="Which item is shown as A: the pairs table's item_a (already randomized), or flip at display time.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--document-root", type=click.Path(path_type=Path), default=None,
+              help="Local-files document root (default: the one of the server started by `up`).")
+@DATA_DIR
+@URL
+@PROJECT
+@CREDS
+def push(items_path, pairs_path, display, seed, document_root, data_dir, url, project, credentials) -> None:
+    """Import a task for every pair that has none yet (running it twice imports nothing twice)."""
+    from rewardkit.annotation import AnnotationError, build_tasks, push_tasks
+    from rewardkit.data import read_items, read_pairs
+
+    s = _session(url, project, data_dir, credentials)
+    root = document_root or s.document_root
+    if not root:
+        _fail(AnnotationError("unknown local-files document root: pass --document-root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"))
+    try:
+        tasks = build_tasks(read_pairs(pairs_path), read_items(items_path), root, display=display, seed=seed)
+        res = push_tasks(s.client, s.project_id, tasks)
+    except (AnnotationError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"imported {res.imported} new task(s); {res.skipped_existing} pair(s) already had a task (project {s.project_id} at {s.url})")
+
+
+# -- pull -----------------------------------------------------------------------------------------
+@annotate.command("pull")
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path, exists=True), default=Path("data/pairs.parquet"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("data/preferences.parquet"), show_default=True)
+@click.option("--raw-out", type=click.Path(path_type=Path), default=None, help="Also save the raw Label Studio JSON export here.")
+@click.option("--hf-out", type=click.Path(path_type=Path), default=None,
+              help="Also save a Hugging Face dataset (save_to_disk) here; needs --items.")
+@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None)
+@DATA_DIR
+@URL
+@PROJECT
+@CREDS
+def pull(pairs_path, out, raw_out, hf_out, items_path, data_dir, url, project, credentials) -> None:
+    """Export the annotations into the preferences table (skipped rows are counted, never fatal)."""
+    from rewardkit.annotation import pull as do_pull
+    from rewardkit.data import read_items, read_pairs, save_hf_dataset, write_table
+
+    s = _session(url, project, data_dir, credentials)
+    pairs = read_pairs(pairs_path)
+    result, raw = do_pull(s.client, s.project_id, pairs)
+    write_table(result.preferences, out, "preferences")
+    if raw_out:
+        Path(raw_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(raw_out).write_text(json.dumps(raw, indent=1))
+    c = result.counts
+    click.echo(f"{result.preferences.height} preference rows from {c.get('annotations', 0)} annotations on {c.get('tasks', 0)} tasks -> {out}")
+    if result.skipped:
+        click.echo("skipped: " + ", ".join(f"{k}={v}" for k, v in result.skipped.items()))
+        for p in result.problems[:10]:
+            click.echo(f"  {p}", err=True)
+    if hf_out:
+        if not items_path:
+            raise click.UsageError("--hf-out needs --items")
+        save_hf_dataset(result.preferences, pairs, read_items(items_path), hf_out)
+        click.echo(f"Hugging Face dataset -> {hf_out}")
+
+
+# -- status ---------------------------------------------------------------------------------------
+@annotate.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@DATA_DIR
+@URL
+@PROJECT
+@CREDS
+def status(as_json, data_dir, url, project, credentials) -> None:
+    """Progress: tasks, tasks done, annotations per annotator."""
+    from rewardkit.annotation import export_tasks, progress, user_map
+
+    s = _session(url, project, data_dir, credentials)
+    prog = progress(export_tasks(s.client, s.project_id), user_map(s.client))
+    prog = {"url": s.url, "project_id": s.project_id, **prog}
+    if as_json:
+        click.echo(json.dumps(prog, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"{s.url}  project {s.project_id}: {prog['tasks_done']}/{prog['tasks']} tasks done, "
+              f"{prog['annotations']} annotations, {prog['cancelled']} skipped")
+    t = Table(title="per annotator")
+    t.add_column("annotator")
+    t.add_column("submitted", justify="right")
+    t.add_column("skipped", justify="right")
+    for who, c in prog["per_annotator"].items():
+        t.add_row(who, str(c["submitted"]), str(c["cancelled"]))
+    con.print(t)
+
+
+# -- qc -------------------------------------------------------------------------------------------
+@annotate.command("qc")
+@click.option("--preferences", "prefs_path", type=click.Path(path_type=Path, exists=True), default=Path("data/preferences.parquet"), show_default=True)
+@click.option("--threshold", type=float, default=0.6, show_default=True, help="Flag annotators agreeing with the majority less often.")
+@click.option("--min-overlap", type=int, default=5, show_default=True, help="Shared units needed before flagging.")
+@click.option("--min-lead-time", type=float, default=None, help="Also flag annotators with a smaller median lead time (s).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON here.")
+def qc(prefs_path, threshold, min_overlap, min_lead_time, json_out) -> None:
+    """Quality control: label distribution, inter-annotator agreement, per-annotator stats, flags."""
+    from rewardkit.annotation import print_report, qc_report, write_report
+    from rewardkit.data import read_preferences
+
+    report = qc_report(read_preferences(prefs_path), threshold=threshold, min_overlap=min_overlap, min_lead_time_s=min_lead_time)
+    print_report(report)
+    if json_out:
+        write_report(report, json_out)
+        click.echo(f"report -> {json_out}")
+
+
+# -- down -----------------------------------------------------------------------------------------
+@annotate.command("down")
+@DATA_DIR
+def down(data_dir) -> None:
+    """Stop the server started by `up` in --data-dir (its data stays)."""
+    from rewardkit.annotation import stop_from_state
+
+    if stop_from_state(data_dir):
+        click.echo(f"Label Studio stopped (data kept in {data_dir})")
+    else:
+        click.echo(f"no running server recorded in {data_dir}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    annotate(sys.argv[1:])
