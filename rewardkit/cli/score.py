@@ -1,0 +1,148 @@
+"""``rewardkit score``: score meshes against a prompt with exported scorers (and baselines).
+
+Exit codes: 0 all scored; 1 some meshes could not be scored (the rest are); 2 usage error, bad scorer
+directory or version mismatch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+BASELINE_PREFIXES = ("clip-multiview:", "hps-multiview:")
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    """CSV rows ``mesh,prompt`` (a header row naming ``mesh`` and ``prompt`` is optional). Relative mesh
+    paths are resolved against the CSV's folder."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise click.UsageError(f"--pairs-file {path}: {exc.strerror or exc}")
+    rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["mesh", "prompt"]:
+        rows = rows[1:]
+    out = []
+    for n, row in enumerate(rows, 1):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise click.UsageError(f"--pairs-file {path}: row {n} is not 'mesh,prompt': {row}")
+        mesh = Path(row[0].strip())
+        if not mesh.is_absolute():
+            mesh = path.parent / mesh
+        out.append((str(mesh), row[1].strip()))
+    if not out:
+        raise click.UsageError(f"--pairs-file {path}: no mesh,prompt rows")
+    return out
+
+
+def _load_scorers(specs: tuple[str, ...], baseline_arch: str | None, device: str):
+    from rewardkit.scoring.api import as_scorer_set
+    from rewardkit.scoring.baselines import load_baseline
+
+    loaded = []
+    for spec in specs:
+        prefix = next((p for p in BASELINE_PREFIXES if spec.startswith(p)), None)
+        if prefix is not None and not Path(spec).exists():
+            loaded.append(load_baseline(prefix[:-1], spec[len(prefix):], arch=baseline_arch, device=device))
+        else:
+            loaded.append(spec)
+    return as_scorer_set(loaded, device=device)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+@click.command()
+@click.argument("meshes", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", default=None, help="The text prompt the meshes were generated for.")
+@click.option("--scorer", "scorers", multiple=True, metavar="DIR",
+              help="Exported scorer or scorer-set directory (repeatable), or a baseline as "
+                   "clip-multiview:WEIGHTS / hps-multiview:WEIGHTS (local file). Default: $REWARDKIT_SCORER.")
+@click.option("--pairs-file", type=click.Path(path_type=Path), default=None,
+              help="CSV of mesh,prompt rows (scored in addition to MESHES).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print each view's score and the scorers used.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Meshes per model forward.")
+@click.option("--render-size", type=int, default=None,
+              help="Override the render resolution recorded in the scorers (default: as trained).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
+@click.option("--baseline-arch", default=None, help="open_clip architecture (or JSON config) for baseline weights.")
+@click.option("--up", default="+y", show_default=True, type=click.Choice(["+x", "-x", "+y", "-y", "+z", "-z"]))
+def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, render_size, device, baseline_arch,
+          up) -> None:
+    """Score MESHES against --prompt with each scorer (e.g. the global and local stage models).
+
+    Each mesh is rendered once with the camera protocol the scorers were trained on. A mesh that cannot
+    be read is reported and the others are still scored (exit code 1).
+    """
+    pairs: list[tuple[str, str]] = []
+    if meshes:
+        if not prompt:
+            raise click.UsageError("--prompt is required when meshes are given on the command line")
+        pairs += [(str(m), prompt) for m in meshes]
+    if pairs_file is not None:
+        pairs += _read_pairs(pairs_file)
+    if not pairs:
+        raise click.UsageError("nothing to score: give MESH arguments with --prompt, or --pairs-file")
+    if not scorers:
+        env = os.environ.get("REWARDKIT_SCORER")
+        if not env:
+            raise click.UsageError("no scorer: pass --scorer DIR (an exported scorer or scorer set) or set REWARDKIT_SCORER")
+        scorers = tuple(env.split(os.pathsep))
+    if batch_size < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+
+    import torch
+
+    from rewardkit.scoring.api import score_meshes
+    from rewardkit.scoring.export import ScorerError
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        scorer_set = _load_scorers(scorers, baseline_arch, device)
+    except ScorerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    for s in scorer_set.scorers.values():
+        for w in s.load_warnings:
+            click.echo(f"warning: {s.source}: {w}", err=True)
+
+    results = score_meshes([m for m, _ in pairs], [p for _, p in pairs], scorer_set, batch_size=batch_size,
+                           per_view=verbose, render_size=render_size, up=up)
+    names = scorer_set.names()
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        doc = {"scorers": scorer_set.describe(), "results": [r.to_dict() for r in results]}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        if verbose:
+            for k, s in scorer_set.items():
+                click.echo(f"# {k}: {s.kind}, stage={s.stage}, modes={','.join(s.modes)}, "
+                           f"camera={s.camera.name}@{s.render_size}px, from {s.source}")
+        width = max(len("mesh"), *(len(r.mesh) for r in results))
+        click.echo("  ".join(["mesh".ljust(width), *(n.rjust(10) for n in names), "prompt"]))
+        for r in results:
+            if not r.ok:
+                continue
+            click.echo("  ".join([r.mesh.ljust(width), *(_fmt(r.scores.get(n)).rjust(10) for n in names), r.prompt]))
+            if verbose:
+                for n in names:
+                    pv = r.per_view.get(n)
+                    if pv:
+                        click.echo(f"    {n} per view: " + " ".join(f"{x:.4f}" for x in pv))
+    for r in results:
+        for w in r.warnings:
+            click.echo(f"warning: {r.mesh}: {w}", err=True)
+    if failed:
+        for r in failed:
+            click.echo(f"error: {r.error if r.error and r.error.startswith(r.mesh) else f'{r.mesh}: {r.error}'}",
+                       err=True)
+        click.echo(f"{len(failed)} of {len(results)} meshes could not be scored", err=True)
+        sys.exit(1)

@@ -1,0 +1,157 @@
+"""A small client for the scorer service (``rewardkit serve``).
+
+::
+
+    from rewardkit.scoring.client import ScorerClient
+    client = ScorerClient("http://127.0.0.1:8000")
+    client.health()
+    client.score_mesh("mesh.glb", "a red chair")            # {"scores": {"global": .., "local": ..}, ...}
+    client.score_views("a red chair", {"rgb": views})      # views: [V, 3, H, W] tensor / list of HxWx3 arrays
+    client.score_batch([{"prompt": .., "views": {..}}, ...])
+
+Views are sent as base64 PNG (lossless); meshes as a multipart upload (trimesh objects are exported to GLB
+in memory). Requests are retried on connection errors, 408, 429 and 5xx with exponential backoff; other
+4xx raise :class:`ScorerServiceError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class ScorerServiceError(RuntimeError):
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"scorer service error{f' {status}' if status else ''}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def _to_images(views: Any) -> list[np.ndarray]:
+    """One sample's views of one mode -> list of HxWx3 uint8 arrays."""
+    try:
+        import torch
+
+        if isinstance(views, torch.Tensor):
+            views = views.detach().cpu()
+            if views.dim() == 3:
+                views = views.unsqueeze(0)
+            if views.dtype != torch.uint8:
+                views = (views.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+            return [v.permute(1, 2, 0).numpy() for v in views]
+    except ImportError:  # pragma: no cover
+        pass
+    out = []
+    for v in views:
+        if isinstance(v, (bytes, bytearray)):
+            import PIL.Image
+
+            v = np.asarray(PIL.Image.open(io.BytesIO(v)).convert("RGB"))
+        elif hasattr(v, "convert"):  # PIL image
+            v = np.asarray(v.convert("RGB"))
+        arr = np.asarray(v)
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+            arr = arr.transpose(1, 2, 0)
+        out.append(arr)
+    return out
+
+
+def encode_views(views: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{mode: views}`` -> ``{mode: [base64 PNG]}`` (the /score wire format)."""
+    from rewardkit.scoring.service import encode_png
+
+    return {str(m): [encode_png(im) for im in _to_images(v)] for m, v in views.items()}
+
+
+class ScorerClient:
+    def __init__(self, url: str, *, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5,
+                 headers: Mapping[str, str] | None = None) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.retries, self.backoff = int(retries), float(backoff)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=dict(headers or {}))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ScorerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                last = ScorerServiceError(None, f"cannot reach {self.url}{path}: {type(exc).__name__}: {exc}")
+            else:
+                if r.status_code < 400:
+                    return r.json()
+                try:
+                    detail = r.json().get("detail", r.text)
+                except Exception:
+                    detail = r.text
+                last = ScorerServiceError(r.status_code, str(detail))
+                if r.status_code not in RETRY_STATUS:
+                    raise last
+            if attempt < self.retries:
+                time.sleep(self.backoff * (2 ** attempt))
+        assert last is not None
+        raise last
+
+    # -------------------------------------------------------------------------------------------------- #
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health")
+
+    def score_views(self, prompt: str, views: Mapping[str, Any], *, scorers: Sequence[str] | None = None,
+                    per_view: bool = False) -> dict[str, Any]:
+        """Score one sample's rendered views ``{mode: [V, 3, H, W] tensor | list of images}``."""
+        body: dict[str, Any] = {"prompt": prompt, "views": encode_views(views), "per_view": per_view}
+        if scorers is not None:
+            body["scorers"] = list(scorers)
+        return self._request("POST", "/score", json=body)
+
+    def score_batch(self, items: Sequence[Mapping[str, Any]], *, per_view: bool = False) -> list[dict[str, Any]]:
+        """Score several samples in one request: ``[{"prompt": str, "views": {mode: views}, "scorers"?: [..]}]``."""
+        payload = []
+        for it in items:
+            d: dict[str, Any] = {"prompt": it["prompt"], "views": encode_views(it["views"]),
+                                 "per_view": it.get("per_view", per_view)}
+            if it.get("scorers") is not None:
+                d["scorers"] = list(it["scorers"])
+            payload.append(d)
+        return self._request("POST", "/score", json={"items": payload})["results"]
+
+    def score_mesh(self, mesh: Any, prompt: str, *, scorers: Sequence[str] | None = None,
+                   per_view: bool = False) -> dict[str, Any]:
+        """Upload a mesh (path, bytes with a ``.glb`` name, or a trimesh object) and score it server-side."""
+        if isinstance(mesh, (str, os.PathLike)):
+            path = Path(mesh)
+            name, data = path.name, path.read_bytes()
+        elif isinstance(mesh, (bytes, bytearray)):
+            name, data = "mesh.glb", bytes(mesh)
+        else:  # trimesh.Trimesh / Scene
+            name, data = "mesh.glb", mesh.export(file_type="glb")
+        form: dict[str, Any] = {"prompt": prompt, "per_view": "true" if per_view else "false"}
+        if scorers is not None:
+            form["scorers"] = ",".join(scorers)
+        return self._request("POST", "/score_mesh", files={"file": (name, data, "application/octet-stream")},
+                             data=form)
+
+
+__all__ = ["ScorerClient", "ScorerServiceError", "encode_views"]
