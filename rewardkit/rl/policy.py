@@ -1,0 +1,457 @@
+"""Policy adapter: Hugging Face causal LMs whose vocabulary holds mesh tokens (ShapeLLM-Omni convention).
+
+The convention (ShapeLLM-Omni / AR3D-R1): an object is ``<mesh-start><mesh{i0}>...<mesh{iM-1}><mesh-end>``
+with one vocabulary token per code ``<meshN>`` (N < codebook size; M = 1024 for ShapeLLM-Omni's VQVAE,
+fewer for the tiny test tokenizers). One Hi-GRPO step is generated in two phases:
+
+1. reasoning: free text sampled from the context until the model emits ``<mesh-start>`` or EOS
+   (EOS is replaced by a forced ``<mesh-start>``, as the released AR3D-R1 code appends it literally);
+2. mesh: exactly ``tokens_per_object`` codes then ``<mesh-end>`` (constrained sampling, so a sample
+   always decodes; ``force_mesh_length: false`` lets the model end early and pads with the last code,
+   which is ShapeLLM-Omni's parse rule).
+
+The policy's actions are the reasoning tokens, a sampled ``<mesh-start>``, the codes and a sampled
+``<mesh-end>``; forced tokens, tokens after the end and padding are masked out of the loss.
+:func:`sequence_logprobs` gives the log-probabilities of those actions under any model with the same
+vocabulary (current, old or frozen reference policy).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "SamplingConfig",
+    "MeshVocab",
+    "MeshPolicy",
+    "StepRollout",
+    "RolloutBatch",
+    "sequence_logprobs",
+    "build_tiny_policy",
+]
+
+MESH_START, MESH_END = "<mesh-start>", "<mesh-end>"
+_MESH_RE = re.compile(r"^<mesh(\d+)>$")
+
+# phase ids of completion positions, used to constrain log-probs the way sampling was constrained
+PHASE_NONE, PHASE_TEXT, PHASE_MESH, PHASE_FORCED = 0, 1, 2, 3
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings of the two phases (ShapeLLM-Omni's defaults: temperature 0.7, top_p 0.7)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    reasoning_temperature: float | None = None  # None: same as ``temperature``
+    max_reasoning_tokens: int = 64  # 0 disables the reasoning phase (direct mesh generation)
+    force_mesh_length: bool = True
+    constrain_logprobs: bool = True  # score actions under the same token constraints sampling used
+
+
+@dataclass
+class MeshVocab:
+    """Token ids of the mesh convention in one tokenizer's vocabulary."""
+
+    mesh_start: int
+    mesh_end: int
+    code_ids: torch.Tensor  # [codebook] code -> token id
+    eos_ids: list[int]
+    pad_id: int
+    vocab_size: int
+    unk_id: int | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, codebook_size: int | None = None, vocab_size: int | None = None) -> "MeshVocab":
+        vocab = tokenizer.get_vocab()
+        codes = {int(m.group(1)): i for t, i in vocab.items() if (m := _MESH_RE.match(t))}
+        if MESH_START not in vocab or MESH_END not in vocab or not codes:
+            raise ValueError(f"tokenizer lacks the mesh tokens ({MESH_START}, {MESH_END}, <meshN>)")
+        n = codebook_size or (max(codes) + 1)
+        missing = [c for c in range(n) if c not in codes]
+        if missing:
+            raise ValueError(f"tokenizer lacks {len(missing)} mesh code tokens, e.g. <mesh{missing[0]}>")
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        return cls(
+            mesh_start=vocab[MESH_START],
+            mesh_end=vocab[MESH_END],
+            code_ids=torch.tensor([codes[c] for c in range(n)], dtype=torch.long),
+            eos_ids=[eos] if eos is not None else [],
+            pad_id=pad if pad is not None else 0,
+            vocab_size=max(vocab_size or 0, len(tokenizer), max(vocab.values()) + 1),
+            unk_id=tokenizer.unk_token_id,
+        )
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.code_ids.numel())
+
+    def allowed_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean ``[vocab]`` masks of the tokens allowed in the text phase and in the mesh phase."""
+        text = torch.ones(self.vocab_size, dtype=torch.bool)
+        text[self.code_ids] = False
+        text[self.mesh_end] = False
+        if self.pad_id not in self.eos_ids:
+            text[self.pad_id] = False
+        if self.unk_id is not None and self.unk_id not in self.eos_ids:
+            text[self.unk_id] = False
+        mesh = torch.zeros(self.vocab_size, dtype=torch.bool)
+        mesh[self.code_ids] = True
+        mesh[self.mesh_end] = True
+        return text, mesh
+
+    def token_to_code(self) -> torch.Tensor:
+        lut = torch.full((self.vocab_size,), -1, dtype=torch.long)
+        lut[self.code_ids] = torch.arange(self.codebook_size)
+        return lut
+
+
+@dataclass
+class StepRollout:
+    """One step (reasoning + mesh) of one sample."""
+
+    context_ids: list[int]
+    completion_ids: list[int]
+    phases: list[int]  # per completion token: PHASE_TEXT / PHASE_MESH / PHASE_FORCED
+    reasoning_text: str
+    codes: np.ndarray  # [tokens_per_object] after ShapeLLM-Omni's pad/truncate rule
+    num_codes_emitted: int
+
+    @property
+    def action_mask(self) -> list[int]:
+        return [1 if p in (PHASE_TEXT, PHASE_MESH) else 0 for p in self.phases]
+
+
+@dataclass
+class RolloutBatch:
+    """Padded tensors of a list of :class:`StepRollout` for log-prob computation.
+
+    ``input_ids``/``attention_mask`` are ``[B, L]`` (right-padded context + completion); ``mask`` and
+    ``phases`` are ``[B, L-1]`` aligned with the predicted token ``input_ids[:, 1:]``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    phases: torch.Tensor
+
+    @classmethod
+    def collate(cls, steps: Sequence[StepRollout], pad_id: int) -> "RolloutBatch":
+        L = max(len(s.context_ids) + len(s.completion_ids) for s in steps)
+        ids = torch.full((len(steps), L), pad_id, dtype=torch.long)
+        att = torch.zeros((len(steps), L), dtype=torch.long)
+        mask = torch.zeros((len(steps), L), dtype=torch.float32)
+        phases = torch.zeros((len(steps), L), dtype=torch.long)
+        for i, s in enumerate(steps):
+            seq = s.context_ids + s.completion_ids
+            c = len(s.context_ids)
+            ids[i, : len(seq)] = torch.tensor(seq)
+            att[i, : len(seq)] = 1
+            mask[i, c : len(seq)] = torch.tensor(s.action_mask, dtype=torch.float32)
+            phases[i, c : len(seq)] = torch.tensor(s.phases)
+        return cls(ids, att, mask[:, 1:], phases[:, 1:])
+
+    def to(self, device: torch.device | str) -> "RolloutBatch":
+        return RolloutBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.mask, self.phases)))
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``[B, L-1]`` log-probabilities of ``input_ids[:, 1:]`` under ``model`` (0 where masked).
+
+    Logits are divided by the sampling temperature (as TRL does). With ``allowed`` (the text-phase and
+    mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each position is normalized over the tokens
+    sampling could choose there, so the ratio and KL refer to the distribution that was sampled.
+    """
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits = out.logits[:, :-1]
+    targets = batch.input_ids[:, 1:]
+    rows = []
+    for b in range(logits.shape[0]):  # row by row: keeps the [L, V] float32 copy small for big vocabularies
+        lg = logits[b].float() / temperature
+        if allowed is not None:
+            text_ok, mesh_ok = (a.to(lg.device) for a in allowed)
+            ph = batch.phases[b]
+            neg = torch.finfo(lg.dtype).min
+            lg = torch.where((ph == PHASE_TEXT)[:, None] & ~text_ok[None, : lg.shape[1]], neg, lg)
+            lg = torch.where((ph == PHASE_MESH)[:, None] & ~mesh_ok[None, : lg.shape[1]], neg, lg)
+        lp = torch.log_softmax(lg, dim=-1).gather(-1, targets[b].unsqueeze(-1)).squeeze(-1)
+        rows.append(lp)
+    return torch.stack(rows) * batch.mask
+
+
+class _Restrict:
+    """Logits processor: the text phase may not emit codes; the mesh phase emits only codes and
+    ``<mesh-end>``, exactly ``n`` codes when ``force_length``."""
+
+    def __init__(self, vocab: MeshVocab, phase: int, prompt_len: int, n: int, force_length: bool):
+        text, mesh = vocab.allowed_masks()
+        self.allowed = text if phase == PHASE_TEXT else mesh
+        self.phase, self.prompt_len, self.n, self.force = phase, prompt_len, n, force_length
+        self.codes_only = mesh.clone()
+        self.codes_only[vocab.mesh_end] = False
+        self.end_only = torch.zeros_like(mesh)
+        self.end_only[vocab.mesh_end] = True
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        allowed = self.allowed
+        if self.phase == PHASE_MESH and self.force:
+            done = input_ids.shape[1] - self.prompt_len
+            allowed = self.end_only if done >= self.n else self.codes_only
+        allowed = allowed.to(scores.device)
+        v = min(scores.shape[-1], allowed.numel())
+        out = torch.full_like(scores, float("-inf"))
+        out[:, :v] = torch.where(allowed[:v], scores[:, :v], out[:, :v])
+        return out
+
+
+class MeshPolicy:
+    """A causal LM + its tokenizer + the mesh convention, with two-phase sampling.
+
+    ``model`` may be wrapped later (DDP/Fabric); the policy only calls ``generate`` and ``forward``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        tokens_per_object: int = 1024,
+        codebook_size: int | None = None,
+        use_chat_template: bool | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        cfg_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        self.vocab = MeshVocab.from_tokenizer(tokenizer, codebook_size, vocab_size=cfg_vocab)
+        self.tokens_per_object = int(tokens_per_object)
+        if use_chat_template is None:
+            use_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.use_chat_template = use_chat_template
+        self._allowed = self.vocab.allowed_masks()
+        self._lut = self.vocab.token_to_code()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        tokens_per_object: int = 1024,
+        codebook_size: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        use_chat_template: bool | None = None,
+        **model_kwargs: Any,
+    ) -> "MeshPolicy":
+        """Load a local Hugging Face checkpoint directory (config + weights + tokenizer)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        model = AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+        meta = path / "rewardkit_policy.json"
+        if meta.exists():  # written by save_pretrained / build_tiny_policy
+            info = json.loads(meta.read_text())
+            tokens_per_object = info.get("tokens_per_object", tokens_per_object)
+            codebook_size = codebook_size or info.get("codebook_size")
+        return cls(model, tokenizer, tokens_per_object, codebook_size, use_chat_template)
+
+    def save_pretrained(self, path: str | Path, model: nn.Module | None = None) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (model or self.model).save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(path))
+        info = {"tokens_per_object": self.tokens_per_object, "codebook_size": self.vocab.codebook_size}
+        (path / "rewardkit_policy.json").write_text(json.dumps(info, indent=2))
+        return path
+
+    # -- text <-> ids -------------------------------------------------------------------------------
+    def encode_context(self, text: str) -> list[int]:
+        if self.use_chat_template:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
+            )
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def mesh_sequence(self, codes: Sequence[int], end: bool = True) -> list[int]:
+        """Token ids ``<mesh-start> <mesh c0> ... [<mesh-end>]`` of a code sequence."""
+        ids = [self.vocab.mesh_start] + self.vocab.code_ids[torch.as_tensor(list(codes), dtype=torch.long)].tolist()
+        return ids + [self.vocab.mesh_end] if end else ids
+
+    # -- sampling -----------------------------------------------------------------------------------
+    def _generate(self, model: nn.Module, contexts: list[list[int]], phase: int, max_new: int, s: SamplingConfig,
+                  generator_seed: int | None) -> list[list[int]]:
+        from transformers import LogitsProcessorList
+
+        device = next(model.parameters()).device
+        L = max(len(c) for c in contexts)
+        pad = self.vocab.pad_id
+        ids = torch.full((len(contexts), L), pad, dtype=torch.long)
+        att = torch.zeros((len(contexts), L), dtype=torch.long)
+        for i, c in enumerate(contexts):  # left padding
+            ids[i, L - len(c):] = torch.tensor(c)
+            att[i, L - len(c):] = 1
+        if phase == PHASE_TEXT:
+            stop = [self.vocab.mesh_start] + self.vocab.eos_ids
+            temperature = s.reasoning_temperature or s.temperature
+        else:
+            stop = [self.vocab.mesh_end]
+            temperature = s.temperature
+        proc = _Restrict(self.vocab, phase, L, self.tokens_per_object, s.force_mesh_length)
+        if generator_seed is not None:
+            torch.manual_seed(generator_seed)
+        gen = getattr(model, "module", model)  # generation bypasses DDP wrappers (no grad needed)
+        out = gen.generate(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else None,
+            max_new_tokens=max_new,
+            min_new_tokens=0,
+            logits_processor=LogitsProcessorList([proc]),
+            eos_token_id=stop,
+            pad_token_id=pad,
+        )
+        new = out[:, L:].cpu().tolist()
+        result = []
+        for row in new:
+            keep = []
+            for t in row:
+                keep.append(t)
+                if t in stop:
+                    break
+            result.append(keep)
+        return result
+
+    @torch.no_grad()
+    def rollout_step(
+        self, model: nn.Module, contexts: list[str], sampling: SamplingConfig, seed: int | None = None
+    ) -> list[StepRollout]:
+        """Sample one Hi-GRPO step (reasoning, then mesh tokens) for each context string."""
+        ctx_ids = [self.encode_context(c) for c in contexts]
+        if sampling.max_reasoning_tokens > 0:
+            reasoning = self._generate(model, ctx_ids, PHASE_TEXT, sampling.max_reasoning_tokens, sampling, seed)
+        else:
+            reasoning = [[] for _ in contexts]
+        mesh_ctx, prefixes = [], []
+        for c, r in zip(ctx_ids, reasoning):
+            if r and r[-1] == self.vocab.mesh_start:
+                prefix, phases = r, [PHASE_TEXT] * len(r)
+            else:  # EOS or length limit: drop EOS, force <mesh-start>
+                body = [t for t in r if t not in self.vocab.eos_ids]
+                prefix, phases = body + [self.vocab.mesh_start], [PHASE_TEXT] * len(body) + [PHASE_FORCED]
+            prefixes.append((prefix, phases))
+            mesh_ctx.append(c + prefix)
+        mesh = self._generate(
+            model, mesh_ctx, PHASE_MESH, self.tokens_per_object + 1, sampling, None if seed is None else seed + 1
+        )
+        steps = []
+        for c, (prefix, phases), m in zip(ctx_ids, prefixes, mesh):
+            m_phases = [PHASE_MESH] * len(m)
+            if sampling.force_mesh_length and m and m[-1] == self.vocab.mesh_end:
+                m_phases[-1] = PHASE_FORCED  # the length rule chose it, not the policy
+            codes = self._lut[torch.tensor(m, dtype=torch.long)] if m else torch.empty(0, dtype=torch.long)
+            codes = codes[codes >= 0].tolist()
+            reasoning_ids = prefix[:-1]
+            steps.append(
+                StepRollout(
+                    context_ids=c,
+                    completion_ids=prefix + m,
+                    phases=phases + m_phases,
+                    reasoning_text=self.decode_text(reasoning_ids),
+                    codes=self._fit(codes),
+                    num_codes_emitted=len(codes),
+                )
+            )
+        return steps
+
+    def _fit(self, codes: list[int]) -> np.ndarray:
+        codes = codes[: self.tokens_per_object]
+        if len(codes) < self.tokens_per_object:
+            codes = codes + [codes[-1] if codes else 0] * (self.tokens_per_object - len(codes))
+        return np.asarray(codes, dtype=np.int64)
+
+    def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig) -> torch.Tensor:
+        return sequence_logprobs(
+            model, batch, temperature=sampling.temperature,
+            allowed=self._allowed if sampling.constrain_logprobs else None,
+        )
+
+
+# -- tiny policies for tests and the CPU demo ------------------------------------------------------
+
+def build_tiny_policy(
+    path: str | Path,
+    words: Sequence[str],
+    codebook_size: int,
+    tokens_per_object: int,
+    arch: str = "llama",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write a random-init tiny causal LM + word-level tokenizer with the mesh tokens to ``path``.
+
+    Vocabulary: ``<pad> <unk> <eos>``, the given words, ``<mesh0>..<mesh{K-1}>``, ``<mesh-start>``,
+    ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama`` or ``gpt2``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, normalizers, decoders
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+    path = Path(path)
+    specials = ["<pad>", "<unk>", "<eos>"]
+    uniq = [w for w in dict.fromkeys(w.lower() for w in words) if w not in specials]
+    mesh = [f"<mesh{i}>" for i in range(codebook_size)] + [MESH_START, MESH_END]
+    vocab = {t: i for i, t in enumerate(specials + uniq + mesh)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tk.add_special_tokens(specials + mesh)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(seed)
+    n = len(vocab)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None, tie_word_embeddings=False,
+        )
+    elif arch == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=n, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_positions=max_positions,
+            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=vocab["<eos>"],
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+    else:
+        raise ValueError(f"arch must be llama or gpt2, got {arch!r}")
+    model = AutoModelForCausalLM.from_config(cfg)
+    policy = MeshPolicy(model, tok, tokens_per_object=tokens_per_object, codebook_size=codebook_size, use_chat_template=False)
+    return policy.save_pretrained(path)

@@ -1,0 +1,271 @@
+"""Per-step rewards as weighted terms over reward callables.
+
+A reward callable is anything ``fn(meshes: list[trimesh.Trimesh | None], prompts: list[str]) -> list[float]``
+(an exported scorer adapter, an HTTP client, a rule). ``None`` in ``meshes`` means the sample produced
+no surface; the callable decides what that scores. A step's reward is
+
+    R = sum_terms weight * value / dims
+
+(``dims`` is the paper's dimension normalization, e.g. 3 for a sum of three 1-5 judgements, Eq. 8).
+
+Failures are never filled in with a constant. A callable that raises, returns the wrong number of
+values, or returns ``None``/NaN for a sample either raises :class:`RewardError` (``on_error: raise``)
+or marks those samples failed (``on_error: mark``): their reward is NaN, so Hi-GRPO leaves them out
+of their group's statistics and masks their tokens out of the loss, and the count is logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from rewardkit.rl.shapes import demo_shape
+
+__all__ = [
+    "RewardFn",
+    "RewardError",
+    "RewardTerm",
+    "StepReward",
+    "StepRewardResult",
+    "build_step_reward",
+    "build_term",
+    "occupancy_iou",
+    "surface_f1",
+    "mirror_symmetry",
+    "occupied_fraction",
+    "BUILTIN_REWARDS",
+]
+
+RewardFn = Callable[[Sequence[Any], Sequence[str]], Sequence[float | None]]
+
+
+class RewardError(RuntimeError):
+    """A reward term failed and the step is configured to raise."""
+
+
+@dataclass
+class RewardTerm:
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
+    dims: float = 1.0
+
+
+@dataclass
+class StepRewardResult:
+    total: np.ndarray  # [N], NaN where a term failed for that sample
+    terms: dict[str, np.ndarray]  # raw (unweighted) value of each term, NaN where failed
+    failures: dict[str, int] = field(default_factory=dict)  # term -> number of samples marked
+
+
+class StepReward:
+    """The weighted terms of one Hi-GRPO step (R_high or R_low)."""
+
+    def __init__(self, terms: Sequence[RewardTerm], on_error: str = "raise"):
+        if not terms:
+            raise ValueError("a step needs at least one reward term")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate reward term names: {names}")
+        if on_error not in ("raise", "mark"):
+            raise ValueError("on_error must be 'raise' or 'mark'")
+        self.terms = list(terms)
+        self.on_error = on_error
+
+    def __call__(self, meshes: Sequence[Any], prompts: Sequence[str]) -> StepRewardResult:
+        n = len(meshes)
+        total = np.zeros(n, dtype=np.float64)
+        values: dict[str, np.ndarray] = {}
+        failures: dict[str, int] = {}
+        for term in self.terms:
+            try:
+                raw = term.fn(list(meshes), list(prompts))
+            except Exception as exc:  # noqa: BLE001 - re-raised or recorded, never swallowed
+                if self.on_error == "raise":
+                    raise RewardError(f"reward term {term.name!r} failed: {exc}") from exc
+                raw = [None] * n
+            raw = list(raw)
+            if len(raw) != n:
+                raise RewardError(f"reward term {term.name!r} returned {len(raw)} values for {n} samples")
+            v = np.array([np.nan if x is None else float(x) for x in raw], dtype=np.float64)
+            bad = ~np.isfinite(v)
+            if bad.any():
+                if self.on_error == "raise":
+                    raise RewardError(f"reward term {term.name!r} gave no value for samples {np.flatnonzero(bad).tolist()}")
+                v[bad] = np.nan
+                failures[term.name] = int(bad.sum())
+            values[term.name] = v
+            total = total + term.weight * v / term.dims
+        return StepRewardResult(total=total, terms=values, failures=failures)
+
+
+# -- built-in rewards of the decoded occupancy (tests and the CPU demo) -----------------------------
+
+def _occupancy(mesh: Any, resolution: int) -> np.ndarray | None:
+    if mesh is None:
+        return None
+    occ = mesh.metadata.get("occupancy") if hasattr(mesh, "metadata") else None
+    if occ is not None and np.asarray(occ).shape == (resolution,) * 3:
+        return np.asarray(occ, dtype=bool)
+    from rewardkit.rl.tokenizers.base import voxelize_mesh
+
+    return voxelize_mesh(mesh, resolution)
+
+
+def _target(prompt: str, resolution: int, targets: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    if targets is not None and prompt in targets:
+        return np.asarray(targets[prompt], dtype=bool)
+    return demo_shape(prompt).occupancy(resolution)
+
+
+def _surface(occ: np.ndarray) -> np.ndarray:
+    p = np.pad(occ, 1)
+    interior = p[2:, 1:-1, 1:-1] & p[:-2, 1:-1, 1:-1] & p[1:-1, 2:, 1:-1] & p[1:-1, :-2, 1:-1] & p[1:-1, 1:-1, 2:] & p[1:-1, 1:-1, :-2]
+    return occ & ~interior
+
+
+def occupancy_iou(resolution: int = 8, targets: Mapping[str, np.ndarray] | None = None) -> RewardFn:
+    """Global shape: IoU of the decoded occupancy with the prompt's target shape (0 for no mesh)."""
+
+    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+        out = []
+        for mesh, prompt in zip(meshes, prompts):
+            occ = _occupancy(mesh, resolution)
+            if occ is None:
+                out.append(0.0)
+                continue
+            tgt = _target(prompt, resolution, targets)
+            union = (occ | tgt).sum()
+            out.append(float((occ & tgt).sum() / union) if union else 1.0)
+        return out
+
+    return fn
+
+
+def surface_f1(resolution: int = 8, targets: Mapping[str, np.ndarray] | None = None) -> RewardFn:
+    """Local detail: F1 between the surface voxels of the shape and of the prompt's target."""
+
+    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+        out = []
+        for mesh, prompt in zip(meshes, prompts):
+            occ = _occupancy(mesh, resolution)
+            if occ is None:
+                out.append(0.0)
+                continue
+            s, t = _surface(occ), _surface(_target(prompt, resolution, targets))
+            hit = (s & t).sum()
+            out.append(float(2 * hit / (s.sum() + t.sum())) if (s.sum() + t.sum()) else 1.0)
+        return out
+
+    return fn
+
+
+def mirror_symmetry(resolution: int = 8, axis: int = 0) -> RewardFn:
+    """Local attribute: IoU of the shape with its mirror image across the grid's mid-plane on ``axis``."""
+
+    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+        out = []
+        for mesh in meshes:
+            occ = _occupancy(mesh, resolution)
+            if occ is None or not occ.any():
+                out.append(0.0)
+                continue
+            flip = np.flip(occ, axis=axis)
+            out.append(float((occ & flip).sum() / (occ | flip).sum()))
+        return out
+
+    return fn
+
+
+def occupied_fraction(resolution: int = 8) -> RewardFn:
+    """Fraction of occupied voxels (a simple bandit-style reward)."""
+
+    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+        return [0.0 if (o := _occupancy(m, resolution)) is None else float(o.mean()) for m in meshes]
+
+    return fn
+
+
+BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
+    "occupancy_iou": occupancy_iou,
+    "surface_f1": surface_f1,
+    "mirror_symmetry": mirror_symmetry,
+    "occupied_fraction": occupied_fraction,
+}
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    if not attr:
+        raise ValueError(f"expected 'module:attribute', got {target!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any] | None = None) -> RewardTerm:
+    """A term from a config mapping. Exactly one source key:
+
+    - ``builtin: NAME`` (+ ``args``): one of :data:`BUILTIN_REWARDS`;
+    - ``fn: "module:attr"`` (+ ``args``): a callable, or a factory called with ``args``;
+    - ``scorer: DIR``: an exported rewardkit scorer directory, scored in-process;
+    - ``url: http://HOST:PORT``: a running ``rewardkit serve`` scoring service.
+
+    Common keys: ``name``, ``weight`` (1), ``dims`` (1). ``defaults`` fill builtin ``args`` (e.g. the
+    tokenizer resolution).
+    """
+    if isinstance(spec, RewardTerm):
+        return spec
+    spec = dict(spec)
+    args = dict(spec.get("args") or {})
+    sources = [k for k in ("builtin", "fn", "scorer", "url", "callable") if k in spec]
+    if len(sources) != 1:
+        raise ValueError(f"reward term needs exactly one of builtin/fn/scorer/url, got {sources}: {spec}")
+    src = sources[0]
+    if src == "builtin":
+        factory = BUILTIN_REWARDS.get(spec["builtin"])
+        if factory is None:
+            raise ValueError(f"unknown builtin reward {spec['builtin']!r} (known: {sorted(BUILTIN_REWARDS)})")
+        import inspect
+
+        accepted = inspect.signature(factory).parameters
+        for k, v in (defaults or {}).items():
+            if k in accepted:
+                args.setdefault(k, v)
+        fn = factory(**args)
+        name = spec.get("name", spec["builtin"])
+    elif src == "fn":
+        obj = _import(spec["fn"])
+        fn = obj(**args) if args else obj
+        name = spec.get("name", spec["fn"].rpartition(":")[2])
+    elif src == "callable":
+        fn, name = spec["callable"], spec.get("name", "reward")
+    else:
+        from rewardkit.rl import scorer_adapters
+
+        if src == "scorer":
+            fn = scorer_adapters.local_scorer_reward(spec["scorer"], **args)
+        else:
+            fn = scorer_adapters.service_reward(spec["url"], **args)
+        name = spec.get("name", src)
+    return RewardTerm(name=name, fn=fn, weight=float(spec.get("weight", 1.0)), dims=float(spec.get("dims", 1.0)))
+
+
+def build_step_reward(
+    terms: Sequence[Mapping[str, Any] | RewardTerm], on_error: str = "raise", defaults: Mapping[str, Any] | None = None
+) -> StepReward:
+    return StepReward([build_term(t, defaults) for t in terms], on_error=on_error)
+
+
+def group_stats(values: np.ndarray, group_size: int) -> tuple[float, float]:
+    """(mean, mean within-group population std) of a step's values, ignoring NaN (failed) samples."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1, group_size)
+    if np.isnan(v).all():
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore"):
+        stds = np.nanstd(v, axis=1)
+    return float(np.nanmean(v)), float(np.nanmean(stds)) if np.isfinite(stds).any() else math.nan
