@@ -1,0 +1,311 @@
+"""Reward functions for RL frameworks, backed by a local scorer or the HTTP scorer service.
+
+TRL (``GRPOTrainer(reward_funcs=...)``): a callable ``(prompts, completions, **kwargs) -> list[float | None]``::
+
+    from rewardkit.scoring.adapters import trl_reward_function
+    reward_global = trl_reward_function("scorers/", stage="global")          # local, loads once
+    reward_local = trl_reward_function(url="http://gpu-box:8000", stage="local")   # remote service
+    trainer = GRPOTrainer(..., reward_funcs=[reward_global, reward_local], ...)
+
+Each completion must resolve to a mesh: a file path, a trimesh object, a dict with ``"mesh"``, a chat
+message list whose last message's ``content`` is a path, or pass ``mesh_key="mesh_path"`` to read the
+meshes from a dataset column forwarded in ``kwargs``; or give ``completion_to_mesh`` (e.g. decode the
+policy's 3D tokens). Prompts may be strings or chat message lists (the last user message is used). A
+sample that cannot be scored gets ``failure_score`` (default ``None``, TRL's "not applicable"). Component
+scores are reported through TRL's ``log_extra`` hook when the trainer passes one.
+
+verl (``custom_reward_function.path=<this module's file | pkg://rewardkit.scoring.adapters>``,
+``.name=compute_score``)::
+
+    compute_score(data_source, solution_str, ground_truth, extra_info=None, *, scorer_dir=..., stage=...)
+
+``solution_str`` (or ``extra_info["mesh_path"]``) names the mesh file, the prompt is
+``extra_info["prompt"]`` or else ``ground_truth``. Extra keyword arguments come from verl's
+``reward_kwargs``: ``scorer_dir`` or ``server_url``, ``stage`` (``global``/``local``) or ``weights``
+(``{"global": 1.0, "local": 1.0}``), ``return_dict``, ``failure_score``, ``device``. Scorers and clients are
+cached per process (verl calls the function once per sample). ``compute_score_batch`` takes lists.
+
+Weights and stages: with ``stage`` the reward is that scorer's score; otherwise the weighted sum over
+``weights`` (default: every scorer, weight 1). AR3D-R1 feeds raw sums to the group normalisation; scores
+are comparable only within a prompt's group.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------- #
+# backends
+# ---------------------------------------------------------------------------------------------------- #
+
+
+class LocalBackend:
+    """Scores meshes in-process with a ScorerSet (rendered once for all scorers)."""
+
+    def __init__(self, scorers: Any, *, device: str | None = None, batch_size: int = 8,
+                 render_size: int | None = None) -> None:
+        from rewardkit.scoring.api import as_scorer_set
+
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.scorers = as_scorer_set(scorers, device=device)
+        self.batch_size, self.render_size = batch_size, render_size
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return self.scorers.names()
+
+    def score(self, meshes: Sequence[Any], prompts: Sequence[str]) -> list[dict[str, Any]]:
+        from rewardkit.scoring.api import score_meshes
+
+        with self._lock:  # one GL context / model at a time
+            results = score_meshes(list(meshes), list(prompts), self.scorers, batch_size=self.batch_size,
+                                   render_size=self.render_size)
+        return [{"scores": r.scores, "error": r.error} for r in results]
+
+
+class RemoteBackend:
+    """Uploads meshes to a running scorer service; requests run concurrently so the server batches them."""
+
+    def __init__(self, url: str, *, max_concurrency: int = 16, timeout: float = 300.0) -> None:
+        from rewardkit.scoring.client import ScorerClient
+
+        self.client = ScorerClient(url, timeout=timeout)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self._names: list[str] | None = None
+
+    def names(self) -> list[str]:
+        if self._names is None:
+            self._names = list(self.client.health()["scorers"])
+        return self._names
+
+    def _one(self, mesh: Any, prompt: str) -> dict[str, Any]:
+        try:
+            return {"scores": self.client.score_mesh(mesh, prompt)["scores"], "error": None}
+        except Exception as exc:
+            return {"scores": {}, "error": f"{type(exc).__name__}: {exc}"}
+
+    def score(self, meshes: Sequence[Any], prompts: Sequence[str]) -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(min(self.max_concurrency, max(1, len(meshes)))) as pool:
+            return list(pool.map(self._one, meshes, prompts))
+
+
+def make_backend(scorer: Any = None, *, url: str | None = None, device: str | None = None,
+                 **kw: Any) -> LocalBackend | RemoteBackend:
+    if (scorer is None) == (url is None):
+        raise ValueError("give exactly one of a scorer (object or directory) and url (a rewardkit serve address)")
+    if url is not None:
+        return RemoteBackend(url, **{k: v for k, v in kw.items() if k in ("max_concurrency", "timeout")})
+    return LocalBackend(scorer, device=device, **{k: v for k, v in kw.items() if k in ("batch_size", "render_size")})
+
+
+# ---------------------------------------------------------------------------------------------------- #
+# helpers
+# ---------------------------------------------------------------------------------------------------- #
+def _text_of(prompt: Any) -> str:
+    """A prompt string from a string or a chat message list (last user message)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Mapping):
+        return _text_of(prompt.get("content", ""))
+    if isinstance(prompt, Sequence):
+        msgs = [m for m in prompt if isinstance(m, Mapping)]
+        users = [m for m in msgs if m.get("role") == "user"] or msgs
+        if users:
+            content = users[-1].get("content", "")
+            if isinstance(content, list):  # multimodal content parts
+                return " ".join(str(c.get("text", "")) for c in content if isinstance(c, Mapping)).strip()
+            return str(content)
+    return str(prompt)
+
+
+def default_completion_to_mesh(completion: Any) -> Any:
+    """A path, trimesh object, ``{"mesh": ...}`` or chat message list -> something score_meshes takes."""
+    if isinstance(completion, Mapping):
+        for key in ("mesh", "mesh_path", "path", "content"):
+            if key in completion:
+                return default_completion_to_mesh(completion[key])
+        raise ValueError(f"completion dict has no mesh / mesh_path / path key: {sorted(completion)}")
+    if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], Mapping):
+        return default_completion_to_mesh(completion[-1].get("content", ""))
+    if isinstance(completion, str):
+        return completion.strip()
+    return completion
+
+
+def combine(scores: Mapping[str, float], *, stage: str | None = None,
+            weights: Mapping[str, float] | None = None) -> float:
+    if stage is not None:
+        if stage not in scores:
+            raise KeyError(f"no {stage!r} score (have {sorted(scores)})")
+        return float(scores[stage])
+    if weights is None:
+        return float(sum(scores.values()))
+    missing = [k for k in weights if k not in scores]
+    if missing:
+        raise KeyError(f"no score for {missing} (have {sorted(scores)})")
+    return float(sum(float(w) * float(scores[k]) for k, w in weights.items()))
+
+
+# ---------------------------------------------------------------------------------------------------- #
+# TRL
+# ---------------------------------------------------------------------------------------------------- #
+class TRLRewardFunction:
+    """TRL custom reward function: ``reward(prompts, completions, **kwargs) -> list[float | None]``."""
+
+    def __init__(self, scorer: Any = None, *, url: str | None = None, stage: str | None = None,
+                 weights: Mapping[str, float] | None = None, mesh_key: str | None = None,
+                 completion_to_mesh: Callable[[Any], Any] | None = None, failure_score: float | None = None,
+                 name: str | None = None, device: str | None = None, **backend_kw: Any) -> None:
+        if stage is not None and weights is not None:
+            raise ValueError("give stage or weights, not both")
+        self.backend = make_backend(scorer, url=url, device=device, **backend_kw)
+        self.stage, self.weights = stage, dict(weights) if weights else None
+        self.mesh_key = mesh_key
+        self.completion_to_mesh = completion_to_mesh or default_completion_to_mesh
+        self.failure_score = failure_score
+        self.__name__ = name or f"rewardkit_{stage or 'sum'}"  # TRL logs rewards under the function's __name__
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        texts = [_text_of(p) for p in prompts]
+        if self.mesh_key is not None:
+            if self.mesh_key not in kwargs:
+                raise KeyError(f"mesh_key={self.mesh_key!r} is not among the dataset columns passed to the reward "
+                               f"function: {sorted(k for k in kwargs if not k.startswith('log_'))}")
+            sources = list(kwargs[self.mesh_key])
+        else:
+            sources = list(completions)
+        if len(sources) != len(texts):
+            raise ValueError(f"{len(sources)} meshes for {len(texts)} prompts")
+        meshes: list[Any] = []
+        errors: list[str | None] = []
+        for s in sources:
+            try:
+                meshes.append(self.completion_to_mesh(s))
+                errors.append(None)
+            except Exception as exc:
+                meshes.append(None)
+                errors.append(f"{type(exc).__name__}: {exc}")
+        ok = [i for i, e in enumerate(errors) if e is None]
+        results: list[dict[str, Any]] = [{"scores": {}, "error": e} for e in errors]
+        if ok:
+            for i, r in zip(ok, self.backend.score([meshes[i] for i in ok], [texts[i] for i in ok])):
+                results[i] = r
+        rewards: list[float | None] = []
+        for r in results:
+            if r["error"] is not None:
+                rewards.append(self.failure_score)
+                continue
+            try:
+                rewards.append(combine(r["scores"], stage=self.stage, weights=self.weights))
+            except KeyError:
+                rewards.append(self.failure_score)
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra):
+            names = sorted({k for r in results for k in r["scores"]})
+            for n in names:
+                log_extra(f"rewardkit/{n}", [r["scores"].get(n) for r in results])
+        return rewards
+
+
+def trl_reward_function(scorer: Any = None, *, url: str | None = None, **kw: Any) -> TRLRewardFunction:
+    """A TRL-style reward function over a local scorer (object or directory) or a service ``url``."""
+    return TRLRewardFunction(scorer, url=url, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- #
+# verl
+# ---------------------------------------------------------------------------------------------------- #
+_BACKENDS: dict[tuple, LocalBackend | RemoteBackend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _cached_backend(scorer_dir: str | None, server_url: str | None, device: str | None) -> LocalBackend | RemoteBackend:
+    scorer_dir = scorer_dir or (None if server_url else os.environ.get("REWARDKIT_SCORER"))
+    server_url = server_url or (None if scorer_dir else os.environ.get("REWARDKIT_SCORER_URL"))
+    key = (str(Path(scorer_dir).resolve()) if scorer_dir else None, server_url, device)
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            if scorer_dir is None and server_url is None:
+                raise ValueError("compute_score needs scorer_dir=... or server_url=... (verl: reward_kwargs), or "
+                                 "REWARDKIT_SCORER / REWARDKIT_SCORER_URL in the environment")
+            _BACKENDS[key] = make_backend(scorer_dir, url=server_url, device=device)
+        return _BACKENDS[key]
+
+
+def _verl_inputs(solution_str: Any, ground_truth: Any, extra_info: Mapping[str, Any] | None) -> tuple[Any, str]:
+    extra = dict(extra_info or {})
+    mesh = extra.get("mesh_path") or extra.get("mesh") or default_completion_to_mesh(solution_str)
+    prompt = extra.get("prompt") or ground_truth
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("no prompt: put it in extra_info['prompt'] or ground_truth")
+    return mesh, prompt
+
+
+def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[Any], ground_truths: Sequence[Any],
+                        extra_infos: Sequence[Mapping[str, Any] | None] | None = None, *,
+                        scorer_dir: str | None = None, server_url: str | None = None, stage: str | None = None,
+                        weights: Mapping[str, float] | None = None, return_dict: bool = True,
+                        failure_score: float = 0.0, device: str | None = None, **_: Any) -> list[Any]:
+    """verl batch form: lists in, one result per sample (a dict with ``score`` and the stage scores, or a
+    float with ``return_dict=False``). Failures score ``failure_score`` (verl-omni's default 0.0)."""
+    backend = _cached_backend(scorer_dir, server_url, device)
+    extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
+    inputs: list[tuple[Any, str] | None] = []
+    errors: list[str | None] = []
+    for sol, gt, ex in zip(solution_strs, ground_truths, extra_infos):
+        try:
+            inputs.append(_verl_inputs(sol, gt, ex))
+            errors.append(None)
+        except Exception as exc:
+            inputs.append(None)
+            errors.append(f"{type(exc).__name__}: {exc}")
+    ok = [i for i, x in enumerate(inputs) if x is not None]
+    results: list[dict[str, Any]] = [{"scores": {}, "error": e} for e in errors]
+    if ok:
+        for i, r in zip(ok, backend.score([inputs[i][0] for i in ok], [inputs[i][1] for i in ok])):  # type: ignore[index]
+            results[i] = r
+    out: list[Any] = []
+    for r in results:
+        score = failure_score
+        err = r["error"]
+        if err is None:
+            try:
+                score = combine(r["scores"], stage=stage, weights=weights)
+            except KeyError as exc:
+                err = str(exc)
+        if return_dict:
+            d: dict[str, Any] = {"score": float(score)}
+            d.update({f"rewardkit_{k}": float(v) for k, v in r["scores"].items()})
+            d["rewardkit_failed"] = float(err is not None)
+            out.append(d)
+        else:
+            out.append(float(score))
+    return out
+
+
+def compute_score(data_source: Any, solution_str: Any, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
+                  **kwargs: Any) -> Any:
+    """verl custom reward function: ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``.
+
+    Returns a dict ``{"score": float, "rewardkit_global": ..., "rewardkit_local": ...}`` (verl logs the extra
+    keys) unless ``return_dict=False``. See the module docstring for the keyword arguments."""
+    kwargs.setdefault("return_dict", True)
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]
+
+
+def clear_cache() -> None:
+    """Drop the cached scorers / clients (tests; switching scorers in one process)."""
+    with _BACKENDS_LOCK:
+        _BACKENDS.clear()
+
+
+__all__ = ["LocalBackend", "RemoteBackend", "TRLRewardFunction", "clear_cache", "combine", "compute_score",
+           "compute_score_batch", "default_completion_to_mesh", "make_backend", "trl_reward_function"]
