@@ -1,0 +1,272 @@
+"""Integration with a REAL Label Studio server (fixture ``label_studio`` in conftest.py: one server per
+session, started by `rewardkit annotate up` on a free loopback port with a temporary data directory).
+
+Tasks are pushed for rendered pairs, annotations are posted through the API the way the labeling UI
+posts them (cookie session + CSRF, ``POST /api/tasks/<id>/annotations/?project=<id>``), and the pulled
+preferences table is checked row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from rewardkit.annotation import (
+    MissingRenderFiles,
+    ServerUnreachable,
+    build_tasks,
+    connect,
+    export_tasks,
+    find_free_port,
+    progress,
+    pull,
+    push_tasks,
+    qc_report,
+    user_map,
+)
+from rewardkit.cli import main as cli
+from rewardkit.data import read_preferences, write_table
+
+FLIP = {"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"}
+UI_LABEL = {"a": "A", "b": "B", "tie": "Tie", "both_bad": "Both bad"}
+
+
+class UiSession:
+    """What the browser does: sign up / log in through the HTML forms, then call the API with the
+    session cookie and the CSRF token, posting annotations with the labeling UI's payload."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.c = httpx.Client(base_url=url, timeout=30, follow_redirects=False)
+
+    def _form(self, path: str, data: dict) -> httpx.Response:
+        self.c.get(path)
+        data = {**data, "csrfmiddlewaretoken": self.c.cookies.get("csrftoken")}
+        return self.c.post(path, data=data, headers={"Referer": self.url + path})
+
+    def signup(self, email: str, password: str) -> "UiSession":
+        r = self._form("/user/signup/", {"email": email, "password": password})
+        assert r.status_code == 302, r.text[:500]
+        assert self.c.get("/api/current-user/whoami").json()["email"] == email
+        return self
+
+    def _post_annotation(self, task_id: int, project_id: int, body: dict, query: str = "") -> dict:
+        headers = {"X-CSRFToken": self.c.cookies.get("csrftoken"), "Referer": f"{self.url}/projects/{project_id}/data?task={task_id}"}
+        r = self.c.post(f"/api/tasks/{task_id}/annotations/?project={project_id}{query}", json=body, headers=headers)
+        assert r.status_code == 201, r.text[:500]
+        return r.json()
+
+    def submit(self, task_id: int, project_id: int, answers: dict[str, str], lead_time: float, comment: str | None = None) -> dict:
+        result = [
+            {"id": secrets.token_hex(5), "type": "choices", "value": {"choices": [UI_LABEL[lab]]}, "origin": "manual",
+             "to_name": {"global": "a_geometry", "local": "a_rgb"}[q], "from_name": q}
+            for q, lab in answers.items()
+        ]
+        if comment:
+            result.append({"id": secrets.token_hex(5), "type": "textarea", "value": {"text": [comment]}, "origin": "manual",
+                           "to_name": "prompt", "from_name": "comment"})
+        body = {"lead_time": lead_time, "result": result, "draft_id": None, "parent_prediction": None,
+                "parent_annotation": None, "started_at": datetime.now(timezone.utc).isoformat()}
+        return self._post_annotation(task_id, project_id, body)
+
+    def skip(self, task_id: int, project_id: int, lead_time: float) -> dict:
+        body = {"lead_time": lead_time, "result": [], "draft_id": None, "parent_prediction": None,
+                "parent_annotation": None, "started_at": datetime.now(timezone.utc).isoformat(), "was_cancelled": True}
+        return self._post_annotation(task_id, project_id, body, "&was_cancelled=1")
+
+
+@pytest.fixture(scope="module")
+def client(label_studio):
+    return connect(label_studio.url, label_studio.token)
+
+
+@pytest.fixture(scope="module")
+def pushed(label_studio, client):
+    """Push every pair (display sides flipped at random, seeded), then push again."""
+    env = label_studio
+    tasks = build_tasks(env.pairs, env.items, env.document_root, display="random", seed=3)
+    first = push_tasks(client, env.project_id, tasks)
+    second = push_tasks(client, env.project_id, tasks)
+    by_pair = {t.data["pair_id"]: t for t in client.tasks.list(project=env.project_id, fields="all")}
+    return tasks, first, second, by_pair
+
+
+def test_push_imports_each_pair_once(label_studio, pushed):
+    tasks, first, second, by_pair = pushed
+    n = label_studio.pairs.height
+    assert n == 4  # 3 animal pairs + 1 object pair
+    assert first.imported == n and first.skipped_existing == 0 and len(first.task_ids) == n
+    assert second.imported == 0 and second.skipped_existing == n
+    assert sorted(by_pair) == sorted(label_studio.pairs["pair_id"].to_list())
+    # the seeded random display really swapped some pairs and kept others
+    sides = {r["pair_id"]: r["item_a"] for r in label_studio.pairs.iter_rows(named=True)}
+    swapped = [p for p, t in by_pair.items() if t.data["left_item"] != sides[p]]
+    assert 0 < len(swapped) < n
+
+
+def test_push_twice_through_cli_imports_nothing_new(label_studio, pushed, tmp_path):
+    env = label_studio
+    write_table(env.items, tmp_path / "items.parquet", "items")
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    r = CliRunner().invoke(cli, ["annotate", "push", "--items", str(tmp_path / "items.parquet"),
+                                 "--pairs", str(tmp_path / "pairs.parquet"), *env.cli_args()])
+    assert r.exit_code == 0, r.output
+    assert "imported 0 new task(s); 4 pair(s) already had a task" in r.output
+
+
+def test_tasks_reference_render_grids_served_from_local_files(label_studio, pushed):
+    env = label_studio
+    _, _, _, by_pair = pushed
+    for pid, task in by_pair.items():
+        d = task.data
+        for side, item in (("a", d["left_item"]), ("b", d["right_item"])):
+            for mode in ("geometry", "rgb"):
+                url = d[f"{side}_{mode}"]
+                assert url == f"/data/local-files/?d=renders/{item}/grid_{mode}.png"
+                r = httpx.get(env.url + url, headers={"Authorization": f"Token {env.token}"}, timeout=30)
+                assert r.status_code == 200, (url, r.status_code)
+                assert r.content == (env.renders / item / f"grid_{mode}.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def annotated(label_studio, client, pushed):
+    """Annotations from three annotators; returns the expected preferences rows (pairs orientation)."""
+    env = label_studio
+    _, _, _, by_pair = pushed
+    pairs = env.pairs.sort("pair_id")
+    p = pairs["pair_id"].to_list()
+    ann1 = UiSession(env.url).signup("ann1@example.com", "ann1-" + secrets.token_hex(6))
+    ann2 = UiSession(env.url).signup("ann2@example.com", "ann2-" + secrets.token_hex(6))
+    sides = {r["pair_id"]: r["item_a"] for r in pairs.iter_rows(named=True)}
+    expected: list[tuple] = []
+
+    def answer(who: str, sess, pid: str, display: dict[str, str], lead: float, comment: str | None = None) -> None:
+        task = by_pair[pid]
+        if sess is None:  # the admin answers through the SDK with its API token
+            client.annotations.create(
+                id=task.id, lead_time=lead,
+                result=[{"type": "choices", "from_name": q, "to_name": {"global": "a_geometry", "local": "a_rgb"}[q],
+                         "value": {"choices": [UI_LABEL[lab]]}} for q, lab in display.items()],
+            )
+        else:
+            sess.submit(task.id, env.project_id, display, lead, comment)
+        swapped = task.data["left_item"] != sides[pid]
+        for q, lab in display.items():
+            expected.append((pid, q, FLIP[lab] if swapped else lab, who, lead))
+
+    answer("admin@example.com", None, p[0], {"global": "a", "local": "tie"}, 12.5)
+    answer("ann1@example.com", ann1, p[0], {"global": "a", "local": "b"}, 8.0, comment="the duck lost its beak")
+    ann2.skip(by_pair[p[0]].id, env.project_id, 3.0)  # cancelled: skipped and counted
+    answer("admin@example.com", None, p[1], {"global": "b", "local": "both_bad"}, 20.0)
+    answer("ann1@example.com", ann1, p[1], {"global": "a", "local": "a"}, 6.5)
+    answer("ann2@example.com", ann2, p[2], {"global": "tie", "local": "a"}, 9.25)
+    # p[3]: nobody
+    return sorted(expected), {"swapped": {q for q in p if by_pair[q].data["left_item"] != sides[q]}}
+
+
+def test_pull_gives_preferences_row_by_row(label_studio, client, annotated):
+    env = label_studio
+    expected, info = annotated
+    assert info["swapped"], "at least one annotated pair must have been displayed swapped"
+    result, raw = pull(client, env.project_id, env.pairs)
+    got = sorted(
+        (r["pair_id"], r["question"], r["label"], r["annotator"], r["lead_time_s"])
+        for r in result.preferences.iter_rows(named=True)
+    )
+    assert got == expected  # nothing lost, nothing duplicated, A/B mapped through left_item
+    assert set(result.preferences["source"].to_list()) == {"labelstudio"}
+    assert all(result.preferences["created_at"].to_list())
+    assert result.counts["cancelled"] == 1
+    assert result.counts["ignored_result"] == 1  # the comment
+    assert result.skipped == {"cancelled": 1}
+    assert len(raw) == 4
+
+
+def test_pull_cli_writes_the_table_and_status_shows_progress(label_studio, annotated, tmp_path):
+    env = label_studio
+    expected, _ = annotated
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    write_table(env.items, tmp_path / "items.parquet", "items")
+    out = tmp_path / "prefs.parquet"
+    r = CliRunner().invoke(cli, ["annotate", "pull", "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(out),
+                                 "--raw-out", str(tmp_path / "raw.json"), "--items", str(tmp_path / "items.parquet"),
+                                 "--hf-out", str(tmp_path / "hf"), *env.cli_args()])
+    assert r.exit_code == 0, r.output
+    assert "skipped: cancelled=1" in r.output
+    prefs = read_preferences(out)
+    assert prefs.height == len(expected)
+    assert json.loads((tmp_path / "raw.json").read_text())[0]["data"]["pair_id"]
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert len(ds) == len(expected) and Path(ds[0]["a_grid_rgb"]).is_file()
+
+    r = CliRunner().invoke(cli, ["annotate", "status", "--json", *env.cli_args()])
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.output)
+    assert (st["tasks"], st["tasks_done"], st["annotations"], st["cancelled"]) == (4, 3, 5, 1)
+    assert st["per_annotator"] == {
+        "admin@example.com": {"submitted": 2, "cancelled": 0},
+        "ann1@example.com": {"submitted": 2, "cancelled": 0},
+        "ann2@example.com": {"submitted": 1, "cancelled": 1},
+    }
+    report = qc_report(prefs, min_overlap=1)
+    assert report["questions"]["global"]["units_with_2plus"] == 2
+    r = CliRunner().invoke(cli, ["annotate", "qc", "--preferences", str(out), "--json", str(tmp_path / "qc.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "qc.json").read_text())["n_rows"] == len(expected)
+
+
+def test_progress_matches_users(label_studio, client, annotated):
+    users = user_map(client)
+    assert {"admin@example.com", "ann1@example.com", "ann2@example.com"} <= set(users.values())
+    prog = progress(export_tasks(client, label_studio.project_id), users)
+    assert prog["tasks_left"] == 1
+
+
+def test_missing_render_files_fail_task_creation(label_studio, client, tmp_path):
+    env = label_studio
+    items = env.items.with_columns(
+        pl.when(pl.col("item_id") == "cow").then(pl.lit(str(tmp_path / "nowhere" / "cow"))).otherwise(pl.col("render_dir")).alias("render_dir")
+    )
+    broken = tmp_path / "broken_duck"
+    broken.mkdir()
+    (broken / "grid_geometry.png").write_bytes((env.renders / "duck" / "grid_geometry.png").read_bytes())
+    items = items.with_columns(
+        pl.when(pl.col("item_id") == "duck").then(pl.lit(str(broken))).otherwise(pl.col("render_dir")).alias("render_dir")
+    )
+    with pytest.raises(MissingRenderFiles) as exc:
+        build_tasks(env.pairs, items, tmp_path)
+    want = sorted([str(tmp_path / "nowhere" / "cow" / "grid_geometry.png"), str(tmp_path / "nowhere" / "cow" / "grid_rgb.png"),
+                   str(broken / "grid_rgb.png")])
+    assert sorted(exc.value.missing) == want
+    for w in want:
+        assert w in str(exc.value)
+    # through the CLI: the push fails, lists what is missing, and creates no task
+    before = len(list(client.tasks.list(project=env.project_id)))
+    write_table(items, tmp_path / "items.parquet", "items")
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    r = CliRunner().invoke(cli, ["annotate", "push", "--items", str(tmp_path / "items.parquet"),
+                                 "--pairs", str(tmp_path / "pairs.parquet"), *env.cli_args()])
+    assert r.exit_code != 0
+    assert "3 render file(s) missing" in r.output and str(broken / "grid_rgb.png") in r.output
+    assert len(list(client.tasks.list(project=env.project_id))) == before
+
+
+def test_unreachable_server_is_a_clear_error_naming_the_url(tmp_path):
+    url = f"http://127.0.0.1:{find_free_port()}"
+    with pytest.raises(ServerUnreachable) as exc:
+        connect(url, "some-token")
+    assert url in str(exc.value)
+    r = CliRunner().invoke(cli, ["annotate", "status", "--url", url, "--data-dir", str(tmp_path),
+                                 "--credentials", str(tmp_path / "none.json")])
+    assert r.exit_code != 0
+    assert url in r.output and "unreachable" in r.output
+    assert "Traceback" not in r.output
