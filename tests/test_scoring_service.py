@@ -159,3 +159,20 @@ def test_mesh_upload_matches_local_scoring(server, scorers):
     assert r.status_code == 415
     r = httpx.post(url + "/score_mesh", files={"file": ("m.glb", b"0" * 1_100_000)}, data={"prompt": "x"})
     assert r.status_code == 413
+
+
+def test_rl_adapters_through_the_service(server, scorers):
+    from rewardkit.scoring import adapters
+
+    url, _ = server
+    files = mesh_files()
+    local = score_meshes([files["red_box"], files["cone"]], ["a red box", "a cone"], scorers)
+    reward = adapters.trl_reward_function(url=url, stage="global")
+    out = reward(["a red box", "a cone", "x"], [str(files["red_box"]), str(files["cone"]), str(files["broken"])])
+    assert out[0] == pytest.approx(local[0].scores["global"], abs=1e-4)
+    assert out[1] == pytest.approx(local[1].scores["global"], abs=1e-4)
+    assert out[2] is None
+    adapters.clear_cache()
+    r = adapters.compute_score("rewardkit", str(files["cone"]), "a cone", None, server_url=url)
+    assert r["score"] == pytest.approx(local[1].scores["global"] + local[1].scores["local"], abs=1e-4)
+    adapters.clear_cache()
