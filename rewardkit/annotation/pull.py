@@ -141,6 +141,10 @@ def convert_export(
         else:
             problem("malformed_task", f"task {tid}: left_item {left!r} is neither item of pair {pid}")
             continue
+        right = data.get("right_item")
+        if right is not None and right != (item_a if flipped else item_b):
+            problem("malformed_task", f"task {tid}: right_item {right!r} is not the other item of pair {pid}")
+            continue
         anns = task.get("annotations", [])
         if not isinstance(anns, list):
             problem("malformed_task", f"task {tid}: annotations is not a list")
