@@ -58,7 +58,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     mean = r0.sum(dim=1, keepdim=True) / n
     var = (torch.where(valid, r - mean, torch.zeros_like(r)) ** 2).sum(dim=1, keepdim=True) / n
     adv = (r - mean) / (var.sqrt() + eps)
-    adv = torch.where(valid, adv, torch.zeros_like(adv))
+    # all-equal groups get exactly 0 (the float mean of equal values can be off by an ulp)
+    flat = ~group_has_signal(rewards, group_size)[:, None]
+    adv = torch.where(valid & ~flat, adv, torch.zeros_like(adv))
     return adv.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 

@@ -424,7 +424,9 @@ def build_tiny_policy(
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, normalizers, decoders
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     specials = ["<pad>", "<unk>", "<eos>"]
     uniq = [w for w in dict.fromkeys(w.lower() for w in words) if w not in specials]

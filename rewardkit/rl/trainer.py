@@ -429,7 +429,7 @@ class HiGRPOTrainer:
                     w = float(out.num_tokens)
                     for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
                         metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
-                    metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss), 1.0))
+                    metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
             grad_norm = fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else None
             self.optimizer.step()
             if grad_norm is not None:

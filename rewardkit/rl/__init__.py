@@ -1,0 +1,39 @@
+"""Hi-GRPO for autoregressive text-to-3D policies, rewarded by rewardkit scorers.
+
+- :mod:`rewardkit.rl.hi_grpo`     the math: advantages, clipped token-level loss, k3 KL, dynamic sampling rule
+- :mod:`rewardkit.rl.policy`      Hugging Face causal LMs with ShapeLLM-Omni mesh tokens: two-phase sampling, log-probs
+- :mod:`rewardkit.rl.tokenizers`  shape tokenizers (tokens <-> occupancy -> mesh): voxel blocks, ShapeLLM-Omni VQVAE
+- :mod:`rewardkit.rl.rewards`     weighted reward terms per step over ``fn(meshes, prompts) -> list[float]``
+- :mod:`rewardkit.rl.trainer`     :class:`HiGRPOConfig` + :class:`HiGRPOTrainer` (Lightning Fabric)
+
+Heavy modules are imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "HiGRPOConfig": "rewardkit.rl.trainer",
+    "HiGRPOTrainer": "rewardkit.rl.trainer",
+    "WarmStartConfig": "rewardkit.rl.trainer",
+    "load_config": "rewardkit.rl.trainer",
+    "MeshPolicy": "rewardkit.rl.policy",
+    "SamplingConfig": "rewardkit.rl.policy",
+    "build_tiny_policy": "rewardkit.rl.policy",
+    "RewardTerm": "rewardkit.rl.rewards",
+    "StepReward": "rewardkit.rl.rewards",
+    "RewardError": "rewardkit.rl.rewards",
+    "create_tokenizer": "rewardkit.rl.tokenizers",
+    "VoxelBlockTokenizer": "rewardkit.rl.tokenizers",
+    "VQVAETokenizer": "rewardkit.rl.tokenizers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rewardkit.rl' has no attribute {name!r}")
