@@ -212,8 +212,11 @@ def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any]
 
     - ``builtin: NAME`` (+ ``args``): one of :data:`BUILTIN_REWARDS`;
     - ``fn: "module:attr"`` (+ ``args``): a callable, or a factory called with ``args``;
-    - ``scorer: DIR``: an exported rewardkit scorer directory, scored in-process;
+    - ``scorer: DIR``: an exported rewardkit scorer (set) directory, scored in-process;
     - ``url: http://HOST:PORT``: a running ``rewardkit serve`` scoring service.
+
+    For ``scorer``/``url``, ``args`` go to :func:`rewardkit.rl.scorer_adapters.scorer_reward`
+    (``stage: global|local`` or ``weights``, ``empty_score``, ``device``, ``batch_size``, ``render_size``).
 
     Common keys: ``name``, ``weight`` (1), ``dims`` (1). ``defaults`` fill builtin ``args`` (e.g. the
     tokenizer resolution).
@@ -245,13 +248,13 @@ def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any]
     elif src == "callable":
         fn, name = spec["callable"], spec.get("name", "reward")
     else:
-        from rewardkit.rl import scorer_adapters
+        from rewardkit.rl.scorer_adapters import scorer_reward
 
         if src == "scorer":
-            fn = scorer_adapters.local_scorer_reward(spec["scorer"], **args)
+            fn = scorer_reward(spec["scorer"], **args)
         else:
-            fn = scorer_adapters.service_reward(spec["url"], **args)
-        name = spec.get("name", src)
+            fn = scorer_reward(url=spec["url"], **args)
+        name = spec.get("name", f"{src}_{args.get('stage', 'sum')}")
     return RewardTerm(name=name, fn=fn, weight=float(spec.get("weight", 1.0)), dims=float(spec.get("dims", 1.0)))
 
 

@@ -1,62 +1,71 @@
-"""Reward callables backed by rewardkit scorers: an exported scorer directory (in-process) or a running
-scoring service (HTTP). Both return ``fn(meshes, prompts) -> list[float | None]``.
+"""Reward callables backed by rewardkit scorers, for the Hi-GRPO reward terms.
 
-A sample without a mesh (``None``: the policy's tokens decoded to an empty grid) cannot be rendered;
-it scores ``empty_score`` when one is configured, otherwise ``None`` (the step's ``on_error`` then
-raises or marks it). Nothing is filled in silently.
+``scorer_reward(scorer_dir)`` scores in-process with an exported scorer or scorer set
+(:func:`rewardkit.scoring.load_scorer`); ``scorer_reward(url=...)`` goes through a running
+``rewardkit serve``. Both use :mod:`rewardkit.scoring.adapters`' backends (meshes rendered once for
+all scorers of a set) and return ``fn(meshes, prompts) -> list[float | None]``:
+
+- ``stage`` picks one scorer of a set (``global`` for R_high terms, ``local`` for R_low terms);
+  ``weights`` sums several; neither sums all (what :func:`rewardkit.scoring.adapters.combine` does);
+- a sample the scorer could not score (render or model error, a dropped HTTP request) is ``None``;
+- a sample without a mesh (the policy's tokens decoded to an empty grid) is ``empty_score`` when one is
+  configured, otherwise ``None``.
+
+``None`` is never replaced by a constant here: the step's ``on_error`` raises or marks the sample.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["local_scorer_reward", "service_reward"]
+__all__ = ["scorer_reward", "local_scorer_reward", "service_reward"]
+
+RewardFn = Callable[[Sequence[Any], Sequence[str]], list]
 
 
-def _with_empty(score_meshes: Callable[[list[Any], list[str]], Sequence[float]], empty_score: float | None):
+def scorer_reward(
+    scorer: Any = None,
+    *,
+    url: str | None = None,
+    stage: str | None = None,
+    weights: Mapping[str, float] | None = None,
+    empty_score: float | None = None,
+    device: str | None = None,
+    **backend_kw: Any,
+) -> RewardFn:
+    from rewardkit.scoring.adapters import combine, make_backend
+
+    if stage is not None and weights is not None:
+        raise ValueError("give stage or weights, not both")
+    backend = make_backend(scorer, url=url, device=device, **backend_kw)
+    last_errors: list[str] = []
+
     def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float | None]:
-        idx = [i for i, m in enumerate(meshes) if m is not None]
         out: list[float | None] = [empty_score] * len(meshes)
-        if idx:
-            scores = list(score_meshes([meshes[i] for i in idx], [prompts[i] for i in idx]))
-            if len(scores) != len(idx):
-                raise RuntimeError(f"scorer returned {len(scores)} scores for {len(idx)} meshes")
-            for i, s in zip(idx, scores):
-                out[i] = None if s is None else float(s)
+        idx = [i for i, m in enumerate(meshes) if m is not None]
+        last_errors.clear()
+        if not idx:
+            return out
+        results = backend.score([meshes[i] for i in idx], [prompts[i] for i in idx])
+        if len(results) != len(idx):
+            raise RuntimeError(f"scorer returned {len(results)} results for {len(idx)} meshes")
+        for i, r in zip(idx, results):
+            if r.get("error"):
+                out[i] = None
+                last_errors.append(str(r["error"]))
+            else:
+                out[i] = combine(r["scores"], stage=stage, weights=weights)
         return out
 
+    fn.errors = last_errors  # type: ignore[attr-defined]  # the latest call's scorer errors, for debugging
     return fn
 
 
-def local_scorer_reward(
-    path: str, stage: str | None = None, device: str = "cpu", empty_score: float | None = None, **score_kwargs: Any
-) -> Callable[[Sequence[Any], Sequence[str]], list[float | None]]:
-    """Score with an exported scorer directory (``Scorer.save_pretrained``) or a scorer set
-    (``stage`` picks ``global`` / ``local``)."""
-    from rewardkit import scoring
-
-    scorer = scoring.load_scorer(path, device=device) if hasattr(scoring, "load_scorer") else scoring.Scorer.from_pretrained(path, device=device)
-    if hasattr(scorer, "scorers") and not hasattr(scorer, "score_meshes"):  # a ScorerSet
-        if stage is None:
-            raise ValueError(f"{path} holds a scorer set; pass args: {{stage: global|local}}")
-        scorer = scorer[stage] if hasattr(scorer, "__getitem__") else scorer.scorers[stage]
-
-    def score(meshes: list[Any], prompts: list[str]) -> Sequence[float]:
-        out = scorer.score_meshes(meshes, prompts, **score_kwargs)
-        return out.tolist() if hasattr(out, "tolist") else out
-
-    return _with_empty(score, empty_score)
+def local_scorer_reward(path: str, **kw: Any) -> RewardFn:
+    """An exported scorer (set) directory, scored in-process."""
+    return scorer_reward(path, **kw)
 
 
-def service_reward(
-    url: str, stage: str | None = None, empty_score: float | None = None, timeout: float = 120.0, **client_kwargs: Any
-) -> Callable[[Sequence[Any], Sequence[str]], list[float | None]]:
-    """Score through a running ``rewardkit serve`` service."""
-    from rewardkit.scoring import client as scoring_client
-
-    c = scoring_client.ScoringClient(url, timeout=timeout, **client_kwargs)
-
-    def score(meshes: list[Any], prompts: list[str]) -> Sequence[float]:
-        return c.score_meshes(meshes, prompts, stage=stage)
-
-    return _with_empty(score, empty_score)
+def service_reward(url: str, **kw: Any) -> RewardFn:
+    """A running ``rewardkit serve`` service."""
+    return scorer_reward(url=url, **kw)
