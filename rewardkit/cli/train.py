@@ -1,0 +1,59 @@
+"""``rewardkit train``: train one stage's reward model from the preferences table and render folders."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("train")
+@click.option("--stage", type=click.Choice(["global", "local"]), default=None,
+              help="Which reward stage (and preferences question). Overrides the config's `stage`.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML or JSON file of TrainConfig fields (see docs/reward-models.md).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config field; dotted keys for nested ones (model.backbone.name=ViT-B-32). Repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (config `out_dir`).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
+def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...], out_dir: str | None,
+          print_config: bool) -> None:
+    """Train the GLOBAL (geometry views) or LOCAL (rgb views) reward model with Lightning.
+
+    Writes checkpoints, CSV/TensorBoard logs, metrics.json, learning_curve.png and the trained model
+    (model/config.json + model/model.safetensors) under the output folder; prints the validation metrics.
+    """
+    from rewardkit.train.config import load_train_config
+
+    try:
+        cfg = load_train_config(config_path, overrides, stage=stage, out_dir=out_dir)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if print_config:
+        click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return
+    from rewardkit.data.tables import TableError
+    from rewardkit.models.backbone import BackboneError
+    from rewardkit.train.trainer import train as run
+
+    try:
+        result = run(cfg)
+    except (TableError, BackboneError, FileNotFoundError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    m = result.metrics
+    val = m.get("val") or {}
+    lines = [f"stage {cfg.stage} ({', '.join(m['modes'])}) on {cfg.model.backbone.name}: "
+             f"{m['global_step']} steps, {m['epochs']} epochs, {m['fit_seconds']} s"]
+    if val:
+        lines.append(f"val: pairwise accuracy {val['pairwise_accuracy']}, tie-band accuracy {val['tie_band_accuracy']} "
+                     f"(tau {val['tie_threshold']}), BT loss {val['bt_loss']}, ECE {val['ece']} -> "
+                     f"{val['ece_temperature_scaled']} at T={val['temperature']:.3g}  [{val['n_pairs']} pairs]")
+    dis = m.get("disentanglement")
+    if dis:
+        lines.append(f"disentanglement: accuracy {dis.get('accuracy')} on {dis['n_pairs']} pairs differing only in "
+                     f"{dis['differs_in']} ({dis['labels_from_question']} labels; ~0.5 expected)")
+    lines.append(f"outputs: {result.out_dir} (metrics.json, learning_curve.png"
+                 + (f", model in {result.model_dir}" if result.model_dir else "") + ")")
+    click.echo("\n".join(lines))

@@ -1,0 +1,20 @@
+"""Training per-stage reward models with Lightning: config, data module, Lightning module, the run."""
+
+from rewardkit.train.config import TrainConfig, apply_overrides, load_train_config
+from rewardkit.train.data import (
+    EpochShuffleSampler,
+    PreferenceDataModule,
+    PreferencePairDataset,
+    ViewCache,
+    build_examples,
+    collate_pairs,
+    split_prompts,
+)
+from rewardkit.train.module import RewardModelModule
+from rewardkit.train.trainer import TrainResult, evaluate, plot_learning_curve, predict_deltas, train
+
+__all__ = [
+    "EpochShuffleSampler", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
+    "TrainResult", "ViewCache", "apply_overrides", "build_examples", "collate_pairs", "evaluate",
+    "load_train_config", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
+]

@@ -1,0 +1,186 @@
+"""``TrainConfig``: every setting of a training run, in one dataclass (TRL's ``RewardConfig`` convention).
+
+Read from YAML or JSON (``load_train_config``); any field, nested ones included, can be overridden with
+``key=value`` strings (``model.backbone.name=ViT-B-32``, ``lr=3e-4``, ``model.modes=[geometry,normal]``);
+values are parsed as YAML scalars/lists. Unknown keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rewardkit.models.stage import StageModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # -- what to train on ---------------------------------------------------------------------------
+    stage: str = "global"  # "global" | "local": the preferences question and the model's stage
+    items: str = "data/items.parquet"
+    pairs: str = "data/pairs.parquet"
+    preferences: str = "data/preferences.parquet"
+    # Optional parquet (pair_id, differs_in: "texture" | "geometry") of probe pairs for the disentanglement check.
+    probes: str | None = None
+    # Relative render_dir values are resolved against this folder (default: the items table's folder, then cwd).
+    render_root: str | None = None
+    out_dir: str = "out/train"
+    # -- model --------------------------------------------------------------------------------------
+    model: StageModelConfig = field(default_factory=StageModelConfig)
+    # -- data ---------------------------------------------------------------------------------------
+    views: list[int] | None = None  # which view indices of each mode to use (None: all)
+    image_size: int | None = None  # resize on load (None: the backbone's input size)
+    val_fraction: float = 0.2  # fraction of prompts held out for validation
+    test_fraction: float = 0.0  # optional test prompts (tie threshold / temperature then fitted on val)
+    aggregate_annotators: bool = False  # average the labels of one pair into one soft target
+    batch_size: int = 16
+    num_workers: int = 0
+    seed: int = 0
+    num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy machine
+    # -- optimisation -------------------------------------------------------------------------------
+    max_epochs: int = 10
+    max_steps: int = -1
+    lr: float = 1e-4
+    backbone_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"  # "cosine" | "constant"
+    margin: float = 0.0
+    tie_offset: bool = True
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    # -- Lightning ----------------------------------------------------------------------------------
+    accelerator: str = "cpu"
+    devices: Any = 1  # int, list or "auto"; multi-GPU: accelerator=gpu devices=4 strategy=ddp
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    resume: str | None = "auto"  # "auto": <out_dir>/checkpoints/last.ckpt if present; a path; or None
+    save_top_k: int = 1
+    monitor: str = "val/pairwise_accuracy"
+    tensorboard: bool = True  # in addition to CSV, when tensorboard is installed
+    progress_bar: bool = False
+    # -- evaluation / export ------------------------------------------------------------------------
+    ece_bins: int = 10
+    use_best_checkpoint: bool = True  # evaluate/export the best checkpoint by `monitor` (else the last weights)
+    export: bool = True  # write <out_dir>/model (config.json + model.safetensors)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            m = dict(self.model)
+            m.setdefault("stage", self.stage)
+            self.model = StageModelConfig.from_dict(m)
+        if self.stage not in ("global", "local"):
+            raise ValueError(f"stage must be 'global' or 'local', got {self.stage!r}")
+        if self.model.stage != self.stage:
+            # The stage decides the default render modes; rebuild the model config for this stage.
+            m = self.model.to_dict()
+            if m.get("modes") == StageModelConfig(stage=self.model.stage).modes:
+                m["modes"] = None
+            m["stage"] = self.stage
+            self.model = StageModelConfig.from_dict(m)
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) with a sum below 1")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    @property
+    def question(self) -> str:
+        return self.stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v for c in ".eE") else int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _check_key(path: Sequence[str]) -> None:
+    """Raise if ``path`` names no field of TrainConfig (walking nested dataclasses)."""
+    cls: Any = TrainConfig
+    for i, key in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            raise ValueError(f"cannot set {'.'.join(path)}: {'.'.join(path[:i])} is not a section")
+        fmap = {f.name: f for f in fields(cls)}
+        if key not in fmap:
+            where = ".".join(path[:i]) or "the top level"
+            raise ValueError(f"unknown config key {'.'.join(path)!r}: {where} has {sorted(fmap)}")
+        f = fmap[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        cls = type(default) if dataclasses.is_dataclass(default) else None
+
+
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for nested sections) to a config dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        path = [k for k in key.strip().split(".") if k]
+        if not path:
+            raise ValueError(f"override {item!r} has an empty key")
+        _check_key(path)
+        node = d
+        for k in path[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[path[-1]] = _parse_value(text.strip())
+    return d
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of TrainConfig fields")
+    return data
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = (), **fixed: Any) -> TrainConfig:
+    """Config file (optional) < ``overrides`` (key=value) < ``fixed`` keyword fields (e.g. ``stage``)."""
+    d = load_config_file(path) if path else {}
+    apply_overrides(d, overrides)
+    for k, v in fixed.items():
+        if v is not None:
+            d[k] = v
+    if isinstance(d.get("model"), dict):
+        d["model"].setdefault("stage", d.get("stage", "global"))
+    return TrainConfig.from_dict(d)
+
+
+__all__ = ["TrainConfig", "apply_overrides", "load_config_file", "load_train_config"]

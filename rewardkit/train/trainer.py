@@ -1,0 +1,257 @@
+"""Run a training job from a ``TrainConfig``: fit, checkpoint/resume, evaluate, plot, export.
+
+Outputs under ``out_dir``::
+
+    checkpoints/last.ckpt, checkpoints/best-*.ckpt   Lightning checkpoints (resume with resume=auto)
+    logs/csv/version_0/metrics.csv                   CSV log (and logs/tensorboard/ when installed)
+    metrics.json                                     validation (and test) metrics + disentanglement
+    learning_curve.png                               train/val loss and validation accuracy
+    model/config.json, model/model.safetensors       the trained StageRewardModel (no pickles)
+    train_config.json                                the resolved config of this run
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from rewardkit import __version__
+from rewardkit.eval.metrics import chance_credit_accuracy, preference_metrics
+from rewardkit.models.stage import StageRewardModel
+from rewardkit.train.config import TrainConfig
+from rewardkit.train.data import PreferenceDataModule
+from rewardkit.train.module import RewardModelModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    model_dir: Path | None
+    module: RewardModelModule = field(repr=False)
+    datamodule: PreferenceDataModule = field(repr=False)
+
+
+def build_datamodule(cfg: TrainConfig, image_size: int) -> PreferenceDataModule:
+    return PreferenceDataModule(
+        cfg.items, cfg.pairs, cfg.preferences, stage=cfg.stage, modes=cfg.model.modes,
+        image_size=cfg.image_size or image_size, views=cfg.views, render_root=cfg.render_root, probes=cfg.probes,
+        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+        aggregate_annotators=cfg.aggregate_annotators, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        seed=cfg.seed,
+    )
+
+
+def build_module(cfg: TrainConfig) -> RewardModelModule:
+    return RewardModelModule(
+        cfg.model, lr=cfg.lr, backbone_lr=cfg.backbone_lr, weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps, lr_schedule=cfg.lr_schedule, margin=cfg.margin, tie_offset=cfg.tie_offset,
+        seed=cfg.seed, ece_bins=cfg.ece_bins,
+    )
+
+
+def _resume_path(cfg: TrainConfig, ckpt_dir: Path) -> str | None:
+    if cfg.resume in (None, "", "none", "never", False):
+        return None
+    if cfg.resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    p = Path(str(cfg.resume))
+    if not p.exists():
+        raise FileNotFoundError(f"resume checkpoint {p} not found")
+    return str(p)
+
+
+def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-{epoch:03d}-{step:06d}",
+                           monitor=cfg.monitor, mode="min" if "loss" in cfg.monitor or "ece" in cfg.monitor else "max",
+                           save_top_k=cfg.save_top_k, save_last=True, auto_insert_metric_name=False)
+    loggers: list = [CSVLogger(out_dir / "logs", name="csv", version=0)]
+    if cfg.tensorboard and (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+        loggers.append(TensorBoardLogger(out_dir / "logs", name="tensorboard", version=0, default_hp_metric=False))
+    trainer = L.Trainer(
+        default_root_dir=out_dir, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        precision=cfg.precision, max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, logger=loggers,
+        callbacks=[ckpt, *(callbacks or [])], log_every_n_steps=cfg.log_every_n_steps,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch, deterministic=cfg.deterministic,
+        gradient_clip_val=cfg.gradient_clip_val, accumulate_grad_batches=cfg.accumulate_grad_batches,
+        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    return trainer, ckpt
+
+
+@torch.no_grad()
+def predict_deltas(model: StageRewardModel, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Δ = r_a − r_b, target, weight) over a loader of pair batches, in eval mode."""
+    was = model.training
+    model.eval()
+    ds, ts, ws = [], [], []
+    try:
+        for batch in loader:
+            b = batch["views_a"].shape[0]
+            text = model.encode_text(batch["prompts"]) if model.config.use_alignment else None
+            views = torch.cat([batch["views_a"], batch["views_b"]], 0).to(model.logit_scale.device)
+            r = model(views, text_features=None if text is None else torch.cat([text, text], 0))
+            ds.append((r[:b] - r[b:]).float().cpu().numpy())
+            ts.append(batch["target"].numpy())
+            ws.append(batch["weight"].numpy())
+    finally:
+        model.train(was)
+    if not ds:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    return np.concatenate(ds), np.concatenate(ts), np.concatenate(ws)
+
+
+def evaluate(model: StageRewardModel, dm: PreferenceDataModule, *, ece_bins: int = 10, margin: float = 0.0) -> dict[str, Any]:
+    """Validation (and test) metrics and the disentanglement check, as a JSON-ready dict."""
+    out: dict[str, Any] = {}
+    val_loader = dm.val_dataloader()
+    tie_threshold = temperature = None
+    if val_loader:
+        d, t, w = predict_deltas(model, val_loader)
+        out["val"] = preference_metrics(d, t, w, n_bins=ece_bins, margin=margin)
+        tie_threshold, temperature = out["val"]["tie_threshold"], out["val"]["temperature"]
+    test_loader = dm.test_dataloader()
+    if test_loader:
+        d, t, w = predict_deltas(model, test_loader)
+        out["test"] = preference_metrics(d, t, w, tie_threshold=tie_threshold, temperature=temperature,
+                                         n_bins=ece_bins, margin=margin)
+    probe_loader, info = dm.probe_dataloader()
+    if info:
+        dis = dict(info)
+        if probe_loader is not None:
+            d, t, _ = predict_deltas(model, probe_loader)
+            dis["accuracy"] = chance_credit_accuracy(d, t)
+            dis["strict_accuracy"] = float(np.mean(np.where(t > 0.5, d > 0, d < 0))) if d.size else float("nan")
+            dis["mean_abs_delta"] = float(np.mean(np.abs(d))) if d.size else float("nan")
+        else:
+            dis["accuracy"] = None
+        dis["expected"] = "near 0.5 (the stage should be blind to this difference)"
+        out["disentanglement"] = dis
+    return out
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _finite(x.item())
+    return x
+
+
+def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path | None:
+    """Train loss per step, train/val loss and validation accuracy per epoch, from Lightning's CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    metrics_csv = Path(metrics_csv)
+    if not metrics_csv.exists():
+        return None
+    df = pl.read_csv(metrics_csv, infer_schema_length=None)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+
+    def series(col: str, x: str = "step"):
+        if col not in df.columns:
+            return None, None
+        s = df.select(x, col).drop_nulls()
+        return (s[x].to_numpy(), s[col].to_numpy()) if s.height else (None, None)
+
+    for col, label in (("train/loss_step", "train loss (step)"), ("train/loss_epoch", "train loss (epoch)"),
+                       ("val/bt_loss", "val BT loss")):
+        x, y = series(col)
+        if x is not None:
+            ax1.plot(x, y, label=label, marker="o" if "epoch" in col or "val" in col else None, ms=3)
+    ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    for col, label in (("val/pairwise_accuracy", "val pairwise acc"), ("val/tie_band_accuracy", "val tie-band acc"),
+                       ("train/pairwise_accuracy", "train pairwise acc")):
+        x, y = series(col)
+        if x is not None:
+            ax2.plot(x, y, label=label, marker="o", ms=3)
+    ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_ylim(0, 1.02), ax2.legend(), ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
+    """Fit the stage model of ``cfg`` and write every output under ``cfg.out_dir``."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg)
+    dm = build_datamodule(cfg, module.model.image_size)
+    dm.setup()
+    trainer, ckpt = build_trainer(cfg, out_dir, callbacks)
+    resume = _resume_path(cfg, out_dir / "checkpoints")
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    fit_s = time.perf_counter() - t0
+
+    best = ckpt.best_model_path or None
+    last = ckpt.last_model_path or None
+    model = module.model
+    used = "last"
+    if cfg.use_best_checkpoint and best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        used = "best"
+    model = module.model.cpu()
+    metrics = evaluate(model, dm, ece_bins=cfg.ece_bins, margin=cfg.margin)
+    metrics.update({
+        "stage": cfg.stage,
+        "modes": model.modes,
+        "backbone": cfg.model.backbone.to_dict(),
+        "weights": used,
+        "checkpoint": best if used == "best" else last,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "fit_seconds": round(fit_s, 2),
+        "resumed_from": resume,
+        "data": dm.summary,
+        "rewardkit_version": __version__,
+    })
+    metrics = _finite(metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    csv_path = out_dir / "logs" / "csv" / "version_0" / "metrics.csv"
+    plot_learning_curve(csv_path, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage")
+    model_dir = None
+    if cfg.export:
+        model_dir = model.save_pretrained(out_dir / "model", extra={
+            "training": {"data": metrics.get("data"), "metrics": {k: metrics.get(k) for k in ("val", "test", "disentanglement")},
+                         "train_config": cfg.to_dict()}})
+    return TrainResult(out_dir=out_dir, metrics=metrics, best_checkpoint=best, last_checkpoint=last,
+                       model_dir=model_dir, module=module, datamodule=dm)
+
+
+__all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "plot_learning_curve",
+           "predict_deltas", "train"]
