@@ -74,6 +74,8 @@ class LabelStudioEnv:
     credentials: _LsPath
     items: object  # polars DataFrame
     pairs: object
+    up_log: _LsPath
+    pid: int
 
     def cli_args(self) -> list[str]:
         return ["--data-dir", str(self.data_dir), "--credentials", str(self.credentials)]
@@ -127,7 +129,7 @@ def label_studio(tmp_path_factory):
         yield LabelStudioEnv(
             url=state["url"], project_id=int(state["project_id"]), username=c["username"], password=c["password"],
             token=c["token"], data_dir=data_dir, document_root=docroot, renders=renders, credentials=creds,
-            items=items, pairs=pairs,
+            items=items, pairs=pairs, up_log=base / "up.log", pid=int(state["pid"]),
         )
     finally:
         if up.poll() is None:

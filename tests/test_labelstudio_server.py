@@ -270,3 +270,36 @@ def test_unreachable_server_is_a_clear_error_naming_the_url(tmp_path):
     assert r.exit_code != 0
     assert url in r.output and "unreachable" in r.output
     assert "Traceback" not in r.output
+
+
+def test_up_against_an_already_running_server_creates_a_second_project(label_studio, client, tmp_path):
+    env = label_studio
+    r = CliRunner().invoke(cli, ["annotate", "up", "--url", env.url, "--renders", str(env.renders),
+                                 "--document-root", str(env.document_root), "--data-dir", str(tmp_path / "state"),
+                                 "--credentials", str(env.credentials), "--title", "rewardkit second round"])
+    assert r.exit_code == 0, r.output
+    assert env.password not in r.output and env.token not in r.output
+    state = json.loads((tmp_path / "state" / "rewardkit-server.json").read_text())
+    assert state["url"] == env.url and state["project_id"] != env.project_id
+    project = client.projects.get(id=state["project_id"])
+    assert project.title == "rewardkit second round" and "<Choices name=\"global\"" in project.label_config
+    storages = client.import_storage.local.list(project=state["project_id"])
+    assert [Path(s.path) for s in storages] == [env.renders]
+    # running it again updates in place: same project, storage registered once
+    r = CliRunner().invoke(cli, ["annotate", "up", "--url", env.url, "--renders", str(env.renders),
+                                 "--document-root", str(env.document_root), "--data-dir", str(tmp_path / "state"),
+                                 "--credentials", str(env.credentials), "--title", "rewardkit second round"])
+    assert r.exit_code == 0 and "updated" in r.output, r.output
+    assert len(client.import_storage.local.list(project=state["project_id"])) == 1
+
+
+def test_secrets_are_never_printed_nor_on_the_command_line(label_studio):
+    env = label_studio
+    out = env.up_log.read_text()
+    assert env.url in out and str(env.credentials) in out
+    assert env.password not in out and env.token not in out
+    cmdline = Path(f"/proc/{env.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert "label-studio" in cmdline and "127.0.0.1" in cmdline
+    assert env.password not in cmdline and env.token not in cmdline
+    server_log = (env.data_dir / "server.log").read_text(errors="replace")
+    assert env.password not in server_log and env.token not in server_log

@@ -99,9 +99,12 @@ def pairs_cmd(items_path, renders, prompts, out_items, out, strategy, k, seed) -
 @click.option("--annotators-per-task", type=int, default=1, show_default=True, help="Overlap: annotations wanted per task.")
 @click.option("--label-studio-bin", type=click.Path(path_type=Path), default=None, help="label-studio executable (default: .venv-ls).")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the server.")
+@click.option("--url", default=None,
+              help="Use this already running Label Studio instead of starting one (its LOCAL_FILES_DOCUMENT_ROOT "
+                   "must be --document-root; the token comes from LABEL_STUDIO_API_KEY or the credentials file).")
 @CREDS
 def up(renders, document_root, data_dir, port, title, label_config, guidelines, annotators_per_task,
-       label_studio_bin, timeout, credentials) -> None:
+       label_studio_bin, timeout, url, credentials) -> None:
     """Start Label Studio (127.0.0.1), create or update the project, register the renders folder."""
     from rewardkit.annotation import (
         AnnotationError, LabelStudioServer, ServerConfig, connect, ensure_local_storage, ensure_project,
@@ -115,15 +118,30 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
     document_root = (document_root or renders.parent).resolve()
     title = title or DEFAULT_TITLE
     try:
-        creds = load_credentials(credentials).with_defaults()
         cpath = credentials_path(credentials)
         state = read_state(data_dir)
-        url = None
-        if state and state.get("url"):
+        external = url is not None
+        if external:
+            creds = load_credentials(credentials)
+            check_reachable(url)
+            if not creds.token:
+                raise AnnotationError(f"no API token for {url}: set LABEL_STUDIO_API_KEY or put it in {cpath}")
+            state = {"url": url.rstrip("/"), "pid": None, "document_root": str(document_root), "data_dir": str(data_dir)}
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(state, indent=2))
+            url = url.rstrip("/")
+        else:
+            creds = load_credentials(credentials).with_defaults()
+        if not external and state and state.get("url"):
             try:
                 check_reachable(state["url"], timeout=3)
                 url = state["url"]
                 click.echo(f"Label Studio already running at {url} (data {data_dir})")
+                if state.get("document_root") and Path(state["document_root"]) != document_root:
+                    raise AnnotationError(
+                        f"the server at {url} serves local files from {state['document_root']}, not {document_root}; "
+                        f"run `rewardkit annotate down --data-dir {data_dir}` first"
+                    )
             except AnnotationError:
                 state = None
         if url is None:
@@ -143,8 +161,9 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
             click.echo(f"starting Label Studio (data {data_dir}, document root {document_root}) ...")
             server = start_detached(cfg)
             url = server.url
-        creds.url = url
-        save_credentials(creds, cpath)
+        if not external:
+            creds.url = url
+            save_credentials(creds, cpath)
         client = connect(url, creds.token)
         xml = (label_config or default_label_config_path()).read_text()
         gpath = guidelines or default_guidelines_path()
@@ -157,8 +176,9 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
     st.update({"project_id": info.id, "project_title": title, "renders": str(renders)})
     (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(st, indent=2))
     click.echo(f"project {title!r} (id {info.id}) {'created' if info.created else 'updated'}")
-    click.echo(f"open {url}/projects/{info.id}/data  and log in as {creds.username}")
-    click.echo(f"password and API token are in {cpath} (mode 600); annotators can sign up at {url}/user/signup/")
+    click.echo(f"open {url}/projects/{info.id}/data" + (f"  and log in as {creds.username}" if creds.username else ""))
+    if not external:
+        click.echo(f"password and API token are in {cpath} (mode 600); annotators can sign up at {url}/user/signup/")
 
 
 # -- push -----------------------------------------------------------------------------------------
