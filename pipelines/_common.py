@@ -18,6 +18,7 @@ DEMO_DIR = Path("data/demo")  # generate: meshes/*.glb, items.parquet, candidate
 RENDERS_DIR = Path("data/renders")  # render: one render folder per item
 ITEMS = Path("data/items.parquet")  # render: items with render_dir filled
 PAIRS = Path("data/pairs.parquet")  # pairs
+PROBES = Path("data/probes.parquet")  # pairs: pair_id, differs_in (texture | geometry), for disentanglement
 PREFERENCES = Path("data/preferences.parquet")  # label
 MODELS_DIR = Path("data/models")  # train_global, train_local: <stage>/
 SCORERS_DIR = Path("data/scorers")  # export: <stage>/

@@ -75,3 +75,24 @@ def label_pairs(
     if not rows:
         return pl.DataFrame(schema=PREFERENCES_SCHEMA)
     return conform(pl.DataFrame(rows), "preferences")
+
+
+def probe_pairs(pairs: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+    """Pairs that differ in one kind only: ``pair_id``, ``differs_in`` (``texture`` | ``geometry``).
+
+    Two candidates with the same geometry degradation and different texture degradations differ only in
+    texture (the global stage should be blind to them), and the other way round. These are the
+    disentanglement probes of ``rewardkit.train`` (``TrainConfig.probes``).
+    """
+    table = {r["item_id"]: (r["geometry_degradation"], r["texture_degradation"])
+             for r in candidates.select("item_id", "geometry_degradation", "texture_degradation").iter_rows(named=True)}
+    rows = []
+    for pid, a, b in pairs.select("pair_id", "item_a", "item_b").iter_rows():
+        if a not in table or b not in table:
+            continue
+        (ga, ta), (gb, tb) = table[a], table[b]
+        if ga == gb and ta != tb:
+            rows.append({"pair_id": pid, "differs_in": "texture"})
+        elif ta == tb and ga != gb:
+            rows.append({"pair_id": pid, "differs_in": "geometry"})
+    return pl.DataFrame(rows, schema={"pair_id": pl.Utf8, "differs_in": pl.Utf8})

@@ -1,0 +1,213 @@
+"""Stage ``evaluate``: the report of a pipeline run (``reports/``).
+
+- ``reports/metrics.json`` (``dvc metrics show``): per stage, the validation figures of training
+  (pairwise accuracy, tie-band accuracy, ECE, disentanglement) and, on the *held-out* demo prompts, how
+  often the exported scorer ranks the clean candidate above each degraded one: over the degradations the
+  stage owns (global: geometry, local: texture; should be high), over those of the other stage (should
+  sit near chance: 0.5, equal scores counting half) and per degradation type.
+- ``reports/accuracy_by_degradation.csv`` (``dvc plots show``) and ``reports/plots/``: accuracy per
+  degradation type (PNG), both learning curves (PNG) and grids of held-out candidates with their scores.
+- ``reports/holdout_scores.csv``: every held-out candidate's score per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipelines._common import DEMO_DIR, ITEMS, REPORTS_DIR, SCORERS_DIR, chdir_root, params, step
+
+OWNS = {"global": "geometry", "local": "texture"}
+TIE_EPS = 1e-6
+
+
+def load_view_tensor(render_dir: str, mode: str):
+    import torch
+
+    from rewardkit.render import load_views
+
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in load_views(render_dir, mode)])  # V,H,W,3
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+
+def score_items(scorers, items: pl.DataFrame, batch: int = 32) -> dict[str, np.ndarray]:
+    """Scores per stage of every item, from its render folder (no re-rendering)."""
+    import torch
+
+    modes = sorted({m for _, s in scorers.items() for m in s.modes})
+    out: dict[str, list[float]] = {k: [] for k in scorers.names()}
+    rows = items.select("render_dir", "prompt").rows()
+    for i in range(0, len(rows), batch):
+        chunk = rows[i: i + batch]
+        views = {m: torch.stack([load_view_tensor(r, m) for r, _ in chunk]) for m in modes}
+        res = scorers.score_views(views, [p for _, p in chunk])
+        for k, o in res.items():
+            out[k].extend(o.tolist())
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def clean_vs_degraded(scored: pl.DataFrame, stage: str) -> pl.DataFrame:
+    """One row per (held-out prompt, degraded candidate): did ``stage`` score the clean one higher?"""
+    clean = scored.filter(pl.col("degradation") == "clean").select("prompt_id", pl.col(stage).alias("clean_score"))
+    deg = scored.filter(pl.col("degradation") != "clean").join(clean, on="prompt_id")
+    diff = deg[stage] - deg["clean_score"]
+    credit = np.where(np.abs(diff.to_numpy()) <= TIE_EPS, 0.5, (diff.to_numpy() < 0).astype(float))
+    return deg.with_columns(pl.Series("credit", credit), (pl.col("clean_score") - pl.col(stage)).alias("margin"))
+
+
+def kind_accuracy(rows: pl.DataFrame, kinds: list[str]) -> float | None:
+    sel = rows.filter(pl.col("kind").is_in(kinds))
+    return round(float(sel["credit"].mean()), 4) if sel.height else None
+
+
+def stage_report(stage: str, rows: pl.DataFrame, train_report: dict[str, Any]) -> dict[str, Any]:
+    owned, other = OWNS[stage], OWNS["local" if stage == "global" else "global"]
+    per_deg = {d: round(float(g["credit"].mean()), 4)
+               for (d,), g in rows.group_by("degradation", maintain_order=True)}
+    return {
+        "val_accuracy": train_report.get("val_pairwise_accuracy"),
+        "val_tie_band_accuracy": train_report.get("val_tie_band_accuracy"),
+        "val_ece": train_report.get("val_ece"),
+        "disentanglement": train_report.get("disentanglement_accuracy"),
+        "holdout_owned_accuracy": kind_accuracy(rows, [owned, "both"]),
+        "holdout_other_accuracy": kind_accuracy(rows, [other]),
+        "holdout_pairs": rows.height,
+        "accuracy_by_degradation": per_deg,
+    }
+
+
+def plot_accuracy(report: dict[str, Any], degradations: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(degradations) + 1.5))
+    y = np.arange(len(degradations))
+    for j, stage in enumerate(("global", "local")):
+        acc = [report[stage]["accuracy_by_degradation"].get(d, np.nan) for d in degradations]
+        ax.barh(y + (j - 0.5) * 0.4, acc, height=0.4, label=f"{stage} scorer")
+    ax.axvline(0.5, color="grey", ls="--", lw=1, label="chance")
+    ax.set_yticks(y, degradations)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("held-out accuracy: clean ranked above the degraded candidate")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_learning_curves(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for stage in ("global", "local"):
+        csv = REPORTS_DIR / f"learning_curve_{stage}.csv"
+        if not csv.exists():
+            continue
+        df = pl.read_csv(csv)
+        if df.height == 0:
+            continue
+        for ax, col in zip(axes, ("train_loss", "val_pairwise_accuracy")):
+            if col in df.columns:
+                s = df.select("epoch", col).drop_nulls()
+                ax.plot(s["epoch"].to_numpy(), s[col].to_numpy(), marker="o", label=stage)
+    axes[0].set_title("train loss (Bradley-Terry)"), axes[1].set_title("validation pairwise accuracy")
+    axes[1].set_ylim(0, 1.02)
+    for ax in axes:
+        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_grid(prompt: str, rows: pl.DataFrame, path: Path) -> None:
+    """Each candidate of one held-out prompt: rgb and geometry view 0, with both scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rewardkit.render import load_views
+
+    n = rows.height
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.6), squeeze=False)
+    for j, r in enumerate(rows.iter_rows(named=True)):
+        for i, mode in enumerate(("rgb", "geometry")):
+            ax = axes[i][j]
+            try:
+                ax.imshow(load_views(r["render_dir"], mode)[0])
+            except Exception:  # a mode that was not rendered
+                pass
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[0][j].set_title(r["degradation"].replace("+", "+\n").replace("_", " "), fontsize=7)
+        axes[1][j].set_xlabel(f"g {r['global']:.2f}\nl {r['local']:.2f}", fontsize=7)
+    fig.suptitle(f'"{prompt}"  (g: global score, l: local score)', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    chdir_root()
+    p = params("evaluate")
+    from rewardkit.data.tables import read_items
+    from rewardkit.demo import read_candidates
+    from rewardkit.scoring import ScorerSet
+
+    cands = read_candidates(DEMO_DIR / "candidates.parquet")
+    items = read_items(ITEMS).join(cands.drop("prompt_id"), on="item_id")
+    hold = items.filter(pl.col("split") == "holdout")
+    if hold.height == 0:
+        raise SystemExit("evaluate: no held-out prompts (generate.holdout_per_category is 0)")
+    scorers = ScorerSet.from_pretrained(SCORERS_DIR)
+    with step("evaluate"):
+        scores = score_items(scorers, hold)
+        scored = hold.with_columns([pl.Series(k, v) for k, v in scores.items()])
+        train_reports = {s: json.loads((REPORTS_DIR / f"train_{s}.json").read_text()) for s in ("global", "local")}
+        report: dict[str, Any] = {}
+        per_stage_rows = {}
+        for stage in ("global", "local"):
+            rows = clean_vs_degraded(scored, stage)
+            per_stage_rows[stage] = rows
+            report[stage] = stage_report(stage, rows, train_reports[stage])
+        report["holdout_prompts"] = int(hold["prompt_id"].n_unique())
+        report["holdout_candidates"] = int(hold.height)
+
+        REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+        (REPORTS_DIR / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        scored.select("item_id", "prompt_id", "prompt", "degradation", "kind", "global", "local").write_csv(
+            REPORTS_DIR / "holdout_scores.csv")
+        order = [d for d in cands["degradation"].unique(maintain_order=True).to_list() if d != "clean"]
+        pl.DataFrame([
+            {"degradation": f"{stage}: {d}", "stage": stage, "accuracy": report[stage]["accuracy_by_degradation"].get(d)}
+            for stage in ("global", "local") for d in order
+        ]).write_csv(REPORTS_DIR / "accuracy_by_degradation.csv")
+
+        plots = REPORTS_DIR / "plots"
+        if plots.exists():
+            shutil.rmtree(plots)
+        plots.mkdir(parents=True)
+        plot_accuracy(report, order, plots / "accuracy_by_degradation.png")
+        plot_learning_curves(plots / "learning_curves.png")
+        for k, (pid,) in enumerate(hold.select("prompt_id").unique(maintain_order=True).head(int(p["grids"])).rows()):
+            sub = scored.filter(pl.col("prompt_id") == pid)
+            plot_grid(sub["prompt"][0], sub, plots / f"grid_{k:02d}_{pid}.png")
+
+    for stage in ("global", "local"):
+        r = report[stage]
+        print(f"  {stage}: held-out accuracy on its own degradations {r['holdout_owned_accuracy']}, on the other "
+              f"stage's {r['holdout_other_accuracy']} (chance 0.5); val accuracy {r['val_accuracy']}")
+
+
+if __name__ == "__main__":
+    main()

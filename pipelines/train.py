@@ -1,0 +1,91 @@
+"""Stages ``train_global`` and ``train_local``: ``python -m pipelines.train global|local``.
+
+The run's TrainConfig is ``train.common`` of params.yaml, overridden by ``train.<stage>``, with the data
+paths of this pipeline. Writes the run under ``data/models/<stage>/`` (model, checkpoints, logs) and a
+small report for DVC: ``reports/train_<stage>.json`` (metrics) and ``reports/learning_curve_<stage>.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines._common import ITEMS, MODELS_DIR, PAIRS, PREFERENCES, PROBES, REPORTS_DIR, chdir_root, params, step
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def learning_curve_rows(metrics_csv: Path) -> list[dict[str, Any]]:
+    """One row per epoch: epoch, step, train_loss, val_bt_loss, val_pairwise_accuracy (from Lightning's CSV)."""
+    import polars as pl
+
+    if not metrics_csv.exists():
+        return []
+    df = pl.read_csv(metrics_csv, infer_schema_length=None)
+    if "epoch" not in df.columns:
+        return []
+    cols = {"train/loss_epoch": "train_loss", "val/bt_loss": "val_bt_loss",
+            "val/pairwise_accuracy": "val_pairwise_accuracy", "val/tie_band_accuracy": "val_tie_band_accuracy"}
+    rows = []
+    for (epoch,), g in df.group_by("epoch", maintain_order=True):
+        row: dict[str, Any] = {"epoch": int(epoch), "step": int(g["step"].max())}
+        for src, dst in cols.items():
+            vals = g[src].drop_nulls() if src in g.columns else []
+            row[dst] = round(float(vals[-1]), 6) if len(vals) else None
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    chdir_root()
+    if len(sys.argv) != 2 or sys.argv[1] not in ("global", "local"):
+        raise SystemExit("usage: python -m pipelines.train global|local")
+    stage = sys.argv[1]
+    p = params("train")
+    from rewardkit.train import TrainConfig, train
+
+    d = deep_merge(p.get("common") or {}, p.get(stage) or {})
+    out_dir = MODELS_DIR / stage
+    d.update(stage=stage, items=str(ITEMS), pairs=str(PAIRS), preferences=str(PREFERENCES), probes=str(PROBES),
+             out_dir=str(out_dir), resume=None, export=True)
+    cfg = TrainConfig.from_dict(d)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a DVC out is rebuilt from scratch (resume is for interactive runs)
+    with step(f"train_{stage}"):
+        result = train(cfg)
+    m = result.metrics
+    val = m.get("val") or {}
+    dis = m.get("disentanglement") or {}
+    report = {
+        "stage": stage,
+        "val_pairwise_accuracy": val.get("pairwise_accuracy"),
+        "val_tie_band_accuracy": val.get("tie_band_accuracy"),
+        "val_ece": val.get("ece"),
+        "val_ece_calibrated": val.get("ece_calibrated"),
+        "val_bt_loss": val.get("bt_loss"),
+        "disentanglement_accuracy": dis.get("accuracy"),
+        "disentanglement_pairs": dis.get("n_pairs"),
+        "epochs": m.get("epochs"),
+        "fit_seconds": m.get("fit_seconds"),
+    }
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORTS_DIR / f"train_{stage}.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = learning_curve_rows(out_dir / "logs" / "csv" / "version_0" / "metrics.csv")
+    import polars as pl
+
+    curve = pl.DataFrame(rows) if rows else pl.DataFrame(schema={"epoch": pl.Int64, "train_loss": pl.Float64,
+                                                                   "val_pairwise_accuracy": pl.Float64})
+    curve.write_csv(REPORTS_DIR / f"learning_curve_{stage}.csv")
+    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()))
+
+
+if __name__ == "__main__":
+    main()
