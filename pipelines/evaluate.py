@@ -203,11 +203,28 @@ def main() -> None:
             sub = scored.filter(pl.col("prompt_id") == pid)
             plot_grid(sub["prompt"][0], sub, plots / f"grid_{k:02d}_{pid}.png")
 
+    print_summary(report)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The closing lines of `dvc repro`: where the scorers are, how good they are, how to use them."""
+    lines = ["", "rewardkit demo pipeline: done", f"  scorers:  {SCORERS_DIR}/ (global/ and local/, a ScorerSet)"]
     for stage in ("global", "local"):
         r = report[stage]
-        print(f"  {stage}: held-out accuracy on its own degradations {r['holdout_owned_accuracy']}, on the other "
-              f"stage's {r['holdout_other_accuracy']} (chance 0.5); val accuracy {r['val_accuracy']}")
+        lines.append(
+            f"  {stage:6s}  held-out clean-vs-degraded accuracy {_pct(r['holdout_owned_accuracy'])} on its own "
+            f"degradations, {_pct(r['holdout_other_accuracy'])} on the other stage's (chance 50%); "
+            f"validation pairwise accuracy {_pct(r['val_accuracy'])}")
+    lines += [
+        f"  report:   {REPORTS_DIR}/metrics.json, {REPORTS_DIR}/plots/ (dvc metrics show; dvc plots show)",
+        f"  score a mesh:  rewardkit score MESH.glb --prompt \"a red wooden chair with four legs\" --scorer {SCORERS_DIR}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
 
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 if __name__ == "__main__":
     main()
