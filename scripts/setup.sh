@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up rewardkit on a fresh Debian/Ubuntu machine (python3 + pip; no GPU needed).
+#
+#   scripts/setup.sh            system GL libraries + .venv with rewardkit and its dependencies
+#   scripts/setup.sh --test     also the Label Studio server (.venv-ls) and headless chromium, for the tests
+#   scripts/setup.sh --labelstudio   also the Label Studio server (.venv-ls), for `rewardkit annotate`
+#
+# Idempotent: re-running skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_ls=0; want_browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_ls=1; want_browser=1 ;;
+    --labelstudio) want_ls=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+PYTHON=${PYTHON:-python3}
+LABEL_STUDIO_VERSION=${LABEL_STUDIO_VERSION:-1.23.2}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+# 1. system packages: Mesa's EGL for headless rendering on CPU (NVIDIA's EGL is used instead where present)
+apt_pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglib2.0-0)
+[ "$want_browser" = 1 ] && apt_pkgs+=(chromium)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. the rewardkit environment
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip wheel >/dev/null
+echo "[setup] installing rewardkit and its dependencies into .venv (first time: several minutes, torch is large)"
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+# 3. the Label Studio server lives in its own environment: it pins Django and friends
+if [ "$want_ls" = 1 ]; then
+  if ! .venv-ls/bin/python -c "import label_studio" >/dev/null 2>&1; then
+    echo "[setup] installing the Label Studio server $LABEL_STUDIO_VERSION into .venv-ls"
+    "$PYTHON" -m venv .venv-ls
+    .venv-ls/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv-ls/bin/python -m pip install -q "label-studio==$LABEL_STUDIO_VERSION"
+  fi
+fi
+echo "[setup] done"

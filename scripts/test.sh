@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (system GL, .venv, the Label Studio server, chromium) and run it.
+# Extra arguments go to pytest, e.g. `scripts/test.sh tests/test_render.py -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+export PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest -q "$@"
