@@ -182,3 +182,28 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
     again = CliRunner().invoke(main, ["rl", "--config", str(path)])
     assert again.exit_code == 0, again.output
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_process_ddp_by_config_alone(tmp_path):
+    """devices/strategy in the config are all it takes (here 2 CPU processes, gloo; GPUs work the same)."""
+    import subprocess
+    import sys
+
+    cfg = {
+        "policy_path": str(tmp_path / "init"), "tokens_per_object": 8,
+        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
+        "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
+        "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
+        "group_size": 4, "prompts_per_step": 1, "lr": 0.001, "steps": 2, "save_every": 2,
+        "output_dir": str(tmp_path / "run"), "eval_group_size": 0, "render": False,
+        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,
+        "warm_start": {"enabled": True, "shapes": ["cube", "sphere", "cone"], "steps": 5, "hidden_size": 32, "num_layers": 1},
+    }
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
+                          text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # written once, by rank 0
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()

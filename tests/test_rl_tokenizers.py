@@ -161,3 +161,25 @@ def test_create_tokenizer_from_config(random_vqvae, tmp_path):
         create_tokenizer({"type": "shapellm_vqvae"})
     with pytest.raises(ValueError):
         create_tokenizer({"type": "nope"})
+
+
+def test_trainer_runs_on_a_hf_checkpoint_and_vqvae_weights_paths(random_vqvae, tmp_path):
+    """The trainer takes a Hugging Face checkpoint path and a VQVAE weights path, nothing else."""
+    from rewardkit.rl.policy import build_tiny_policy
+    from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
+
+    torch.save(random_vqvae.state_dict(), tmp_path / "3DVQVAE.bin")
+    build_tiny_policy(tmp_path / "hf", ["a", "table", "plan"], codebook_size=64, tokens_per_object=16,
+                      hidden_size=32, num_layers=1, num_heads=2)
+    cfg = HiGRPOConfig.from_dict(dict(
+        policy_path=str(tmp_path / "hf"), tokens_per_object=16,
+        shape_tokenizer={"type": "shapellm_vqvae", "weights": str(tmp_path / "3DVQVAE.bin"), "config": SMALL.__dict__},
+        prompts=["a small table"], sampling={"max_reasoning_tokens": 2}, group_size=3, prompts_per_step=1,
+        rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "mirror_symmetry"}],
+        dynamic_sampling=False, output_dir=str(tmp_path / "run"), save_every=0, eval_group_size=0,
+        accelerator="cpu", num_threads=1, lr=1e-3,
+    ))
+    trainer = HiGRPOTrainer(cfg)
+    assert isinstance(trainer.shape_tokenizer, VQVAETokenizer) and trainer.shape_tokenizer.resolution == 16
+    m = trainer.train_step()
+    assert m["step"] == 1 and "high/occupied_fraction" in m and "low/mirror_symmetry_group_std" in m

@@ -414,22 +414,26 @@ class HiGRPOTrainer:
             step_data.append((batches, advs, self._ref_logprobs(batches), n_tok))
         old: dict[tuple[int, int], torch.Tensor] = {}
         metrics: dict[str, list[float]] = {}
+        micro = [(k, j) for k, (batches, *_rest) in enumerate(step_data) for j in range(len(batches))]
         for epoch in range(max(1, cfg.mu)):
             self.optimizer.zero_grad(set_to_none=True)
-            for k, (batches, advs, refs, n_tok) in enumerate(step_data):
-                for j, (b, a, ref) in enumerate(zip(batches, advs, refs)):
+            for idx, (k, j) in enumerate(micro):
+                batches, advs, refs, n_tok = step_data[k]
+                b, a, ref = batches[j], advs[j], refs[j]
+                # one gradient all-reduce per update on every device, however many micro-batches each has
+                with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1):
                     lp = self.policy.logprobs(self.model, b, cfg.sampling)
                     out = clipped_token_loss(
                         lp, old.get((k, j)), ref, a, b.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                         beta=cfg.beta, num_tokens=n_tok,
                     )
-                    if epoch == 0 and cfg.mu > 1:
-                        old[(k, j)] = lp.detach()
                     fabric.backward(out.loss * fabric.world_size)
-                    w = float(out.num_tokens)
-                    for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
-                        metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
-                    metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
+                if epoch == 0 and cfg.mu > 1:
+                    old[(k, j)] = lp.detach()
+                w = float(out.num_tokens)
+                for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
+                    metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
+                metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
             grad_norm = fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else None
             self.optimizer.step()
             if grad_norm is not None:
@@ -472,12 +476,15 @@ class HiGRPOTrainer:
         return out
 
     def _gather_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average each metric over the devices that have it (key sets can differ, e.g. failures)."""
         if self.fabric.world_size == 1:
             return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.fabric.device)
-        t = self.fabric.all_reduce(t, reduce_op="mean")
-        return dict(zip(keys, t.tolist()))
+        import torch.distributed as dist
+
+        gathered: list[dict[str, float] | None] = [None] * self.fabric.world_size
+        dist.all_gather_object(gathered, metrics)
+        keys = sorted({k for g in gathered for k in g})
+        return {k: float(np.mean([g[k] for g in gathered if k in g])) for k in keys}
 
     # -- one step / the loop ---------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -488,8 +495,17 @@ class HiGRPOTrainer:
         metrics: dict[str, float] = {k: float(v) for k, v in info.items() if k != "sampled"}
         metrics |= self._reward_metrics(info["sampled"])  # what the policy produced this step
         t1 = time.time()
-        if groups:
+        n_groups = len(groups)
+        if self.fabric.world_size > 1:  # all devices update together or not at all (DDP collectives)
+            import torch.distributed as dist
+
+            t = torch.tensor(n_groups, device=self.fabric.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            n_groups = int(t)
+        if n_groups:
             metrics |= self.optimize(groups)
+        else:
+            metrics["skipped_update"] = 1.0
         metrics["seconds/rollout"] = t1 - t0
         metrics["seconds/update"] = time.time() - t1
         metrics = self._gather_mean(metrics)
@@ -518,7 +534,9 @@ class HiGRPOTrainer:
             summary["eval_before"] = json.loads(before_path.read_text())["metrics"]
         while self.step < total:
             m = self.train_step()
-            log.info("step %d  R_high %.4f  R_low %.4f  loss %.4f", m["step"], m.get("r_high", math.nan), m.get("r_low", math.nan), m.get("loss", math.nan))
+            if self.is_main:
+                log.info("step %d  R_high %.4f  R_low %.4f  loss %.4f", m["step"], m.get("r_high", math.nan),
+                         m.get("r_low", math.nan), m.get("loss", math.nan))
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save_checkpoint()
         if not cfg.save_every or self.step % cfg.save_every:
