@@ -49,7 +49,7 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
     if val:
         lines.append(f"val: pairwise accuracy {val['pairwise_accuracy']}, tie-band accuracy {val['tie_band_accuracy']} "
                      f"(tau {val['tie_threshold']}), BT loss {val['bt_loss']}, ECE {val['ece']} -> "
-                     f"{val['ece_temperature_scaled']} at T={val['temperature']:.3g}  [{val['n_pairs']} pairs]")
+                     f"{val['ece_calibrated']} at T={val['temperature']:.3g}  [{val['n_pairs']} pairs]")
     dis = m.get("disentanglement")
     if dis:
         lines.append(f"disentanglement: accuracy {dis.get('accuracy')} on {dis['n_pairs']} pairs differing only in "

@@ -157,8 +157,8 @@ def preference_metrics(delta, target, weight=None, *, tie_threshold: float | Non
         "bt_loss": bt_loss(d, t, w, margin=margin),
         "ece": expected_calibration_error(d, t, n_bins),
         "temperature": float(temperature),
-        "ece_temperature_scaled": expected_calibration_error(d, t, n_bins, temperature=temperature),
-        "bt_loss_temperature_scaled": bt_loss(d, t, w, margin=margin, temperature=temperature),
+        "ece_calibrated": expected_calibration_error(d, t, n_bins, temperature=temperature),
+        "bt_loss_calibrated": bt_loss(d, t, w, margin=margin, temperature=temperature),
         "mean_abs_delta": float(np.mean(np.abs(d))) if d.size else float("nan"),
     }
 

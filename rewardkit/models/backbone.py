@@ -19,6 +19,7 @@ adds a file or a folder of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -158,10 +159,16 @@ def create_backbone(cfg: BackboneConfig | dict[str, Any]) -> nn.Module:
 
 
 def get_tokenizer(cfg: BackboneConfig | dict[str, Any]):
+    """open_clip's tokenizer for the architecture (cached: building the BPE tokenizer takes ~0.2 s)."""
     if isinstance(cfg, dict):
         cfg = BackboneConfig(**cfg)
+    return _tokenizer(cfg.name)
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer(name: str):
     register_model_config()
-    return open_clip.get_tokenizer(cfg.name)
+    return open_clip.get_tokenizer(name)
 
 
 def image_blocks(model: nn.Module) -> list[nn.Module]:

@@ -85,7 +85,7 @@ class RewardModelModule(L.LightningModule):
         d, t, w = (np.concatenate(x) for x in zip(*self._val))
         self._val = []
         m = preference_metrics(d, t, w, n_bins=int(self.hparams.ece_bins), margin=float(self.hparams.margin))
-        for key in ("pairwise_accuracy", "tie_band_accuracy", "bt_loss", "ece", "ece_temperature_scaled"):
+        for key in ("pairwise_accuracy", "tie_band_accuracy", "bt_loss", "ece", "ece_calibrated"):
             v = m[key]
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 self.log(f"val/{key}", float(v), prog_bar=key == "pairwise_accuracy", sync_dist=True)

@@ -3,7 +3,8 @@
 Outputs under ``out_dir``::
 
     checkpoints/last.ckpt, checkpoints/best-*.ckpt   Lightning checkpoints (resume with resume=auto)
-    logs/csv/version_0/metrics.csv                   CSV log (and logs/tensorboard/ when installed)
+    logs/csv/version_N/metrics.csv                   CSV log per run, N = 0, 1 after a resume, ... (and
+                                                     logs/tensorboard/version_N when tensorboard is installed)
     metrics.json                                     validation (and test) metrics + disentanglement
     learning_curve.png                               train/val loss and validation accuracy
     model/config.json, model/model.safetensors       the trained StageRewardModel (no pickles)
@@ -82,9 +83,11 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-{epoch:03d}-{step:06d}",
                            monitor=cfg.monitor, mode="min" if "loss" in cfg.monitor or "ece" in cfg.monitor else "max",
                            save_top_k=cfg.save_top_k, save_last=True, auto_insert_metric_name=False)
-    loggers: list = [CSVLogger(out_dir / "logs", name="csv", version=0)]
+    # One log version per run (version_0, version_1 after a resume, ...): a resumed run keeps the earlier log.
+    version = len(metrics_csv_paths(out_dir))
+    loggers: list = [CSVLogger(out_dir / "logs", name="csv", version=version)]
     if cfg.tensorboard and (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
-        loggers.append(TensorBoardLogger(out_dir / "logs", name="tensorboard", version=0, default_hp_metric=False))
+        loggers.append(TensorBoardLogger(out_dir / "logs", name="tensorboard", version=version, default_hp_metric=False))
     trainer = L.Trainer(
         default_root_dir=out_dir, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
         precision=cfg.precision, max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, logger=loggers,
@@ -160,18 +163,33 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path | None:
-    """Train loss per step, train/val loss and validation accuracy per epoch, from Lightning's CSV log."""
+def metrics_csv_paths(out_dir: str | Path) -> list[Path]:
+    """Lightning CSV logs of a run folder, oldest first (one per run; a resume adds a version)."""
+    found = list((Path(out_dir) / "logs" / "csv").glob("version_*/metrics.csv"))
+    return sorted(found, key=lambda p: int(p.parent.name.split("_")[-1]))
+
+
+def read_metrics_log(out_dir: str | Path):
+    """All CSV log versions of a run folder as one polars frame (rows of later versions win per step)."""
+    import polars as pl
+
+    frames = [pl.read_csv(p, infer_schema_length=None) for p in metrics_csv_paths(out_dir)]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "") -> Path | None:
+    """Train loss per step, train/val loss and validation accuracy per epoch, from the run's CSV logs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import polars as pl
 
-    metrics_csv = Path(metrics_csv)
-    if not metrics_csv.exists():
+    df = read_metrics_log(out_dir)
+    if df.height == 0 or "step" not in df.columns:
         return None
-    df = pl.read_csv(metrics_csv, infer_schema_length=None)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
 
     def series(col: str, x: str = "step"):
@@ -242,8 +260,7 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     })
     metrics = _finite(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    csv_path = out_dir / "logs" / "csv" / "version_0" / "metrics.csv"
-    plot_learning_curve(csv_path, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage")
+    plot_learning_curve(out_dir, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage")
     model_dir = None
     if cfg.export:
         model_dir = model.save_pretrained(out_dir / "model", extra={
@@ -253,5 +270,5 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
                        model_dir=model_dir, module=module, datamodule=dm)
 
 
-__all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "plot_learning_curve",
-           "predict_deltas", "train"]
+__all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "metrics_csv_paths",
+           "plot_learning_curve", "predict_deltas", "read_metrics_log", "train"]
