@@ -39,7 +39,7 @@ def guidelines_html(markdown_text: str) -> str:
     try:
         import markdown  # optional; present in most environments
 
-        return markdown.markdown(markdown_text)
+        return markdown.markdown(markdown_text, extensions=["tables"])
     except Exception:  # noqa: BLE001 - plain fallback
         return "<pre style='white-space:pre-wrap'>" + html.escape(markdown_text) + "</pre>"
 
