@@ -53,6 +53,7 @@ def test_labeling_page_shows_every_candidate_image(label_studio):
 
     ARTIFACTS.mkdir(exist_ok=True)
     served: dict[str, tuple[int, str]] = {}
+    requested: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
         try:
@@ -64,6 +65,7 @@ def test_labeling_page_shows_every_candidate_image(label_studio):
                     served[resp.url.split(env.url, 1)[-1]] = (resp.status, resp.headers.get("content-type", ""))
 
             page.on("response", on_response)
+            page.on("request", lambda req: requested.append(req.url))
             page.goto(f"{env.url}/user/login/")
             page.fill("input[name=email]", env.username)
             page.fill("input[name=password]", env.password)
@@ -102,6 +104,12 @@ def test_labeling_page_shows_every_candidate_image(label_studio):
         status, ctype = served[url]
         assert status == 200 and ctype.startswith("image/"), (url, status, ctype)
     assert task.data["prompt"] in prompt_shown
+    # the page talked to the loopback server only (no CDN, analytics or telemetry)
+    from urllib.parse import urlparse
+
+    outside = sorted({u for u in requested if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                      and urlparse(u).hostname not in ("127.0.0.1", "localhost")})
+    assert outside == [], outside
     assert (ARTIFACTS / "labelstudio-labeling-page.png").stat().st_size > 10_000
 
     result, _ = pull(client, project.id, env.pairs)

@@ -159,6 +159,9 @@ class LabelStudioServer:
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
                 "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
                 "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+                # no error telemetry to Sentry from the server or the labeling page
+                "LABEL_STUDIO_SENTRY_DSN": "",
+                "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
                 "PYTHONUNBUFFERED": "1",
             }
         )
