@@ -305,3 +305,17 @@ def test_secrets_are_never_printed_nor_on_the_command_line(label_studio):
     assert env.password not in server_log and env.token not in server_log
     # no telemetry / version checks leave the machine
     assert "sentry.io" not in server_log and "pypi.org" not in server_log
+
+
+def test_personal_access_token_works_too(label_studio, client):
+    """Label Studio's personal access tokens (JWT refresh tokens) are accepted besides legacy tokens."""
+    env = label_studio
+    settings = client.jwt_settings.get()
+    if not settings.api_tokens_enabled:
+        client.jwt_settings.update(api_tokens_enabled=True, legacy_api_tokens_enabled=True,
+                                   api_token_ttl_days=settings.api_token_ttl_days or 30)
+    pat = client.tokens.create().token
+    assert pat.count(".") == 2  # a JWT
+    pat_client = connect(env.url, pat)
+    assert pat_client.users.whoami().email == env.username
+    assert pat_client.projects.get(id=env.project_id).id == env.project_id
