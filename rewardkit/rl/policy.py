@@ -304,7 +304,7 @@ class MeshPolicy:
     # -- sampling -----------------------------------------------------------------------------------
     def _generate(self, model: nn.Module, contexts: list[list[int]], phase: int, max_new: int, s: SamplingConfig,
                   generator_seed: int | None) -> list[list[int]]:
-        from transformers import LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList
 
         device = next(model.parameters()).device
         L = max(len(c) for c in contexts)
@@ -324,18 +324,16 @@ class MeshPolicy:
         if generator_seed is not None:
             torch.manual_seed(generator_seed)
         gen = getattr(model, "module", model)  # generation bypasses DDP wrappers (no grad needed)
+        # every sampling knob explicit: unset ones would be filled from the checkpoint's
+        # generation_config (e.g. top_k=50, repetition_penalty) and silently change the distribution
+        gcfg = GenerationConfig(
+            do_sample=True, temperature=temperature, top_p=s.top_p, top_k=max(0, s.top_k), min_p=0.0, typical_p=1.0,
+            epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0, max_new_tokens=max_new, min_new_tokens=0, eos_token_id=stop, pad_token_id=pad,
+        )
         out = gen.generate(
-            input_ids=ids.to(device),
-            attention_mask=att.to(device),
-            do_sample=True,
-            temperature=temperature,
-            top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else None,
-            max_new_tokens=max_new,
-            min_new_tokens=0,
+            input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg,
             logits_processor=LogitsProcessorList([proc]),
-            eos_token_id=stop,
-            pad_token_id=pad,
         )
         new = out[:, L:].cpu().tolist()
         result = []
@@ -429,12 +427,14 @@ def build_tiny_policy(
     hf_logging.disable_progress_bar()
     path = Path(path)
     specials = ["<pad>", "<unk>", "<eos>"]
-    uniq = [w for w in dict.fromkeys(w.lower() for w in words) if w not in specials]
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    pieces = [p for w in words for p, _ in pre.pre_tokenize_str(w.lower())]
+    uniq = [w for w in dict.fromkeys(pieces) if w not in specials]
     mesh = [f"<mesh{i}>" for i in range(codebook_size)] + [MESH_START, MESH_END]
     vocab = {t: i for i, t in enumerate(specials + uniq + mesh)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.pre_tokenizer = pre
     tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tk.add_special_tokens(specials + mesh)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")

@@ -283,7 +283,7 @@ class HiGRPOTrainer:
         shapes = [demo_shape(s) for s in ws.shapes]
         words: list[str] = []
         for text in [cfg.step1_template, cfg.step2_template, *self.prompts] + [t for s in shapes for t in (s.prompt, s.plan, s.detail)]:
-            words += text.replace("{prompt}", " ").replace("{plan}", " ").replace(":", " : ").replace(".", " . ").replace(",", " , ").split()
+            words += text.replace("{prompt}", " ").replace("{plan}", " ").split()
         tok3d = self.shape_tokenizer
         build_tiny_policy(
             path, words, codebook_size=tok3d.codebook_size, tokens_per_object=tok3d.num_tokens, arch=ws.arch,
@@ -584,7 +584,7 @@ class HiGRPOTrainer:
         try:
             from rewardkit.render import Renderer, get_protocol, make_grid
 
-            protocol = get_protocol("0:25,120:25,240:25", size=cfg_size) if (cfg_size := self.cfg.render_size) else None
+            protocol = get_protocol("0:25,120:25,240:25", size=self.cfg.render_size)
             tiles = []
             with Renderer(size=self.cfg.render_size) as r:
                 blank = np.full((self.cfg.render_size, self.cfg.render_size, 3), 255, np.uint8)
