@@ -207,3 +207,22 @@ def test_two_process_ddp_by_config_alone(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # written once, by rank 0
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()
+
+
+def test_shipped_configs_and_params_yaml_section(tmp_path):
+    from pathlib import Path
+
+    import rewardkit.rl
+    from rewardkit.rl.trainer import load_config
+
+    cfg_dir = Path(rewardkit.rl.__file__).parent / "configs"
+    for name in ("demo.json", "demo_scorers.json"):
+        cfg = load_config(cfg_dir / name)
+        assert cfg.warm_start.enabled and cfg.tokens_per_object == 64 and cfg.rewards_high and cfg.rewards_low
+    assert any("scorer" in t for t in load_config(cfg_dir / "demo_scorers.json").rewards_high)
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {lr: 1}\nrl:\n  policy_path: p\n  prompts: [a cube]\n  beta: 0.02\n  sampling: {top_p: 0.7}\n")
+    cfg = load_config(params, {"steps": 3})
+    assert (cfg.policy_path, cfg.beta, cfg.sampling.top_p, cfg.steps, cfg.group_size, cfg.lr) == ("p", 0.02, 0.7, 3, 8, 1e-6)
+    with pytest.raises(ValueError, match="unknown"):
+        HiGRPOConfig.from_dict({"policy_path": "p", "bogus": 1})

@@ -125,3 +125,15 @@ def test_constrained_logprobs_normalize_over_allowed_tokens(policy):
     act = b.mask[0] > 0
     assert (con[0][act] >= free[0][act] - 1e-6).all()  # renormalizing over fewer tokens raises log-probs
     assert (con[0][act] <= 0).all()
+
+
+def test_checkpoint_generation_defaults_do_not_leak_into_sampling(policy):
+    """A checkpoint's generation_config (here top_k=1, i.e. greedy) must not override the config's sampling."""
+    gc = policy.model.generation_config
+    old = (gc.top_k, gc.repetition_penalty)
+    gc.top_k, gc.repetition_penalty = 1, 5.0
+    try:
+        steps = policy.rollout_step(policy.model, ["a cube"] * 8, SamplingConfig(max_reasoning_tokens=0), seed=5)
+    finally:
+        gc.top_k, gc.repetition_penalty = old
+    assert len({tuple(s.codes.tolist()) for s in steps}) > 1
