@@ -256,11 +256,13 @@ class LabelStudioServer:
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def _kill(self, timeout: float = 15.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            _terminate_group(self.proc.pid, timeout, wait=self.proc.wait)
-        self.proc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                _terminate_group(self.proc.pid, timeout, wait=self.proc.wait)
+            self.proc = None
+        elif self.pid is not None and _alive(self.pid):  # detached (start_detached): no Popen handle
+            _terminate_group(self.pid, timeout)
+        self.pid = None
 
     def stop(self) -> None:
         self._kill()
