@@ -34,7 +34,7 @@ from _fixtures_models import make_preference_dataset
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenGL"),
-    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),
     pytest.mark.filterwarnings("ignore:The number of training batches"),
 ]
 

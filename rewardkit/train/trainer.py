@@ -79,9 +79,10 @@ def _resume_path(cfg: TrainConfig, ckpt_dir: Path) -> str | None:
     return str(p)
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None,
+                  has_val: bool = True) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-{epoch:03d}-{step:06d}",
-                           monitor=cfg.monitor, mode="min" if "loss" in cfg.monitor or "ece" in cfg.monitor else "max",
+                           monitor=cfg.monitor if has_val else None, mode="min" if "loss" in cfg.monitor or "ece" in cfg.monitor else "max",
                            save_top_k=cfg.save_top_k, save_last=True, auto_insert_metric_name=False)
     # One log version per run (version_0, version_1 after a resume, ...): a resumed run keeps the earlier log.
     version = len(metrics_csv_paths(out_dir))
@@ -229,7 +230,7 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     module = build_module(cfg)
     dm = build_datamodule(cfg, module.model.image_size)
     dm.setup()
-    trainer, ckpt = build_trainer(cfg, out_dir, callbacks)
+    trainer, ckpt = build_trainer(cfg, out_dir, callbacks, has_val=dm.splits["val"].height > 0)
     resume = _resume_path(cfg, out_dir / "checkpoints")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

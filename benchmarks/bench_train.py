@@ -1,0 +1,144 @@
+"""Reward-model benchmark: training throughput and peak memory for ``rk-tiny``, and forward time per mesh
+(6 views) for ``rk-tiny`` and ``ViT-B-32`` (random weights, ``pretrained=None``: nothing is downloaded).
+
+    python benchmarks/bench_train.py [--threads N] [--steps 20] [--batch-size 16] [--views 6]
+
+Training is the real ``RewardModelModule`` step (both sides of each pair through the model, BT loss,
+backward, AdamW) on view tensors at each backbone's native input size; the data side (PNG decoding) is
+excluded, it is cached after the first epoch in training. Peak memory is the process's peak resident
+set size (ru_maxrss), measured in a fresh subprocess per measurement so the figures do not mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def _peak_rss_mib() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def bench_train(name: str, steps: int, batch: int, views: int, threads: int | None) -> dict:
+    import torch
+
+    from rewardkit.train.module import RewardModelModule
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rss0 = _peak_rss_mib()
+    module = RewardModelModule({"stage": "global", "backbone": {"name": name}}, lr=1e-4)
+    model = module.model
+    size = model.image_size
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    prompts = [f"a prompt number {i}" for i in range(batch)]
+
+    def batch_():
+        return {"views_a": torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8),
+                "views_b": torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8),
+                "prompts": prompts, "target": torch.ones(batch), "weight": torch.ones(batch)}
+
+    module.train()
+    b = batch_()
+    for _ in range(2):  # warm-up
+        r_a, r_b = module.pair_rewards(b)
+        module.criterion(r_a, r_b, b["target"], b["weight"]).backward()
+        opt.step(), opt.zero_grad()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        r_a, r_b = module.pair_rewards(b)
+        module.criterion(r_a, r_b, b["target"], b["weight"]).backward()
+        opt.step(), opt.zero_grad()
+    dt = time.perf_counter() - t0
+    return {
+        "backbone": name, "image_size": size, "views_per_item": views, "batch_pairs": batch, "steps": steps,
+        "pairs_per_s": round(steps * batch / dt, 2), "s_per_step": round(dt / steps, 4),
+        "images_per_s": round(steps * batch * 2 * views / dt, 1),
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in module.parameters()),
+        "peak_rss_mib": round(_peak_rss_mib(), 1), "rss_before_model_mib": round(rss0, 1),
+    }
+
+
+def bench_forward(name: str, views: int, meshes: int, repeats: int, threads: int | None) -> dict:
+    import torch
+
+    from rewardkit.models import BackboneConfig, StageModelConfig, StageRewardModel
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig(name))).eval()
+    size = model.image_size
+    out = {"backbone": name, "image_size": size, "views_per_mesh": views,
+           "params": sum(p.numel() for p in model.parameters())}
+    with torch.no_grad():
+        for n in (1, meshes):
+            x = torch.rand(n, views, 3, size, size)
+            prompts = ["a red chair"] * n
+            model(x, prompts)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                model(x, prompts)
+            dt = (time.perf_counter() - t0) / repeats
+            out[f"ms_per_mesh_batch{n}"] = round(1000 * dt / n, 2)
+    out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    return out
+
+
+def _child(kind: str, args: argparse.Namespace, name: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--name", name, "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--views", str(args.views), "--meshes", str(args.meshes),
+           "--repeats", str(args.repeats)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=16, help="pairs per training step")
+    ap.add_argument("--views", type=int, default=6)
+    ap.add_argument("--meshes", type=int, default=8, help="batched forward: meshes per call")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--child", choices=["train", "forward"], help=argparse.SUPPRESS)
+    ap.add_argument("--name", default="rk-tiny", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "train":
+        print(json.dumps(bench_train(args.name, args.steps, args.batch_size, args.views, args.threads)))
+        return
+    if args.child == "forward":
+        print(json.dumps(bench_forward(args.name, args.views, args.meshes, args.repeats, args.threads)))
+        return
+
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads() if not args.threads else args.threads} "
+          f"torch threads, torch {torch.__version__}, python {platform.python_version()}")
+    tr = _child("train", args, "rk-tiny")
+    print(f"train rk-tiny ({tr['image_size']} px, {tr['views_per_item']} views/item, {tr['batch_pairs']} pairs/step, "
+          f"{tr['trainable_params']:,} trainable of {tr['total_params']:,} params): "
+          f"{tr['pairs_per_s']} pairs/s ({tr['s_per_step']} s/step, {tr['images_per_s']} images/s), "
+          f"peak RSS {tr['peak_rss_mib']} MiB")
+    results = {"train": tr, "forward": []}
+    for name in ("rk-tiny", "ViT-B-32"):
+        fw = _child("forward", args, name)
+        results["forward"].append(fw)
+        print(f"forward {name} ({fw['image_size']} px, {fw['views_per_mesh']} views, {fw['params']:,} params): "
+              f"{fw['ms_per_mesh_batch1']} ms/mesh alone, {fw[f'ms_per_mesh_batch{args.meshes}']} ms/mesh in a batch "
+              f"of {args.meshes}; peak RSS {fw['peak_rss_mib']} MiB")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
