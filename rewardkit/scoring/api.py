@@ -10,7 +10,8 @@
 One model load serves every mesh. Each mesh is loaded and rendered **once** for all scorers: the render
 modes the scorers need are rendered together (``geometry`` for the global model, ``rgb`` for the local
 one) with the camera protocol and render config the scorers were trained on. Loading and rendering run in
-a background thread (one OpenGL context, reused) while the models score the previous batch, so a mesh
+one long-lived render thread per process (its OpenGL contexts and compiled shaders are reused by every
+later call; ``close_renderers()`` releases them) while the models score the previous batch, so a mesh
 costs about max(render, forward) rather than their sum. Forwards run in batches of ``batch_size`` meshes
 under ``torch.no_grad()`` in eval mode; results do not depend on the order or the batch a mesh lands in
 beyond float rounding.
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -185,91 +187,77 @@ def _describe_error(exc: BaseException) -> str:
 
 
 class _Item:
-    __slots__ = ("index", "name", "prompt", "views", "error", "warnings")
+    __slots__ = ("index", "name", "prompt", "views", "error", "warnings", "load_s", "render_s")
 
     def __init__(self, index: int, name: str, prompt: str) -> None:
         self.index, self.name, self.prompt = index, name, prompt
         self.views: dict[int, dict[str, torch.Tensor]] = {}
         self.error: str | None = None
         self.warnings: list[str] = []
+        self.load_s = self.render_s = 0.0
 
 
-def _render_items(meshes: Sequence[MeshLike], prompts: Sequence[str], groups: list[_RenderGroup], up: str,
-                  timings: ScoringTimings, renderers: dict[int, Any] | None = None) -> Iterable[_Item]:
-    """Load and render each mesh once per render group (one renderer per group, reused)."""
+# One long-lived render thread per process: its OpenGL contexts (one per render config) and their compiled
+# shaders are created once and reused by every later call, so a trainer calling score_meshes per step
+# pays no context or shader set-up after the first call.
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+_local = threading.local()
+
+
+def _render_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-render")
+        return _POOL
+
+
+def _thread_renderer(config: Any) -> Any:
     from rewardkit.render import Renderer
 
-    own = renderers is None
-    renderers = renderers if renderers is not None else {}
+    cache = getattr(_local, "renderers", None)
+    if cache is None:
+        cache = _local.renderers = {}
+    key = repr(config)
+    r = cache.get(key)
+    if r is None:
+        r = cache[key] = Renderer(size=64, config=config)
+    return r
+
+
+def close_renderers() -> None:
+    """Release the render thread's OpenGL contexts (they are otherwise kept for the next call)."""
+    def _close() -> None:
+        for r in (getattr(_local, "renderers", None) or {}).values():
+            r.close()
+        _local.renderers = {}
+
+    with _POOL_LOCK:
+        pool = _POOL
+    if pool is not None:
+        pool.submit(_close).result()
+
+
+def _render_one(index: int, mesh: MeshLike, prompt: str, groups: list[_RenderGroup], up: str,
+                renderer: Any = None) -> _Item:
+    """Load and render one mesh once per render group (runs in the render thread unless a renderer is given)."""
+    item = _Item(index, _mesh_name(mesh, index), prompt)
     try:
-        for i, (mesh, prompt) in enumerate(zip(meshes, prompts)):
-            item = _Item(i, _mesh_name(mesh, i), prompt)
-            try:
-                t0 = time.perf_counter()
-                loaded = _load(mesh, up)
-                timings.load += time.perf_counter() - t0
-                item.warnings = list(getattr(loaded, "warnings", []) or [])
-                for gi, g in enumerate(groups):
-                    r = renderers.get(gi)
-                    if r is None:
-                        r = renderers[gi] = Renderer(size=g.protocol.size, config=g.render_config)
-                    t0 = time.perf_counter()
-                    out = r.render(loaded, g.protocol, modes=g.modes)
-                    timings.render += time.perf_counter() - t0
-                    item.views[gi] = {m: views_to_tensor(out[m]) for m in g.modes}
-            except Exception as exc:  # one bad mesh must not stop the others
-                item.error = _describe_error(exc)
-                item.views = {}
-            yield item
-    finally:
-        if own:
-            for r in renderers.values():
-                r.close()
-
-
-def _prefetch(gen: Iterable[_Item], maxsize: int) -> Iterable[_Item]:
-    """Run a generator in a background thread (rendering overlaps the forwards)."""
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    done = object()
-    stop = threading.Event()
-
-    def worker() -> None:
-        try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # pragma: no cover - surfaced in the consumer
-            q.put(exc)
-        finally:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                close()
-            q.put(done)
-
-    t = threading.Thread(target=worker, name="rewardkit-render", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        t.join()
+        t0 = time.perf_counter()
+        loaded = _load(mesh, up)
+        item.load_s = time.perf_counter() - t0
+        item.warnings = list(getattr(loaded, "warnings", []) or [])
+        for gi, g in enumerate(groups):
+            r = renderer if renderer is not None else _thread_renderer(g.render_config)
+            t0 = time.perf_counter()
+            out = r.render(loaded, g.protocol, modes=g.modes)
+            item.views[gi] = {m: views_to_tensor(out[m]) for m in g.modes}
+            item.render_s += time.perf_counter() - t0
+    except Exception as exc:  # one bad mesh must not stop the others
+        item.error = _describe_error(exc)
+        item.views = {}
+    return item
 
 
 def _score_batch(batch: list[_Item], scorers: ScorerSet, groups: list[_RenderGroup], per_view: bool,
@@ -332,11 +320,27 @@ def score_meshes(
     t_start = time.perf_counter()
     results = [MeshScore(mesh=_mesh_name(m, i), prompt=p) for i, (m, p) in enumerate(zip(meshes, prompts))]
 
-    items = _render_items(meshes, prompts, groups, up, timings)
-    if prefetch and len(meshes) > 1:
-        items = _prefetch(items, maxsize=2 * batch_size)
+    pool = _render_pool()
+    window = 2 * batch_size if prefetch else 1
+    todo = iter(enumerate(zip(meshes, prompts)))
+    pending: deque[Future] = deque()
+
+    def submit_more() -> None:
+        while len(pending) < window:
+            nxt = next(todo, None)
+            if nxt is None:
+                return
+            i, (m, p) = nxt
+            pending.append(pool.submit(_render_one, i, m, p, groups, up))
+
+    submit_more()
     batch: list[_Item] = []
-    for item in items:
+    while pending:
+        item = pending.popleft().result()
+        if prefetch:
+            submit_more()  # keep the render thread busy while this batch is scored
+        timings.load += item.load_s
+        timings.render += item.render_s
         results[item.index].warnings = item.warnings
         if item.error is not None:
             if on_error == "raise":
@@ -347,6 +351,8 @@ def score_meshes(
         if len(batch) >= batch_size:
             _score_batch(batch, scorer_set, groups, per_view, timings, results)
             batch = []
+        if not prefetch:
+            submit_more()
     if batch:
         _score_batch(batch, scorer_set, groups, per_view, timings, results)
     timings.total += time.perf_counter() - t_start
@@ -374,9 +380,10 @@ def render_views(mesh: MeshLike, scorers: Any, *, render_size: int | None = None
     groups = render_groups(scorer_set, render_size)
     if len(groups) != 1:
         raise ValueError("these scorers use different camera protocols or render configs; render per scorer")
-    timings = ScoringTimings()
-    renderers = {0: renderer} if renderer is not None else None
-    item = next(iter(_render_items([mesh], [""], groups, up, timings, renderers)))
+    if renderer is not None:
+        item = _render_one(0, mesh, "", groups, up, renderer)
+    else:
+        item = _render_pool().submit(_render_one, 0, mesh, "", groups, up).result()
     if item.error:
         raise RuntimeError(f"{item.name}: {item.error}")
     return item.views[0]
@@ -386,5 +393,5 @@ def _path_str(p: Any) -> str:
     return str(Path(p)) if isinstance(p, (str, os.PathLike)) else str(p)
 
 
-__all__ = ["MeshScore", "ScoringTimings", "as_scorer_set", "render_groups", "render_views", "score_meshes",
-           "score_views", "views_to_tensor"]
+__all__ = ["MeshScore", "ScoringTimings", "as_scorer_set", "close_renderers", "render_groups", "render_views",
+           "score_meshes", "score_views", "views_to_tensor"]

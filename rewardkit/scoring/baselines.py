@@ -188,7 +188,8 @@ class _ClipBaseline(BaseScorer):
         b, v = x.shape[:2]
         img = self.clip.encode_image(self._preprocess(x.flatten(0, 1)))
         img = F.normalize(img, dim=-1).view(b, v, -1)
-        txt = self.encode_text(prompts)
+        unique = list(dict.fromkeys(prompts))
+        txt = self.encode_text(unique)[torch.tensor([unique.index(p) for p in prompts], device=img.device)]
         return torch.einsum("bvd,bd->bv", img, txt.to(img.dtype))
 
     def _aggregate(self, per_view: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

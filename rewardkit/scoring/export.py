@@ -218,12 +218,14 @@ class BaseScorer:
             raise ValueError(f"{len(prompts)} prompts for {b} samples")
         module = self.module
         was_training = module.training
-        module.eval()
+        if was_training:
+            module.eval()
         try:
             with torch.set_grad_enabled(grad):
                 return self._forward(views, prompts, per_view)
         finally:
-            module.train(was_training)
+            if was_training:
+                module.train(True)
 
     __call__ = score_views
 
@@ -304,7 +306,13 @@ class Scorer(BaseScorer):
         return dict(self.model.to_config_dict(), architecture=type(self.model).__name__)
 
     def _forward(self, views: Any, prompts: Sequence[str], per_view: bool) -> ScoreOutput:
-        out = self.model(views, prompts, return_details=True)
+        text_features = None
+        if self.model.config.use_alignment:
+            # encode each distinct prompt once (RL batches hold G samples per prompt)
+            unique = list(dict.fromkeys(prompts))
+            feats = self.model.encode_text(unique)
+            text_features = feats[torch.tensor([unique.index(p) for p in prompts], device=feats.device)]
+        out = self.model(views, prompts, text_features=text_features, return_details=True)
         return ScoreOutput(
             scores=out["reward"], per_view=out["view_alignment"] if per_view else None,
             extras={"alignment": out["alignment"], "quality": out["quality"], "view_weights": out["view_weights"]},

@@ -229,20 +229,20 @@ class _MeshRenderer:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-render")
         self._renderers: dict[int, Any] = {}
 
-    def render(self, path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    def render(self, path: str) -> tuple[list[tuple[list[str], dict[str, torch.Tensor]]], list[str]]:
+        """-> [(scorer names of a render group, {mode: uint8 [V, 3, H, W]})], load warnings."""
         from rewardkit.io import load_mesh
         from rewardkit.render import Renderer
 
         loaded = load_mesh(path)
-        views: dict[str, torch.Tensor] = {}
+        out_groups = []
         for gi, g in enumerate(self.groups):
             r = self._renderers.get(gi)
             if r is None:
                 r = self._renderers[gi] = Renderer(size=g.protocol.size, config=g.render_config)
             out = r.render(loaded, g.protocol, modes=g.modes)
-            for m in g.modes:
-                views.setdefault(m, views_to_tensor(out[m]))
-        return views, list(loaded.warnings)
+            out_groups.append((list(g.names), {m: views_to_tensor(out[m]) for m in g.modes}))
+        return out_groups, list(loaded.warnings)
 
     def close(self) -> None:
         def _close() -> None:
@@ -457,14 +457,23 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
                 fh.write(data)
             loop = asyncio.get_running_loop()
             try:
-                views, warnings = await loop.run_in_executor(mesh_renderer.executor, mesh_renderer.render, path)
+                groups, warnings = await loop.run_in_executor(mesh_renderer.executor, mesh_renderer.render, path)
             except MeshError as exc:
                 raise RequestError(400, f"cannot read mesh {file.filename!r}: {exc.reason if hasattr(exc, 'reason') else exc}")
             except Exception as exc:
                 raise RequestError(500, f"cannot render mesh {file.filename!r}: {type(exc).__name__}: {exc}")
-        chosen = _select(scorers, set(views), "request")
-        res = await batcher.submit(_Job(prompt=prompt, views=views, scorers=chosen, per_view=per_view))
-        res = dict(res)
+        all_modes = {m for _, views in groups for m in views}
+        chosen = _select(scorers, all_modes, "request")
+        # one job per render group (scorers trained on different protocols/sizes get their own views)
+        jobs = [_Job(prompt=prompt, views=views, scorers=[n for n in names if n in chosen], per_view=per_view)
+                for names, views in groups]
+        parts = await asyncio.gather(*(batcher.submit(j) for j in jobs if j.scorers))
+        res: dict[str, Any] = {"scores": {}}
+        for part in parts:
+            res["scores"].update(part["scores"])
+            if part.get("per_view"):
+                res.setdefault("per_view", {}).update(part["per_view"])
+        res["scores"] = {n: res["scores"][n] for n in chosen if n in res["scores"]}
         res["warnings"] = warnings
         return res
 
