@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from rewardkit.rl.tokenizers.base import fit_codes
 
 __all__ = [
     "SamplingConfig",
@@ -382,17 +384,11 @@ class MeshPolicy:
                     completion_ids=prefix + m,
                     phases=phases + m_phases,
                     reasoning_text=self.decode_text(reasoning_ids),
-                    codes=self._fit(codes),
+                    codes=fit_codes(codes, self.tokens_per_object),
                     num_codes_emitted=len(codes),
                 )
             )
         return steps
-
-    def _fit(self, codes: list[int]) -> np.ndarray:
-        codes = codes[: self.tokens_per_object]
-        if len(codes) < self.tokens_per_object:
-            codes = codes + [codes[-1] if codes else 0] * (self.tokens_per_object - len(codes))
-        return np.asarray(codes, dtype=np.int64)
 
     def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig) -> torch.Tensor:
         return sequence_logprobs(

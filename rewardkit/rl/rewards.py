@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from rewardkit.rl.shapes import demo_shape
+from rewardkit.rl.tokenizers.base import voxelize_mesh
 
 __all__ = [
     "RewardFn",
@@ -106,14 +107,8 @@ class StepReward:
 # -- built-in rewards of the decoded occupancy (tests and the CPU demo) -----------------------------
 
 def _occupancy(mesh: Any, resolution: int) -> np.ndarray | None:
-    if mesh is None:
-        return None
-    occ = mesh.metadata.get("occupancy") if hasattr(mesh, "metadata") else None
-    if occ is not None and np.asarray(occ).shape == (resolution,) * 3:
-        return np.asarray(occ, dtype=bool)
-    from rewardkit.rl.tokenizers.base import voxelize_mesh
-
-    return voxelize_mesh(mesh, resolution)
+    """The decoded grid a policy mesh carries, or a voxelization of any other mesh."""
+    return None if mesh is None else voxelize_mesh(mesh, resolution)
 
 
 def _target(prompt: str, resolution: int, targets: Mapping[str, np.ndarray] | None) -> np.ndarray:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewardkit.rl.tokenizers.base import ShapeTokenizer, occupancy_to_mesh, voxelize_mesh
+from rewardkit.rl.tokenizers.base import ShapeTokenizer, fit_codes, occupancy_to_mesh, voxelize_mesh
 from rewardkit.rl.tokenizers.voxel_blocks import VoxelBlockTokenizer
 
-__all__ = ["ShapeTokenizer", "VoxelBlockTokenizer", "VQVAETokenizer", "create_tokenizer", "occupancy_to_mesh", "voxelize_mesh"]
+__all__ = [
+    "ShapeTokenizer", "VoxelBlockTokenizer", "VQVAETokenizer", "create_tokenizer", "fit_codes", "occupancy_to_mesh",
+    "voxelize_mesh",
+]
 
 
 def __getattr__(name: str) -> Any:  # the VQVAE pulls in torch; import it on first use

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import trimesh
 
-__all__ = ["ShapeTokenizer", "occupancy_to_mesh", "voxelize_mesh"]
+__all__ = ["ShapeTokenizer", "fit_codes", "occupancy_to_mesh", "voxelize_mesh"]
 
 # the six face directions of a voxel and, for each, the 4 corners of that face (unit cube at origin),
 # ordered counter-clockwise seen from outside so normals point out.
@@ -28,8 +28,16 @@ _FACES = (
 )
 
 
+def fit_codes(codes: list[int], n: int) -> np.ndarray:
+    """ShapeLLM-Omni's parse rule: pad a short code sequence with its last code, truncate a long one."""
+    codes = list(codes)[:n]
+    if len(codes) < n:
+        codes = codes + [codes[-1] if codes else 0] * (n - len(codes))
+    return np.asarray(codes, dtype=np.int64)
+
+
 def occupancy_to_mesh(occupancy: np.ndarray) -> trimesh.Trimesh | None:
-    """Watertight surface of the occupied voxels (exposed cube faces), in [-0.5, 0.5]^3.
+    """Surface of the occupied voxels (their exposed cube faces), in [-0.5, 0.5]^3.
 
     Returns ``None`` for an empty grid (no surface to score). The grid is kept on the mesh as
     ``mesh.metadata["occupancy"]`` so occupancy-level rewards need not re-voxelize.
@@ -113,11 +121,7 @@ class ShapeTokenizer(ABC):
         return voxelize_mesh(mesh, self.resolution)
 
     def fit_length(self, codes: list[int]) -> np.ndarray:
-        """The ShapeLLM-Omni parse rule: pad a short sequence with its last code, truncate a long one."""
-        codes = list(codes)[: self.num_tokens]
-        if len(codes) < self.num_tokens:
-            codes = codes + [codes[-1] if codes else 0] * (self.num_tokens - len(codes))
-        return np.asarray(codes, dtype=np.int64)
+        return fit_codes(codes, self.num_tokens)
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)

@@ -20,7 +20,7 @@ mismatch fails loudly with the missing/unexpected keys rather than decoding garb
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -241,9 +241,8 @@ class VQVAETokenizer(ShapeTokenizer):
         path = Path(path)
         if path.is_dir():
             if config is None and (path / "config.json").exists():
-                config = json.loads((path / "config.json").read_text()).get("vqvae", None) or json.loads(
-                    (path / "config.json").read_text()
-                )
+                saved = json.loads((path / "config.json").read_text())
+                config = saved.get("vqvae", saved)
             found = [path / n for n in cls.WEIGHT_NAMES if (path / n).exists()]
             if not found:
                 raise FileNotFoundError(f"{path}: none of {cls.WEIGHT_NAMES}")
