@@ -152,3 +152,14 @@ def test_trimesh_scene_input(scorers):
     scene = trimesh.Scene([colored_box(), trimesh.creation.icosphere(radius=0.2)])
     (r,) = score_meshes([scene], "a box and a ball", scorers)
     assert r.ok and set(r.scores) == {"global", "local"}
+
+
+def test_trl_completion_as_obj_text(scorers):
+    box = colored_box((128, 128, 128))
+    obj_text = "Here is your mesh:\n" + "\n".join(
+        [f"v {x:.4f} {y:.4f} {z:.4f}" for x, y, z in box.vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in box.faces])
+    reward = trl_reward_function(scorers, stage="global")
+    (r,) = reward(["a box"], [obj_text])
+    expected = score_meshes([trimesh.Trimesh(box.vertices, box.faces)], "a box", scorers)[0].scores["global"]
+    assert r == pytest.approx(expected, abs=1e-5)
+    assert reward(["a box"], ["v 0 0 0\nno faces here"]) == [None]

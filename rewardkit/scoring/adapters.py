@@ -7,8 +7,9 @@ TRL (``GRPOTrainer(reward_funcs=...)``): a callable ``(prompts, completions, **k
     reward_local = trl_reward_function(url="http://gpu-box:8000", stage="local")   # remote service
     trainer = GRPOTrainer(..., reward_funcs=[reward_global, reward_local], ...)
 
-Each completion must resolve to a mesh: a file path, a trimesh object, a dict with ``"mesh"``, a chat
-message list whose last message's ``content`` is a path, or pass ``mesh_key="mesh_path"`` to read the
+Each completion must resolve to a mesh: a file path, OBJ text (``v``/``f`` lines, as LLaMA-Mesh-style
+language models write meshes), a trimesh object, a dict with ``"mesh"``, a chat message list whose last
+message's ``content`` is one of those, or pass ``mesh_key="mesh_path"`` to read the
 meshes from a dataset column forwarded in ``kwargs``; or give ``completion_to_mesh`` (e.g. decode the
 policy's 3D tokens). Prompts may be strings or chat message lists (the last user message is used). A
 sample that cannot be scored gets ``failure_score`` (default ``None``, TRL's "not applicable"). Component
@@ -136,8 +137,29 @@ def default_completion_to_mesh(completion: Any) -> Any:
     if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], Mapping):
         return default_completion_to_mesh(completion[-1].get("content", ""))
     if isinstance(completion, str):
-        return completion.strip()
+        text = completion.strip()
+        if "\n" in text and _looks_like_obj(text):
+            return obj_text_to_mesh(text)
+        return text
     return completion
+
+
+def _looks_like_obj(text: str) -> bool:
+    lines = [ln.lstrip() for ln in text.splitlines()]
+    return any(ln.startswith("v ") for ln in lines) and any(ln.startswith("f ") for ln in lines)
+
+
+def obj_text_to_mesh(text: str) -> Any:
+    """A mesh from OBJ text in a completion (LLaMA-Mesh-style text-to-3D LMs); other lines are ignored."""
+    import io
+
+    import trimesh
+
+    body = "\n".join(ln.strip() for ln in text.splitlines() if ln.strip()[:2] in ("v ", "f ", "vn", "vt"))
+    mesh = trimesh.load(io.BytesIO(body.encode()), file_type="obj", force="mesh", process=False)
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise ValueError("the completion's OBJ text has no faces")
+    return mesh
 
 
 def combine(scores: Mapping[str, float], *, stage: str | None = None,
@@ -308,4 +330,5 @@ def clear_cache() -> None:
 
 
 __all__ = ["LocalBackend", "RemoteBackend", "TRLRewardFunction", "clear_cache", "combine", "compute_score",
-           "compute_score_batch", "default_completion_to_mesh", "make_backend", "trl_reward_function"]
+           "compute_score_batch", "default_completion_to_mesh", "make_backend", "obj_text_to_mesh",
+           "trl_reward_function"]
