@@ -24,6 +24,7 @@ from rewardkit.train import (
     apply_overrides,
     build_examples,
     load_train_config,
+    model_from_checkpoint,
     predict_deltas,
     split_prompts,
     train,
@@ -263,3 +264,7 @@ def test_resume_from_checkpoint_continues_identically(dataset, tmp_path):
     # the resumed run logged into a new version and kept the first run's log
     assert [p.parent.name for p in metrics_csv_paths(resumed.out_dir)] == ["version_0", "version_1"]
     assert straight.metrics["val"]["pairwise_accuracy"] == resumed.metrics["val"]["pairwise_accuracy"]
+    # a checkpoint gives back the stage model without Lightning
+    model = model_from_checkpoint(resumed.last_checkpoint)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sb[f"model.{k}"]), k

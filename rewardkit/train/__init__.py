@@ -11,10 +11,17 @@ from rewardkit.train.data import (
     split_prompts,
 )
 from rewardkit.train.module import RewardModelModule
-from rewardkit.train.trainer import TrainResult, evaluate, plot_learning_curve, predict_deltas, train
+from rewardkit.train.trainer import (
+    TrainResult,
+    evaluate,
+    model_from_checkpoint,
+    plot_learning_curve,
+    predict_deltas,
+    train,
+)
 
 __all__ = [
     "EpochShuffleSampler", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
     "TrainResult", "ViewCache", "apply_overrides", "build_examples", "collate_pairs", "evaluate",
-    "load_train_config", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
+    "load_train_config", "model_from_checkpoint", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
 ]

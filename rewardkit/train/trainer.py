@@ -100,6 +100,16 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     return trainer, ckpt
 
 
+def model_from_checkpoint(path: str | Path) -> StageRewardModel:
+    """The StageRewardModel of a Lightning checkpoint of this module (weights only; the backbone's original
+    ``pretrained`` source is not reloaded or downloaded)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = StageRewardModel.from_config_dict(ckpt["hyper_parameters"]["model"])
+    prefix = "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return model.eval()
+
+
 @torch.no_grad()
 def predict_deltas(model: StageRewardModel, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Δ = r_a − r_b, target, weight) over a loader of pair batches, in eval mode."""
@@ -271,5 +281,5 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
                        model_dir=model_dir, module=module, datamodule=dm)
 
 
-__all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "metrics_csv_paths",
+__all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "metrics_csv_paths", "model_from_checkpoint",
            "plot_learning_curve", "predict_deltas", "read_metrics_log", "train"]
