@@ -164,7 +164,8 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
         "group_size": 4, "prompts_per_step": 2, "lr": 0.001, "steps": 2, "save_every": 1,
         "output_dir": str(tmp_path / "run"), "eval_group_size": 2, "render_size": 64,
         "accelerator": "cpu", "num_threads": 1,
-        "warm_start": {"enabled": True, "shapes": ["cube", "sphere"], "steps": 10, "hidden_size": 32, "num_layers": 1},
+        "warm_start": {"enabled": True, "arch": "qwen2_5_vl", "shapes": ["cube", "sphere"], "steps": 10, "hidden_size": 32,
+                       "num_layers": 1},
     }
     path = tmp_path / "rl.yaml"
     path.write_text(json.dumps(cfg))

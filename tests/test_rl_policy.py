@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 WORDS = ["a", "cube", "ball", "plan", "round", "flat", "detail"]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "qwen2_5_vl"])
 def policy(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param) / "p"
     build_tiny_policy(path, WORDS, codebook_size=16, tokens_per_object=6, arch=request.param, hidden_size=32,

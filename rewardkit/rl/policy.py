@@ -237,7 +237,8 @@ class MeshPolicy:
     ):
         self.model = model
         self.tokenizer = tokenizer
-        cfg_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        mcfg = getattr(model, "config", None)
+        cfg_vocab = getattr(mcfg, "vocab_size", None) or getattr(getattr(mcfg, "text_config", None), "vocab_size", None)
         self.vocab = MeshVocab.from_tokenizer(tokenizer, codebook_size, vocab_size=cfg_vocab)
         self.tokens_per_object = int(tokens_per_object)
         if use_chat_template is None:
@@ -256,8 +257,13 @@ class MeshPolicy:
         use_chat_template: bool | None = None,
         **model_kwargs: Any,
     ) -> "MeshPolicy":
-        """Load a local Hugging Face checkpoint directory (config + weights + tokenizer)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load a local Hugging Face checkpoint directory (config + weights + tokenizer).
+
+        Causal LMs load with ``AutoModelForCausalLM``; vision-language checkpoints such as ShapeLLM-Omni's
+        Qwen2.5-VL (not a causal-LM class in transformers) with ``AutoModelForImageTextToText``, used
+        text-only.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").exists():
@@ -267,7 +273,11 @@ class MeshPolicy:
             dtype = getattr(torch, dtype)
         if dtype is not None:
             model_kwargs["dtype"] = dtype
-        model = AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+        config = AutoConfig.from_pretrained(str(path))
+        if type(config) in AutoModelForCausalLM._model_mapping:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(str(path), **model_kwargs)
         meta = path / "rewardkit_policy.json"
         if meta.exists():  # written by save_pretrained / build_tiny_policy
             info = json.loads(meta.read_text())
@@ -414,10 +424,11 @@ def build_tiny_policy(
     """Write a random-init tiny causal LM + word-level tokenizer with the mesh tokens to ``path``.
 
     Vocabulary: ``<pad> <unk> <eos>``, the given words, ``<mesh0>..<mesh{K-1}>``, ``<mesh-start>``,
-    ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama`` or ``gpt2``.
+    ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama``, ``gpt2`` or
+    ``qwen2_5_vl`` (ShapeLLM-Omni's architecture, a tiny vision tower included, used text-only).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, normalizers, decoders
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -448,8 +459,25 @@ def build_tiny_policy(
             pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=vocab["<eos>"],
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
+    elif arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        head = hidden_size // num_heads
+        third = head // 2 // 4  # multimodal rope: temporal/height/width sections of the rotary half
+        cfg = Qwen2_5_VLConfig(
+            text_config=dict(
+                vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
+                num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+                rope_scaling={"type": "mrope", "mrope_section": [head // 2 - 2 * third, third, third]},
+            ),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+                               fullatt_block_indexes=[0]),
+            bos_token_id=None, eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+        )
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
     else:
-        raise ValueError(f"arch must be llama or gpt2, got {arch!r}")
-    model = AutoModelForCausalLM.from_config(cfg)
+        raise ValueError(f"arch must be llama, gpt2 or qwen2_5_vl, got {arch!r}")
+    if arch != "qwen2_5_vl":
+        model = AutoModelForCausalLM.from_config(cfg)
     policy = MeshPolicy(model, tok, tokens_per_object=tokens_per_object, codebook_size=codebook_size, use_chat_template=False)
     return policy.save_pretrained(path)
