@@ -699,8 +699,6 @@ class HiGRPOTrainer:
 
     def load_checkpoint(self, path: str | Path | None = None) -> int:
         """Restore policy weights, optimizer state, step and logs from ``path`` (default: latest)."""
-        from safetensors.torch import load_file
-
         if path is None:
             latest = self.out / "checkpoints" / "latest"
             if not latest.exists():
@@ -708,15 +706,11 @@ class HiGRPOTrainer:
                 return 0
             path = self.out / "checkpoints" / latest.read_text().strip()
         path = Path(path)
-        files = sorted((path / "policy").glob("*.safetensors"))
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            state |= load_file(str(f))
         model = self._unwrapped()
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {k for k in missing if "lm_head" in k or "embed" in k}
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not match the policy: missing {missing}, unexpected {unexpected}")
+        # through from_pretrained, so the library's own checkpoint key conversions apply
+        saved = type(model).from_pretrained(str(path / "policy"), dtype=next(model.parameters()).dtype)
+        model.load_state_dict(saved.state_dict())
+        del saved
         ts = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(ts["optimizer"])
         self.step = int(ts["step"])
