@@ -198,8 +198,7 @@ class _Group:
     r_high: np.ndarray
     r_low: np.ndarray
     terms_high: dict[str, np.ndarray]
-    terms_low: dict[str, np.ndarray]
-    failures: dict[str, int]
+    terms_low: dict[str, np.ndarray]  # raw term values; NaN where the term failed for that sample
 
 
 class HiGRPOTrainer:
@@ -252,7 +251,7 @@ class HiGRPOTrainer:
             if not cfg.warm_start.enabled:
                 raise FileNotFoundError(f"{path} holds no Hugging Face model (config.json) and warm_start is off")
             if self.is_main:
-                self.warm_start_metrics = self._warm_start(path)
+                self._warm_start(path)
             self.fabric.barrier()
         self.policy = MeshPolicy.from_pretrained(
             path, tokens_per_object=cfg.tokens_per_object, codebook_size=cfg.codebook_size, dtype=cfg.dtype,
@@ -277,8 +276,14 @@ class HiGRPOTrainer:
         self.model, self.optimizer = self.fabric.setup(model, opt)
 
     # -- warm start ------------------------------------------------------------------------------
-    def _warm_start(self, path: Path) -> dict[str, Any]:
+    def _warm_start(self, final: Path) -> dict[str, Any]:
+        """Build + train the tiny policy in ``<final>.tmp`` and rename it when done, so an interrupted
+        warm start never leaves a half-trained model where the next run would pick it up."""
+        import shutil
+
         ws, cfg = self.cfg.warm_start, self.cfg
+        path = final.with_name(final.name + ".tmp")
+        shutil.rmtree(path, ignore_errors=True)
         shapes = [demo_shape(s) for s in ws.shapes]
         words: list[str] = []
         for text in [cfg.step1_template, cfg.step2_template, *self.prompts] + [t for s in shapes for t in (s.prompt, s.plan, s.detail)]:
@@ -325,6 +330,9 @@ class HiGRPOTrainer:
         policy.save_pretrained(path, model=model)
         metrics = {"steps": ws.steps, "nll_first": losses[0], "nll_last": float(np.mean(losses[-10:])), "seconds": time.time() - t0}
         (path / "warm_start.json").write_text(json.dumps(metrics, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        path.rename(final)
         return metrics
 
     # -- rollouts --------------------------------------------------------------------------------
@@ -345,10 +353,9 @@ class HiGRPOTrainer:
         groups = []
         for g, p in enumerate(prompts):
             sl = slice(g * G, (g + 1) * G)
-            fails = {f"high/{k}": v for k, v in rh.failures.items()} | {f"low/{k}": v for k, v in rl.failures.items()}
             groups.append(_Group(
                 p, s1[sl], s2[sl], m1[sl], m2[sl], rh.total[sl], rl.total[sl],
-                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()}, fails,
+                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()},
             ))
         return groups
 
@@ -450,7 +457,7 @@ class HiGRPOTrainer:
         return result
 
     # -- metrics ---------------------------------------------------------------------------------
-    def _reward_metrics(self, groups: Sequence[_Group], prefix: str = "") -> dict[str, float]:
+    def _reward_metrics(self, groups: Sequence[_Group]) -> dict[str, float]:
         G = len(groups[0].r_high) if groups else self.cfg.group_size
         out: dict[str, float] = {}
         if not groups:
@@ -458,20 +465,16 @@ class HiGRPOTrainer:
         rh = np.concatenate([g.r_high for g in groups])
         rl = np.concatenate([g.r_low for g in groups])
         for name, v in (("r_high", rh), ("r_low", rl), ("r_high_tilde", rh + self.cfg.lam * rl)):
-            out[f"{prefix}{name}"], out[f"{prefix}{name}_group_std"] = group_stats(v, G)
+            out[name], out[f"{name}_group_std"] = group_stats(v, G)
         for step, attr in (("high", "terms_high"), ("low", "terms_low")):
             for term in getattr(groups[0], attr):
                 v = np.concatenate([getattr(g, attr)[term] for g in groups])
-                out[f"{prefix}{step}/{term}"], out[f"{prefix}{step}/{term}_group_std"] = group_stats(v, G)
-        fails: dict[str, int] = {}
-        for g in groups:
-            for k, v in g.failures.items():
-                fails[k] = fails.get(k, 0) + v
-        for k, v in fails.items():
-            out[f"{prefix}failed/{k}"] = float(v)
-        out[f"{prefix}reasoning_tokens/step1"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step1]))
-        out[f"{prefix}reasoning_tokens/step2"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step2]))
-        out[f"{prefix}empty_meshes"] = float(sum(m is None for g in groups for m in g.meshes1 + g.meshes2))
+                out[f"{step}/{term}"], out[f"{step}/{term}_group_std"] = group_stats(v, G)
+                if np.isnan(v).any():
+                    out[f"failed/{step}/{term}"] = float(np.isnan(v).sum())
+        out["reasoning_tokens/step1"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step1]))
+        out["reasoning_tokens/step2"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step2]))
+        out["empty_meshes"] = float(sum(m is None for g in groups for m in g.meshes1 + g.meshes2))
         return out
 
     def _gather_mean(self, metrics: dict[str, float]) -> dict[str, float]:
