@@ -83,7 +83,7 @@ class WarmStartConfig:
 @dataclass
 class HiGRPOConfig:
     # -- policy ----------------------------------------------------------------------------------
-    policy_path: str = ""  # local Hugging Face checkpoint directory (model + tokenizer)
+    policy_path: str = ""  # local Hugging Face checkpoint directory; "{output_dir}" is substituted
     tokens_per_object: int = 1024  # ShapeLLM-Omni: 1024
     codebook_size: int | None = None  # None: every <meshN> token in the vocabulary
     shape_tokenizer: dict[str, Any] = field(default_factory=lambda: {"type": "voxel_blocks", "resolution": 8, "block": 2})
@@ -220,6 +220,7 @@ class HiGRPOTrainer:
         hf_logging.disable_progress_bar()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        config.policy_path = config.policy_path.replace("{output_dir}", config.output_dir)
         self.cfg = config
         self.out = Path(config.output_dir)
         self.fabric = fabric or Fabric(
