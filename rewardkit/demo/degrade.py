@@ -77,8 +77,13 @@ def extra_part(parts: list[Part], rng: np.random.Generator, size: float = 0.32) 
     ext = _extent(parts)
     v = np.concatenate([p.mesh.vertices for p in parts if p.tile == "main"] or [p.mesh.vertices for p in parts])
     upper = v[v[:, 1] >= np.median(v[:, 1])]
-    centre = upper[int(rng.integers(len(upper)))]
     s = size * ext
+    centre = upper[int(rng.integers(len(upper)))]
+    out_dir = centre - v.mean(axis=0)
+    out_dir[1] = max(out_dir[1], 0.0)
+    norm = float(np.linalg.norm(out_dir))
+    if norm > 1e-9:  # stick out of the object (half outside), not hide inside it
+        centre = centre + out_dir / norm * (0.5 * s)
     if rng.integers(2):
         m = trimesh.creation.icosphere(subdivisions=2, radius=s / 2)
     else:

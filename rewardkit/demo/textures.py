@@ -27,8 +27,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (235, 110, 170),
 }
 
-# prompt material word -> pattern drawn in the main tile. All of them have visible structure at
-# demo render sizes, so blurring or noising the texture changes what a camera sees.
+# prompt material word -> pattern drawn in the main tile: 2-3 periods per tile, so the structure stays
+# visible at demo render sizes (64 px), so blurring or noising the texture changes what a camera sees.
 MATERIALS = ("wooden", "striped", "checkered", "dotted", "marbled")
 
 # flat accent colours for secondary parts
@@ -70,22 +70,22 @@ def pattern_tile(material: str, colour: str, rng: np.random.Generator, size: int
     if material == "wooden":
         # wavy grain rings: period ~1/7 of the tile, darker late-wood lines
         warp = 0.06 * np.sin(2 * np.pi * (y * 2.0) + phase)
-        t = 0.5 + 0.5 * np.sin(2 * np.pi * 7.0 * (x + warp) + phase)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * (x + warp) + phase)
         t = t**3
     elif material == "striped":
-        t = (np.sin(2 * np.pi * 6.0 * (x + y) + phase) > 0).astype(np.float32)
+        t = (np.sin(2 * np.pi * 2.5 * (x + y) + phase) > 0).astype(np.float32)
     elif material == "checkered":
-        n = 6
+        n = 3
         t = ((np.floor(x * n) + np.floor(y * n)) % 2).astype(np.float32)
     elif material == "dotted":
-        n = 6
+        n = 3
         cx, cy = (x * n) % 1.0 - 0.5, (y * n) % 1.0 - 0.5
         t = ((cx**2 + cy**2) < 0.28**2).astype(np.float32)
     elif material == "marbled":
         turb = 0.0
         for k in range(1, 4):
             turb = turb + np.sin(2 * np.pi * (k * 2.0) * (x * rng.uniform(0.6, 1.4) + y) + rng.uniform(0, 6)) / k
-        t = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * x + 2.0 * turb + phase)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * 2.0 * x + 1.5 * turb + phase)
         t = t**2
     else:
         raise ValueError(f"unknown material {material!r}; known: {MATERIALS}")
@@ -111,6 +111,6 @@ def noise_tile(tile: np.ndarray, rng: np.random.Generator, block: int = 8, ampli
     return np.clip(tile.astype(np.float32) + big, 0, 255).astype(np.uint8)
 
 
-def blur_tile(tile: np.ndarray, radius: float = 10.0) -> np.ndarray:
+def blur_tile(tile: np.ndarray, radius: float = 18.0) -> np.ndarray:
     """A strong Gaussian blur: the pattern washes out to its mean colour."""
     return np.asarray(Image.fromarray(tile).filter(ImageFilter.GaussianBlur(radius=radius)))
