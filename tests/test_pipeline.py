@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pipelines` is a top-level folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
 
 # Small enough for a 2-core CPU in a few minutes; the same stages and code paths as the default run.
 SMALL_PARAMS = {
@@ -172,3 +174,77 @@ def test_dvc_metrics_and_plots_read_the_report(pipeline_run):
     assert "holdout_owned_accuracy" in p.stdout and "val_pairwise_accuracy" in p.stdout
     p = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], ws)
     assert "accuracy_by_degradation" in p.stdout and "learning_curve_global" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_rewardkit_score_with_the_exported_scorers(pipeline_run):
+    ws, _, _ = pipeline_run
+    shared = ROOT.parent / "shared" / "meshes" / "duck" / "Duck.glb"  # a real mesh, where shared/ is beside the repo
+    meshes = [str(shared)] if shared.is_file() else []
+    meshes.append(str(ws / "data/demo/meshes" / sorted(p.name for p in (ws / "data/demo/meshes").glob("*-clean.glb"))[0]))
+    p = run([sys.executable, "-m", "rewardkit", "score", *meshes, "--prompt", "a yellow rubber duck",
+             "--scorer", str(ws / "data/scorers"), "--json"], ws)
+    results = json.loads(p.stdout)["results"]
+    assert len(results) == len(meshes)
+    for r in results:
+        assert r["error"] is None and set(r["scores"]) == {"global", "local"}
+        assert all(isinstance(v, float) for v in r["scores"].values())
+
+
+# -- fast checks of the stage modules' own logic (no DVC run) ------------------------------------------------
+
+def test_train_params_merge_per_stage():
+    from pipelines.train import deep_merge
+
+    common = {"model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": False}, "lr": 0.1}
+    merged = deep_merge(common, {"model": {"lock_text": True}, "max_epochs": 2})
+    assert merged == {"model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": True}, "lr": 0.1,
+                      "max_epochs": 2}
+    assert common["model"]["lock_text"] is False  # the shared section is not modified
+
+
+def test_clean_vs_degraded_credit_and_stage_report():
+    import polars as pl
+
+    from pipelines.evaluate import clean_vs_degraded, stage_report
+
+    scored = pl.DataFrame({
+        "prompt_id": ["p"] * 5,
+        "degradation": ["clean", "blur", "vertex_noise", "texture_noise", "missing_part+blur"],
+        "kind": ["none", "texture", "geometry", "texture", "both"],
+        "global": [1.0, 1.0, 0.2, 1.0, 0.5],  # texture-blind: equal scores on texture-only candidates
+        "local": [2.0, 0.0, 2.5, 1.0, 0.0],
+    })
+    g = clean_vs_degraded(scored, "global")
+    assert dict(zip(g["degradation"], g["credit"])) == {"blur": 0.5, "vertex_noise": 1.0, "texture_noise": 0.5,
+                                                        "missing_part+blur": 1.0}
+    rep = stage_report("global", g, {"val_pairwise_accuracy": 0.9})
+    assert rep["holdout_owned_accuracy"] == 1.0 and rep["holdout_other_accuracy"] == 0.5
+    loc = stage_report("local", clean_vs_degraded(scored, "local"), {})
+    assert loc["holdout_owned_accuracy"] == 1.0 and loc["holdout_other_accuracy"] == 0.0
+
+
+def test_learning_curve_rows_from_lightning_csv(tmp_path):
+    from pipelines.train import learning_curve_rows
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/loss_step,train/loss_epoch,val/bt_loss,val/pairwise_accuracy\n"
+                   "0,9,0.7,,,\n0,16,,,0.6,0.55\n0,16,,0.65,,\n1,33,,,0.4,0.8\n1,33,,0.3,,\n")
+    rows = learning_curve_rows(csv)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["train_loss"] == 0.3 and rows[1]["val_pairwise_accuracy"] == 0.8
+    assert learning_curve_rows(tmp_path / "missing.csv") == []
+
+
+def test_dvc_yaml_stages_and_params_sections_match():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert list(dvc["stages"])[: len(STAGES)] == STAGES
+    for name, stage in dvc["stages"].items():
+        for key in stage.get("params", []):
+            node = params
+            for part in str(key).split("."):
+                assert part in node, f"{name}: params key {key} not in params.yaml"
+                node = node[part]
+    assert set(SMALL_PARAMS) == set(params)  # the CI params cover every section
