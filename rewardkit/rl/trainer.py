@@ -580,9 +580,27 @@ class HiGRPOTrainer:
                 self._render(groups, d / "renders.png")
         return metrics
 
+    @staticmethod
+    def _with_grid_frame(mesh: Any) -> Any:
+        """The mesh plus thin edges of the [-0.5, 0.5]^3 grid box, so renders (which fit each mesh to the
+        view) still show where in the grid the shape sits and how big it is."""
+        import trimesh
+
+        t, edges = 0.012, []
+        for axis in range(3):
+            for a in (-0.5, 0.5):
+                for b in (-0.5, 0.5):
+                    extents = [t, t, t]
+                    extents[axis] = 1.0 + t
+                    centre = [a, b]
+                    centre.insert(axis, 0.0)
+                    edges.append(trimesh.creation.box(extents=extents, transform=trimesh.transformations.translation_matrix(centre)))
+        parts = edges + ([mesh] if mesh is not None else [])
+        return trimesh.util.concatenate(parts)
+
     def _render(self, groups: Sequence[_Group], path: Path) -> None:
-        """One row per prompt: step-1 and step-2 meshes of its first sample, 3 views each."""
-        from PIL import Image, ImageDraw
+        """One row per prompt: step-1 and step-2 meshes of its first sample, 3 views each, in the grid box."""
+        from PIL import ImageDraw
 
         try:
             from rewardkit.render import Renderer, get_protocol, make_grid
@@ -590,11 +608,9 @@ class HiGRPOTrainer:
             protocol = get_protocol("0:25,120:25,240:25", size=self.cfg.render_size)
             tiles = []
             with Renderer(size=self.cfg.render_size) as r:
-                blank = np.full((self.cfg.render_size, self.cfg.render_size, 3), 255, np.uint8)
                 for g in groups:
                     for m in (g.meshes1[0], g.meshes2[0]):
-                        views = r.render(m, protocol, modes=("geometry",))["geometry"] if m is not None else [blank] * 3
-                        tiles += list(views)
+                        tiles += list(r.render(self._with_grid_frame(m), protocol, modes=("geometry",))["geometry"])
             grid = make_grid(tiles, cols=6)
         except Exception as exc:  # noqa: BLE001 - renders are a report artifact; the run goes on
             log.warning("rendering samples failed (%s); writing a voxel plot instead", exc)
