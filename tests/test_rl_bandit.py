@@ -227,3 +227,13 @@ def test_shipped_configs_and_params_yaml_section(tmp_path):
     assert (cfg.policy_path, cfg.beta, cfg.sampling.top_p, cfg.steps, cfg.group_size, cfg.lr) == ("p", 0.02, 0.7, 3, 8, 1e-6)
     with pytest.raises(ValueError, match="unknown"):
         HiGRPOConfig.from_dict({"policy_path": "p", "bogus": 1})
+
+
+def test_no_resume_starts_a_clean_run(tiny_policy, tmp_path):
+    cfg = _config(tiny_policy, tmp_path, save_every=1)
+    HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction()).train(steps=2)
+    again = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    again.train(steps=1, resume=False)
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-000001"]

@@ -529,6 +529,13 @@ class HiGRPOTrainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
         if resume:
             self.load_checkpoint()
+        elif self.step == 0 and self.is_main:  # a fresh run: no logs or samples of an earlier one
+            import shutil
+
+            for name in ("metrics.jsonl", "metrics.csv", "metrics.json", "reward_curve.png"):
+                (self.out / name).unlink(missing_ok=True)
+            for name in ("samples_before", "samples_after", "checkpoints"):
+                shutil.rmtree(self.out / name, ignore_errors=True)
         summary: dict[str, Any] = {}
         before_path = self.out / "samples_before" / "samples.json"
         if cfg.eval_group_size > 0 and not before_path.exists():
