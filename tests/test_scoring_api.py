@@ -47,7 +47,7 @@ def test_deterministic_and_batch_invariant(scorers):
         for k in x.scores:
             assert x.scores[k] == pytest.approx(y.scores[k], abs=1e-5)
     # reversed order: each mesh keeps its own score
-    d = score_meshes(meshes[::-1], prompts[::-1], scorers)
+    d = scorers.score_meshes(meshes[::-1], prompts[::-1])
     for x, y in zip(a, d[::-1]):
         for k in x.scores:
             assert x.scores[k] == pytest.approx(y.scores[k], abs=1e-5)

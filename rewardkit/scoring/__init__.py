@@ -18,6 +18,7 @@ from rewardkit.scoring.api import (
     MeshScore,
     ScoringTimings,
     as_scorer_set,
+    close_renderers,
     render_views,
     score_meshes,
     score_views,
@@ -34,5 +35,5 @@ from rewardkit.scoring.export import (
 
 __all__ = [
     "BaseScorer", "MeshScore", "ScoreOutput", "Scorer", "ScorerError", "ScorerSet", "ScorerVersionError",
-    "ScoringTimings", "as_scorer_set", "load_scorer", "render_views", "score_meshes", "score_views",
+    "ScoringTimings", "as_scorer_set", "close_renderers", "load_scorer", "render_views", "score_meshes", "score_views",
 ]

@@ -229,6 +229,12 @@ class BaseScorer:
 
     __call__ = score_views
 
+    def score_meshes(self, meshes: Any, prompts: Sequence[str] | str, **kw: Any) -> list:
+        """Render and score meshes (see :func:`rewardkit.scoring.api.score_meshes`)."""
+        from rewardkit.scoring.api import score_meshes
+
+        return score_meshes(meshes, prompts, self, **kw)
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "format": SCORER_FORMAT,
@@ -400,6 +406,12 @@ class ScorerSet:
         """Score a dict of views ``{mode: [B, V, 3, H, W]}`` with every scorer (each takes its own modes)."""
         return {k: s.score_views({m: views[m] for m in s.modes} if isinstance(views, Mapping) else views,
                                  prompts, grad=grad, per_view=per_view) for k, s in self.scorers.items()}
+
+    def score_meshes(self, meshes: Any, prompts: Sequence[str] | str, **kw: Any) -> list:
+        """Render each mesh once and score it with every scorer (see :func:`rewardkit.scoring.api.score_meshes`)."""
+        from rewardkit.scoring.api import score_meshes
+
+        return score_meshes(meshes, prompts, self, **kw)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
