@@ -4,7 +4,9 @@ HPS checkpoint formats."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +51,7 @@ def scorer_set_dir() -> Path:
     from rewardkit.scoring import ScorerSet
 
     root = Path(tempfile.mkdtemp(prefix="rk-test-scorers-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     ScorerSet(global_scorer=tiny_scorer("global", 1), local_scorer=tiny_scorer("local", 2)).save_pretrained(root / "set")
     return root / "set"
 
@@ -63,6 +66,7 @@ def colored_box(color=(200, 30, 30), extents=(0.8, 0.5, 0.4)) -> trimesh.Trimesh
 def mesh_files() -> dict[str, Path]:
     """A few small mesh files: red box (GLB), blue sphere (GLB), grey cone (OBJ) and a broken GLB."""
     root = Path(tempfile.mkdtemp(prefix="rk-test-meshes-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     out = {}
     red = colored_box()
     red.export(root / "red_box.glb")

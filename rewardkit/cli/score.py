@@ -137,6 +137,7 @@ def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, ren
                     pv = r.per_view.get(n)
                     if pv:
                         click.echo(f"    {n} per view: " + " ".join(f"{x:.4f}" for x in pv))
+    sys.stdout.flush()
     for r in results:
         for w in r.warnings:
             click.echo(f"warning: {r.mesh}: {w}", err=True)

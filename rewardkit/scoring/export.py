@@ -660,6 +660,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _flatten(d: Mapping[str, Any], depth: int, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys (up to ``depth`` levels), so the card shows one row per number."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and depth > 0 and v:
+            out.update(_flatten(v, depth - 1, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def model_card(cfg: Mapping[str, Any]) -> str:
     """The README.md model card, written from config.json."""
     arch = cfg.get("architecture") or {}
@@ -702,9 +714,9 @@ def model_card(cfg: Mapping[str, Any]) -> str:
         "",
     ]
     td = cfg.get("training_data") or {}
-    lines += [f"- {k}: {_fmt(v)}" for k, v in td.items()] or ["- not recorded"]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in _flatten(td, depth=1).items()] or ["- not recorded"]
     lines += ["", "## Metrics", ""]
-    metrics = cfg.get("metrics") or {}
+    metrics = _flatten(cfg.get("metrics") or {}, depth=3)
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
     else:
