@@ -30,7 +30,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -387,10 +386,6 @@ def render_views(mesh: MeshLike, scorers: Any, *, render_size: int | None = None
     if item.error:
         raise RuntimeError(f"{item.name}: {item.error}")
     return item.views[0]
-
-
-def _path_str(p: Any) -> str:
-    return str(Path(p)) if isinstance(p, (str, os.PathLike)) else str(p)
 
 
 __all__ = ["MeshScore", "ScoringTimings", "as_scorer_set", "close_renderers", "render_groups", "render_views",
