@@ -1,0 +1,79 @@
+"""Stage ``rl``: Hi-GRPO on a tiny warm-started policy, rewarded by the exported scorer set.
+
+The run's :class:`rewardkit.rl.HiGRPOConfig` is the ``rl`` section of params.yaml; the pipeline fixes
+only where it writes (``data/rl/``: warm-started policy, checkpoints, logs, final policy, samples before
+and after). A small report for DVC goes to ``reports/``: ``rl.json`` (metrics: R_high and R_low at the
+start and end of the run, before/after evaluation), ``rl_rewards.csv`` (the reward curve, one row per
+step) and ``rl/`` (``reward_curve.png`` and the before/after renders).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from pipelines._common import REPORTS_DIR, chdir_root, params, step
+
+RL_DIR = Path("data/rl")  # rl: init_policy/, checkpoints/, policy/, metrics.*, samples_before|after/
+RL_REPORT = REPORTS_DIR / "rl.json"
+RL_CURVE = REPORTS_DIR / "rl_rewards.csv"
+RL_PLOTS = REPORTS_DIR / "rl"
+
+# Columns of the reward curve DVC plots (the full per-term log stays in data/rl/metrics.csv).
+CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std")
+
+
+def curve_rows(records: list[dict]) -> list[dict]:
+    """One row per optimizer step that produced rewards (skipped steps have no R_high)."""
+    return [{k: r.get(k) for k in CURVE_COLUMNS} for r in records if r.get("r_high") is not None]
+
+
+def report(summary: dict) -> dict:
+    """The metrics DVC shows: the start/end windows of the training curve and the fixed-seed evaluations."""
+    keys = ("steps", "window", "r_high_first", "r_high_last", "r_low_first", "r_low_last", "r_high_rose", "r_low_rose")
+    out = {k: summary.get(k) for k in keys}
+    for when in ("eval_before", "eval_after"):
+        ev = summary.get(when) or {}
+        out[when] = {k: ev[k] for k in ("r_high", "r_low") if k in ev}
+    return out
+
+
+def main() -> None:
+    chdir_root()
+    p = dict(params("rl"))
+    if "output_dir" in p:
+        raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
+    from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
+
+    p["output_dir"] = str(RL_DIR)
+    cfg = HiGRPOConfig.from_dict(p)
+    if RL_DIR.exists():
+        shutil.rmtree(RL_DIR)  # a DVC out is rebuilt from scratch (resume is for interactive `rewardkit rl`)
+    with step("rl"):
+        trainer = HiGRPOTrainer(cfg)
+        summary = trainer.train(resume=False)
+        records = list(trainer.records)
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    RL_REPORT.write_text(json.dumps(report(summary), indent=2) + "\n")
+    with open(RL_CURVE, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CURVE_COLUMNS))
+        w.writeheader()
+        w.writerows(curve_rows(records))
+    if RL_PLOTS.exists():
+        shutil.rmtree(RL_PLOTS)
+    RL_PLOTS.mkdir(parents=True)
+    for src, dst in ((RL_DIR / "reward_curve.png", "reward_curve.png"),
+                     (RL_DIR / "samples_before" / "renders.png", "samples_before.png"),
+                     (RL_DIR / "samples_after" / "renders.png", "samples_after.png")):
+        if src.exists():
+            shutil.copy2(src, RL_PLOTS / dst)
+    r = report(summary)
+    print(f"  R_high {r['r_high_first']:.3f} -> {r['r_high_last']:.3f}, R_low {r['r_low_first']:.3f} -> "
+          f"{r['r_low_last']:.3f} (first vs last {r['window']}-step means); policy in {RL_DIR / 'policy'}/, "
+          f"plot in {RL_PLOTS / 'reward_curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
