@@ -21,6 +21,9 @@ done
 PYTHON=${PYTHON:-python3}
 LABEL_STUDIO_VERSION=${LABEL_STUDIO_VERSION:-1.23.2}
 
+# pip, with the lines that only say a configured local index folder does not exist filtered out
+pip_quiet() { "$@" 2>&1 | { grep -v -e "^WARNING: Location 'file://" -e "is neither a file nor a directory" || true; }; return "${PIPESTATUS[0]}"; }
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
 # 1. system packages: Mesa's EGL for headless rendering on CPU (NVIDIA's EGL is used instead where present)
@@ -39,17 +42,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip wheel >/dev/null
+pip_quiet .venv/bin/python -m pip install -q --upgrade pip wheel >/dev/null
 echo "[setup] installing rewardkit and its dependencies into .venv (first time: several minutes, torch is large)"
-.venv/bin/python -m pip install -q -e ".[dev]"
+pip_quiet .venv/bin/python -m pip install -q -e ".[dev]"
 
 # 3. the Label Studio server lives in its own environment: it pins Django and friends
 if [ "$want_ls" = 1 ]; then
   if ! .venv-ls/bin/python -c "import label_studio" >/dev/null 2>&1; then
     echo "[setup] installing the Label Studio server $LABEL_STUDIO_VERSION into .venv-ls"
     "$PYTHON" -m venv .venv-ls
-    .venv-ls/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv-ls/bin/python -m pip install -q "label-studio==$LABEL_STUDIO_VERSION"
+    pip_quiet .venv-ls/bin/python -m pip install -q --upgrade pip >/dev/null
+    pip_quiet .venv-ls/bin/python -m pip install -q "label-studio==$LABEL_STUDIO_VERSION"
   fi
 fi
 echo "[setup] done"

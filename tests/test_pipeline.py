@@ -47,11 +47,28 @@ SMALL_PARAMS = {
     },
     "export": {"name": "rewardkit-demo-small"},
     "evaluate": {"grids": 2},
+    # Hi-GRPO on a tiny warm-started policy, rewarded by the exported scorers (a few steps: the outputs and
+    # the scorer terms are what this run checks; the reward rise is the default run's and test_rl_*'s)
+    "rl": {
+        "policy_path": "{output_dir}/init_policy", "tokens_per_object": 64,
+        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 8, "block": 2},
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_reasoning_tokens": 8},
+        "prompts": ["a cube", "a ball", "a cone", "an arch"],
+        "rewards_high": [{"name": "shape_iou", "builtin": "occupancy_iou", "weight": 1.0},
+                         {"name": "global_scorer", "scorer": "data/scorers", "weight": 0.5, "args": {"stage": "global"}}],
+        "rewards_low": [{"name": "surface_f1", "builtin": "surface_f1", "weight": 1.0},
+                        {"name": "local_scorer", "scorer": "data/scorers", "weight": 0.5, "args": {"stage": "local"}}],
+        "reward_on_error": "raise", "group_size": 4, "prompts_per_step": 2, "mu": 2, "lr": 0.0005,
+        "micro_batch_size": 16, "steps": 3, "seed": 0, "save_every": 0, "eval_group_size": 2, "render_size": 64,
+        "accelerator": "cpu", "devices": 1, "num_threads": 1,
+        "warm_start": {"enabled": True, "arch": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                       "steps": 60, "batch_size": 16, "lr": 0.003, "max_shift": 1},
+    },
 }
 
 N_CANDIDATES = 1 + 4 + 3 + 1  # clean + geometry + texture + mixed
 N_PROMPTS = 6 * (8 + 2)
-STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate"]
+STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl"]
 
 
 def make_workspace(dest: Path, params: dict) -> Path:
@@ -127,6 +144,24 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
     plots = ws / "reports/plots"
     assert (plots / "accuracy_by_degradation.png").is_file() and (plots / "learning_curves.png").is_file()
     assert len(list(plots.glob("grid_*.png"))) == 2
+    # rl: a Hugging Face policy, logs with every reward term (the scorer terms scored, none failed), the report
+    rl = SMALL_PARAMS["rl"]
+    assert (ws / "data/rl/policy/config.json").is_file() and (ws / "data/rl/policy/model.safetensors").is_file()
+    records = [json.loads(line) for line in (ws / "data/rl/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, rl["steps"] + 1))
+    for r in records:
+        for key in ("high/shape_iou", "high/global_scorer", "low/surface_f1", "low/local_scorer"):
+            assert isinstance(r[key], float) and r[key] == r[key], (key, r)  # a number, not NaN
+        assert not any(k.startswith("failed/") for k in r), r
+    report = json.loads((ws / "reports/rl.json").read_text())
+    assert report["steps"] == rl["steps"]
+    for key in ("r_high_first", "r_high_last", "r_low_first", "r_low_last"):
+        assert isinstance(report[key], float)
+    assert set(report["eval_before"]) == set(report["eval_after"]) == {"r_high", "r_low"}
+    curve = (ws / "reports/rl_rewards.csv").read_text().splitlines()
+    assert curve[0].startswith("step,r_high,r_low") and len(curve) == 1 + rl["steps"]
+    for name in ("reward_curve.png", "samples_before.png", "samples_after.png"):
+        assert (ws / "reports/rl" / name).stat().st_size > 1000, name
     assert not list(ws.rglob("*.pkl")) and not list(ws.rglob("*.pickle"))
 
 
@@ -158,12 +193,17 @@ def test_second_repro_runs_nothing_and_a_training_param_reruns_training_onwards(
     params["train"]["common"]["lr"] = 0.0004
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = run([sys.executable, "-m", "dvc", "repro", "--dry"], ws)
-    assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate"]
+    assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl"]
     params["train"]["local"] = {"max_epochs": 3}
     params["train"]["common"]["lr"] = SMALL_PARAMS["train"]["common"]["lr"]
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = run([sys.executable, "-m", "dvc", "repro", "--dry"], ws)
-    assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate"]
+    assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl"]
+    params["train"]["local"] = {}
+    params["rl"]["steps"] = 4  # an RL parameter re-runs only the rl stage
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = run([sys.executable, "-m", "dvc", "repro", "--dry"], ws)
+    assert stages_run(p.stdout + p.stderr) == ["rl"]
 
 
 @pytest.mark.slow
@@ -174,6 +214,7 @@ def test_dvc_metrics_and_plots_read_the_report(pipeline_run):
     assert "holdout_owned_accuracy" in p.stdout and "val_pairwise_accuracy" in p.stdout
     p = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], ws)
     assert "accuracy_by_degradation" in p.stdout and "learning_curve_global" in p.stdout
+    assert "rl_rewards" in p.stdout and "reward_curve.png" in p.stdout
 
 
 @pytest.mark.slow
@@ -248,3 +289,23 @@ def test_dvc_yaml_stages_and_params_sections_match():
                 assert part in node, f"{name}: params key {key} not in params.yaml"
                 node = node[part]
     assert set(SMALL_PARAMS) == set(params)  # the CI params cover every section
+
+
+def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
+    from pipelines.rl import curve_rows, report
+    from rewardkit.rl.trainer import HiGRPOConfig
+
+    for section in (yaml.safe_load((ROOT / "params.yaml").read_text())["rl"], SMALL_PARAMS["rl"]):
+        assert "output_dir" not in section  # the stage fixes data/rl
+        cfg = HiGRPOConfig.from_dict(section)
+        assert cfg.warm_start.enabled and cfg.resolve_prompts()
+        assert {t.get("args", {}).get("stage") for t in cfg.rewards_high + cfg.rewards_low} >= {"global", "local"}
+    records = [{"step": 1, "skipped": 1.0}, {"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
+                                             "r_low_group_std": 0.02, "high/shape_iou": 0.1}]
+    assert curve_rows(records) == [{"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
+                                    "r_low_group_std": 0.02}]
+    rep = report({"steps": 2, "window": 1, "r_high_first": 0.1, "r_high_last": 0.3, "r_low_first": 0.2,
+                  "r_low_last": 0.1, "r_high_rose": True, "r_low_rose": False,
+                  "eval_before": {"r_high": 0.1, "r_low": 0.2, "high/shape_iou": 0.1}, "eval_after": {}})
+    assert rep["eval_before"] == {"r_high": 0.1, "r_low": 0.2} and rep["eval_after"] == {}
+    assert rep["r_high_rose"] is True and rep["r_low_rose"] is False
