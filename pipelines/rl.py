@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 from pipelines._common import REPORTS_DIR, chdir_root, params, step
@@ -47,6 +49,10 @@ def main() -> None:
         raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
     from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
+    handler = logging.StreamHandler(sys.stdout)  # progress: the trainer logs one line per step
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    logging.getLogger("rewardkit").addHandler(handler)
+    logging.getLogger("rewardkit").setLevel(logging.INFO)
     p["output_dir"] = str(RL_DIR)
     cfg = HiGRPOConfig.from_dict(p)
     if RL_DIR.exists():
