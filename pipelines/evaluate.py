@@ -206,9 +206,9 @@ def main() -> None:
     print_summary(report)
 
 
-def print_summary(report: dict[str, Any]) -> None:
-    """The closing lines of `dvc repro`: where the scorers are, how good they are, how to use them."""
-    lines = ["", "rewardkit demo pipeline: done", f"  scorers:  {SCORERS_DIR}/ (global/ and local/, a ScorerSet)"]
+def print_summary(report: dict[str, Any], title: str = "evaluate: the exported scorers") -> None:
+    """Where the scorers are, how good they are, how to use them (also the end of scripts/demo.sh)."""
+    lines = ["", title, f"  scorers:  {SCORERS_DIR}/ (global/ and local/, a ScorerSet)"]
     for stage in ("global", "local"):
         r = report[stage]
         lines.append(

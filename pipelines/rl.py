@@ -61,8 +61,9 @@ def main() -> None:
         trainer = HiGRPOTrainer(cfg)
         summary = trainer.train(resume=False)
         records = list(trainer.records)
+    rep = report(summary)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    RL_REPORT.write_text(json.dumps(report(summary), indent=2) + "\n")
+    RL_REPORT.write_text(json.dumps(rep, indent=2) + "\n")
     with open(RL_CURVE, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(CURVE_COLUMNS))
         w.writeheader()
@@ -75,10 +76,10 @@ def main() -> None:
                      (RL_DIR / "samples_after" / "renders.png", "samples_after.png")):
         if src.exists():
             shutil.copy2(src, RL_PLOTS / dst)
-    r = report(summary)
-    print(f"  R_high {r['r_high_first']:.3f} -> {r['r_high_last']:.3f}, R_low {r['r_low_first']:.3f} -> "
-          f"{r['r_low_last']:.3f} (first vs last {r['window']}-step means); policy in {RL_DIR / 'policy'}/, "
-          f"plot in {RL_PLOTS / 'reward_curve.png'}")
+    if rep["r_high_first"] is not None:
+        print(f"  R_high {rep['r_high_first']:.3f} -> {rep['r_high_last']:.3f}, R_low {rep['r_low_first']:.3f} -> "
+              f"{rep['r_low_last']:.3f} (first vs last {rep['window']}-step means)")
+    print(f"  policy in {RL_DIR / 'policy'}/, reward curve and before/after renders in {RL_PLOTS}/")
 
 
 if __name__ == "__main__":

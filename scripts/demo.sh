@@ -8,3 +8,4 @@ export PATH="$PWD/.venv/bin:$PATH"
 start=$(date +%s)
 dvc repro "$@"
 echo "dvc repro finished in $(( $(date +%s) - start )) s"
+.venv/bin/python -m pipelines.summary

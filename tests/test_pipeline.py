@@ -309,3 +309,14 @@ def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
                   "eval_before": {"r_high": 0.1, "r_low": 0.2, "high/shape_iou": 0.1}, "eval_after": {}})
     assert rep["eval_before"] == {"r_high": 0.1, "r_low": 0.2} and rep["eval_after"] == {}
     assert rep["r_high_rose"] is True and rep["r_low_rose"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_closing_summary_reads_the_reports(pipeline_run):
+    ws, _, _ = pipeline_run
+    p = run([sys.executable, "-m", "pipelines.summary"], ws)
+    assert "scorers:  data/scorers/" in p.stdout and "rewardkit score MESH.glb" in p.stdout
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert f"accuracy {100 * m['global']['holdout_owned_accuracy']:.0f}% on its own" in p.stdout
+    assert "rl:       R_high" in p.stdout and "Hi-GRPO steps" in p.stdout
