@@ -36,9 +36,10 @@ def test_bundled_configs_are_registered_with_open_clip():
     import open_clip
 
     names = list_backbones()
-    assert "rk-tiny" in names and "rk-small" in names
+    assert {"rk-tiny", "rk-tiny-rn", "rk-small"} <= set(names)
     cfg = open_clip.get_model_config("rk-tiny")
     assert cfg["vision_cfg"]["image_size"] == 64
+    assert open_clip.get_model_config("rk-tiny-rn")["vision_cfg"]["layers"] == [1, 1, 1, 1]  # a ResNet tower
 
 
 def _state_equal(a: dict, b: dict) -> None:
@@ -209,6 +210,24 @@ def test_freezing_options():
     assert not any(p.requires_grad for p in m.backbone.visual.parameters())
     assert m.backbone.token_embedding.weight.requires_grad
     assert len(trainable_parameters(m)) > 0
+
+
+def test_resnet_tower_scores_any_view_count_and_freezes_by_stage():
+    """``rk-tiny-rn`` (open_clip's ModifiedResNet image tower): the same model class, any number of views,
+    and ``unlocked_image_blocks`` counts its residual stages."""
+    m = StageRewardModel(StageModelConfig(stage="global", backbone=BackboneConfig("rk-tiny-rn"), lock_text=False,
+                                          unlocked_image_blocks=1))
+    blocks = image_blocks(m.backbone)
+    assert len(blocks) == 4 and blocks[-1] is m.backbone.visual.layer4
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert all(p.requires_grad for p in m.backbone.visual.attnpool.parameters())
+    assert not any(p.requires_grad for b in blocks[:-1] for p in b.parameters())
+    assert not m.backbone.visual.conv1.weight.requires_grad
+    for v in (1, 3, 6):
+        r = m(torch.rand(2, v, 3, 64, 64), ["a red chair", "a mug"])
+        assert r.shape == (2,) and torch.isfinite(r).all()
+    r.sum().backward()
+    assert m.backbone.visual.layer4[0].conv1.weight.grad is not None and m.backbone.visual.conv1.weight.grad is None
 
 
 def test_differentiable_in_the_views_and_deterministic():

@@ -172,10 +172,13 @@ def _tokenizer(name: str):
 
 
 def image_blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of the image tower, first to last (open_clip ViT; timm ViTs too)."""
+    """The blocks of the image tower, first to last: transformer blocks (open_clip ViT; timm ViTs too) or
+    the four residual stages of open_clip's ModifiedResNet (RN50-style towers such as ``rk-tiny-rn``)."""
     visual = model.visual
     if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
         return list(visual.transformer.resblocks)
+    if all(hasattr(visual, f"layer{i}") for i in range(1, 5)):
+        return [getattr(visual, f"layer{i}") for i in range(1, 5)]
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(trunk, "blocks"):
         return list(trunk.blocks)
@@ -186,7 +189,7 @@ def image_head_modules(model: nn.Module) -> list[nn.Module | nn.Parameter]:
     """What follows the last image block: final norm and projection (unlocked with any unlocked block)."""
     visual = model.visual
     out: list[nn.Module | nn.Parameter] = []
-    for name in ("ln_post", "proj", "attn_pool", "head"):
+    for name in ("ln_post", "proj", "attn_pool", "attnpool", "head"):
         m = getattr(visual, name, None)
         if m is not None:
             out.append(m)
