@@ -1,5 +1,6 @@
-"""Reward-model benchmark: training throughput and peak memory for ``rk-tiny``, and forward time per mesh
-(6 views) for ``rk-tiny`` and ``ViT-B-32`` (random weights, ``pretrained=None``: nothing is downloaded).
+"""Reward-model benchmark: training throughput and peak memory for ``rk-tiny`` and ``rk-tiny-rn``, and
+forward time per mesh (6 views) for those and ``ViT-B-32`` (random weights, ``pretrained=None``: nothing
+is downloaded).
 
     python benchmarks/bench_train.py [--threads N] [--steps 20] [--batch-size 16] [--views 6]
 
@@ -103,6 +104,9 @@ def _child(kind: str, args: argparse.Namespace, name: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+TINY = ("rk-tiny", "rk-tiny-rn")  # the CPU-sized configs (ViT and ResNet image towers)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -125,13 +129,15 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads() if not args.threads else args.threads} "
           f"torch threads, torch {torch.__version__}, python {platform.python_version()}")
-    tr = _child("train", args, "rk-tiny")
-    print(f"train rk-tiny ({tr['image_size']} px, {tr['views_per_item']} views/item, {tr['batch_pairs']} pairs/step, "
-          f"{tr['trainable_params']:,} trainable of {tr['total_params']:,} params): "
-          f"{tr['pairs_per_s']} pairs/s ({tr['s_per_step']} s/step, {tr['images_per_s']} images/s), "
-          f"peak RSS {tr['peak_rss_mib']} MiB")
-    results = {"train": tr, "forward": []}
-    for name in ("rk-tiny", "ViT-B-32"):
+    results = {"train": [], "forward": []}
+    for name in TINY:
+        tr = _child("train", args, name)
+        results["train"].append(tr)
+        print(f"train {name} ({tr['image_size']} px, {tr['views_per_item']} views/item, {tr['batch_pairs']} pairs/step, "
+              f"{tr['trainable_params']:,} trainable of {tr['total_params']:,} params): "
+              f"{tr['pairs_per_s']} pairs/s ({tr['s_per_step']} s/step, {tr['images_per_s']} images/s), "
+              f"peak RSS {tr['peak_rss_mib']} MiB")
+    for name in (*TINY, "ViT-B-32"):
         fw = _child("forward", args, name)
         results["forward"].append(fw)
         print(f"forward {name} ({fw['image_size']} px, {fw['views_per_mesh']} views, {fw['params']:,} params): "
