@@ -42,6 +42,14 @@ def report(summary: dict) -> dict:
     return out
 
 
+def reward_line(rep: dict) -> str | None:
+    """'R_high a -> b, R_low c -> d over N Hi-GRPO steps (...)' from :func:`report`; None if no step scored."""
+    if rep.get("r_high_first") is None:
+        return None
+    return (f"R_high {rep['r_high_first']:.3f} -> {rep['r_high_last']:.3f}, R_low {rep['r_low_first']:.3f} -> "
+            f"{rep['r_low_last']:.3f} over {rep['steps']} Hi-GRPO steps (first vs last {rep['window']}-step means)")
+
+
 def main() -> None:
     chdir_root()
     p = dict(params("rl"))
@@ -76,9 +84,9 @@ def main() -> None:
                      (RL_DIR / "samples_after" / "renders.png", "samples_after.png")):
         if src.exists():
             shutil.copy2(src, RL_PLOTS / dst)
-    if rep["r_high_first"] is not None:
-        print(f"  R_high {rep['r_high_first']:.3f} -> {rep['r_high_last']:.3f}, R_low {rep['r_low_first']:.3f} -> "
-              f"{rep['r_low_last']:.3f} (first vs last {rep['window']}-step means)")
+    line = reward_line(rep)
+    if line:
+        print(f"  {line}")
     print(f"  policy in {RL_DIR / 'policy'}/, reward curve and before/after renders in {RL_PLOTS}/")
 
 
