@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = Path(os.environ.get("REWARDKIT_PARAMS", ROOT / "params.yaml"))
 
 # Paths of the stage outputs (dvc.yaml names the same ones).
-DEMO_DIR = Path("data/demo")  # generate: meshes/*.glb, items.parquet, candidates.parquet
+CANDIDATES_DIR = Path("data/candidates")  # generate: items.parquet, candidates.parquet (+ meshes/*.glb of the demo)
+GENERATED_ITEMS = CANDIDATES_DIR / "items.parquet"  # generate: items without renders
+CANDIDATES = CANDIDATES_DIR / "candidates.parquet"  # generate: split, degradation (when known) per item
 RENDERS_DIR = Path("data/renders")  # render: one render folder per item
 ITEMS = Path("data/items.parquet")  # render: items with render_dir filled
 PAIRS = Path("data/pairs.parquet")  # pairs

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines._common import DEMO_DIR, ITEMS, REPORTS_DIR, SCORERS_DIR, chdir_root, params, step
+from pipelines._common import CANDIDATES, ITEMS, REPORTS_DIR, SCORERS_DIR, chdir_root, params, step
 
 OWNS = {"global": "geometry", "local": "texture"}
 TIE_EPS = 1e-6
@@ -52,7 +52,12 @@ def score_items(scorers, items: pl.DataFrame, batch: int = 32) -> dict[str, np.n
 
 
 def clean_vs_degraded(scored: pl.DataFrame, stage: str) -> pl.DataFrame:
-    """One row per (held-out prompt, degraded candidate): did ``stage`` score the clean one higher?"""
+    """One row per (held-out prompt, degraded candidate): did ``stage`` score the clean one higher?
+
+    Only candidates with a recorded degradation count (``kind`` not ``unknown``), against a clean
+    candidate of the same prompt; a lab's own generations without recorded degradations give no rows.
+    """
+    scored = scored.filter(pl.col("kind") != "unknown")
     clean = scored.filter(pl.col("degradation") == "clean").select("prompt_id", pl.col(stage).alias("clean_score"))
     deg = scored.filter(pl.col("degradation") != "clean").join(clean, on="prompt_id")
     diff = deg[stage] - deg["clean_score"]
@@ -88,6 +93,12 @@ def plot_accuracy(report: dict[str, Any], degradations: list[str], path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(degradations) + 1.5))
+    if not degradations:
+        ax.text(0.5, 0.5, "no recorded degradations among the held-out candidates", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     y = np.arange(len(degradations))
     for j, stage in enumerate(("global", "local")):
         acc = [report[stage]["accuracy_by_degradation"].get(d, np.nan) for d in degradations]
@@ -149,7 +160,8 @@ def plot_grid(prompt: str, rows: pl.DataFrame, path: Path) -> None:
             except Exception:  # a mode that was not rendered
                 pass
             ax.set_xticks([]), ax.set_yticks([])
-        axes[0][j].set_title(r["degradation"].replace("+", "+\n").replace("_", " "), fontsize=7)
+        name = r["degradation"] if r["degradation"] != "unknown" else r["item_id"]  # own generations: the id
+        axes[0][j].set_title(name.replace("+", "+\n").replace("_", " "), fontsize=7)
         axes[1][j].set_xlabel(f"g {r['global']:.2f}\nl {r['local']:.2f}", fontsize=7)
     fig.suptitle(f'"{prompt}"  (g: global score, l: local score)', fontsize=9)
     fig.tight_layout()
@@ -160,15 +172,16 @@ def plot_grid(prompt: str, rows: pl.DataFrame, path: Path) -> None:
 def main() -> None:
     chdir_root()
     p = params("evaluate")
+    from rewardkit.data.candidates import read_candidates
     from rewardkit.data.tables import read_items
-    from rewardkit.demo import read_candidates
     from rewardkit.scoring import ScorerSet
 
-    cands = read_candidates(DEMO_DIR / "candidates.parquet")
+    cands = read_candidates(CANDIDATES)
     items = read_items(ITEMS).join(cands.drop("prompt_id"), on="item_id")
     hold = items.filter(pl.col("split") == "holdout")
     if hold.height == 0:
-        raise SystemExit("evaluate: no held-out prompts (generate.holdout_per_category is 0)")
+        raise SystemExit("evaluate: no held-out prompts (generate.holdout_per_category is 0, or generate.own "
+                         "has holdout_fraction 0 and no split column)")
     scorers = ScorerSet.from_pretrained(SCORERS_DIR)
     with step("evaluate"):
         scores = score_items(scorers, hold)
@@ -187,7 +200,7 @@ def main() -> None:
         (REPORTS_DIR / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         scored.select("item_id", "prompt_id", "prompt", "degradation", "kind", "global", "local").write_csv(
             REPORTS_DIR / "holdout_scores.csv")
-        order = [d for d in cands["degradation"].unique(maintain_order=True).to_list() if d != "clean"]
+        order = [d for d in cands["degradation"].unique(maintain_order=True).to_list() if d not in ("clean", "unknown")]
         pl.DataFrame([
             {"degradation": f"{stage}: {d}", "stage": stage, "accuracy": report[stage]["accuracy_by_degradation"].get(d)}
             for stage in ("global", "local") for d in order
@@ -211,10 +224,12 @@ def print_summary(report: dict[str, Any], title: str = "evaluate: the exported s
     lines = ["", title, f"  scorers:  {SCORERS_DIR}/ (global/ and local/, a ScorerSet)"]
     for stage in ("global", "local"):
         r = report[stage]
-        lines.append(
-            f"  {stage:6s}  held-out clean-vs-degraded accuracy {_pct(r['holdout_owned_accuracy'])} on its own "
-            f"degradations, {_pct(r['holdout_other_accuracy'])} on the other stage's (chance 50%); "
-            f"validation pairwise accuracy {_pct(r['val_accuracy'])}")
+        if r["holdout_pairs"]:
+            held = (f"held-out clean-vs-degraded accuracy {_pct(r['holdout_owned_accuracy'])} on its own "
+                    f"degradations, {_pct(r['holdout_other_accuracy'])} on the other stage's (chance 50%)")
+        else:
+            held = f"held-out candidates scored in {REPORTS_DIR}/holdout_scores.csv (no recorded degradations)"
+        lines.append(f"  {stage:6s}  {held}; validation pairwise accuracy {_pct(r['val_accuracy'])}")
     lines += [
         f"  report:   {REPORTS_DIR}/metrics.json, {REPORTS_DIR}/plots/ (dvc metrics show; dvc plots show)",
         f"  score a mesh:  rewardkit score MESH.glb --prompt \"a red wooden chair with four legs\" --scorer {SCORERS_DIR}",

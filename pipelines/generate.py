@@ -1,13 +1,23 @@
-"""Stage ``generate``: the demo data set (meshes, items, candidates) from the ``generate`` params."""
+"""Stage ``generate``: the candidates to compare, from the ``generate`` params.
+
+``generate.source: demo`` builds the procedural demo (``rewardkit.demo``: prompted objects, a clean
+candidate and controlled degradations per prompt, as GLB under ``data/candidates/meshes/``).
+``generate.source: own`` reads a lab's own generations instead: the folder ``generate.own.dir`` with
+a ``candidates.csv`` (``mesh_path``, ``prompt``, optional ``split``, ...; ``rewardkit.data.candidates``)
+and the meshes it names. dvc.yaml lists that folder as a dependency, so new or changed generations
+re-run the pipeline from here. Both write ``data/candidates/items.parquet`` and ``candidates.parquet``.
+"""
 
 from __future__ import annotations
 
-from pipelines._common import DEMO_DIR, chdir_root, params, step
+import polars as pl
+
+from pipelines._common import CANDIDATES, CANDIDATES_DIR, GENERATED_ITEMS, chdir_root, params, step
+
+SOURCES = ("demo", "own")
 
 
-def main() -> None:
-    chdir_root()
-    p = params("generate")
+def demo(p: dict) -> None:
     from rewardkit.demo import DemoConfig, generate
 
     cfg = DemoConfig(
@@ -19,10 +29,38 @@ def main() -> None:
         mixed=int(p["mixed"]),
         seed=int(p["seed"]),
     )
-    with step("generate"):
-        items, cands = generate(cfg, DEMO_DIR)
-        print(f"  {items.height} candidates, {items['prompt_id'].n_unique()} prompts "
-              f"({cands.filter(cands['split'] == 'holdout')['prompt_id'].n_unique()} held out) in {DEMO_DIR}")
+    generate(cfg, CANDIDATES_DIR)
+
+
+def own(p: dict) -> None:
+    from rewardkit.data.candidates import read_generations
+    from rewardkit.data.tables import write_table
+
+    o = p.get("own") or {}
+    if not o.get("dir"):
+        raise SystemExit("params.yaml: generate.source is 'own' but generate.own.dir is not set")
+    try:
+        items, cands = read_generations(o["dir"], holdout_fraction=float(o.get("holdout_fraction", 0.2)),
+                                        seed=int(o.get("seed", 0)))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"generate: {exc}") from None
+    CANDIDATES_DIR.mkdir(parents=True, exist_ok=True)
+    write_table(items, GENERATED_ITEMS, "items")
+    cands.write_parquet(CANDIDATES)
+
+
+def main() -> None:
+    chdir_root()
+    p = params("generate")
+    source = p.get("source", "demo")
+    if source not in SOURCES:
+        raise SystemExit(f"params.yaml: generate.source must be one of {SOURCES}, not {source!r}")
+    with step(f"generate ({source})"):
+        (demo if source == "demo" else own)(p)
+        cands = pl.read_parquet(CANDIDATES)
+        held = cands.filter(pl.col("split") == "holdout")["prompt_id"].n_unique()
+        print(f"  {cands.height} candidates, {cands['prompt_id'].n_unique()} prompts ({held} held out) "
+              f"in {CANDIDATES_DIR}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,20 @@
 
 from __future__ import annotations
 
-from pipelines._common import DEMO_DIR, PAIRS, PREFERENCES, chdir_root, params, step
+from pipelines._common import CANDIDATES, PAIRS, PREFERENCES, chdir_root, params, step
 
 
 def _synthetic(p: dict):
+    from rewardkit.data.candidates import read_candidates
     from rewardkit.data.tables import read_pairs
-    from rewardkit.demo import label_pairs, read_candidates
+    from rewardkit.demo import UnrecordedDegradation, label_pairs
 
-    return label_pairs(read_pairs(PAIRS), read_candidates(DEMO_DIR / "candidates.parquet"),
-                       noise=float(p.get("noise", 0.0)), seed=int(p.get("seed", 0)))
+    try:
+        return label_pairs(read_pairs(PAIRS), read_candidates(CANDIDATES),
+                           noise=float(p.get("noise", 0.0)), seed=int(p.get("seed", 0)))
+    except UnrecordedDegradation as exc:  # a lab's own generations without recorded degradations
+        raise SystemExit(f"label: preferences.source is 'synthetic', but {exc}. Collect human labels "
+                         f"(preferences.source: labelstudio) or record both degradation columns in candidates.csv") from None
 
 
 def _labelstudio(p: dict):
@@ -26,8 +31,17 @@ def _labelstudio(p: dict):
         raise SystemExit(f"preferences.source=labelstudio needs rewardkit.annotation: {exc}") from exc
     from rewardkit.data.tables import read_pairs
 
+    from rewardkit.annotation import AnnotationError
+
     ls = p.get("labelstudio") or {}
-    return pull_preferences(pairs=read_pairs(PAIRS), url=ls.get("url"), project=ls.get("project"))
+    try:
+        prefs = pull_preferences(pairs=read_pairs(PAIRS), url=ls.get("url"), project=ls.get("project"))
+    except AnnotationError as exc:
+        raise SystemExit(f"label: {exc}") from None
+    if prefs.height == 0:
+        raise SystemExit(f"label: the Label Studio project {ls.get('project')!r} has no annotations of these pairs yet "
+                         "(push them with `rewardkit annotate push`, annotate, then `dvc repro`)")
+    return prefs
 
 
 def main() -> None:

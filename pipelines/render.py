@@ -7,7 +7,7 @@ import sys
 
 import polars as pl
 
-from pipelines._common import DEMO_DIR, ITEMS, RENDERS_DIR, chdir_root, params, step
+from pipelines._common import GENERATED_ITEMS, ITEMS, RENDERS_DIR, chdir_root, params, step
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     from rewardkit.data.tables import read_items, write_table
     from rewardkit.render import RenderConfig, render_batch
 
-    items = read_items(DEMO_DIR / "items.parquet")
+    items = read_items(GENERATED_ITEMS)
     if RENDERS_DIR.exists():
         shutil.rmtree(RENDERS_DIR)  # a DVC out is rebuilt whole; no stale folders from an older run
     with step("render"):

@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:  # `pipelines` is a top-level folder of the reposi
 # Small enough for a 2-core CPU in a few minutes; the same stages and code paths as the default run.
 SMALL_PARAMS = {
     "generate": {
+        "source": "demo", "own": {"dir": "data/own", "holdout_fraction": 0.2, "seed": 0},
         "prompts_per_category": 8, "holdout_per_category": 2,
         "categories": ["chair", "table", "mug", "lamp", "bottle", "car"],
         # the prompt-dependent degradations (wrong_category, wrong_colour) need more data and steps than a
@@ -75,10 +76,11 @@ def make_workspace(dest: Path, params: dict) -> Path:
     """A copy of what the pipeline needs (code, dvc.yaml), with ``params`` as params.yaml, DVC-initialized."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     dest.mkdir(parents=True)
-    for name in ("rewardkit", "pipelines"):
+    for name in ("rewardkit", "pipelines", "annotation"):  # annotation/: the Label Studio labeling config
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "data" / "own", dest / "data" / "own")  # generate.own.dir, a dep of `generate`
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run([sys.executable, "-m", "dvc", "init", "-q"], dest)
@@ -97,8 +99,12 @@ def env() -> dict[str, str]:
 
 
 # Generous limits: the small run takes about 10 min on an idle 2-core machine and over 15 min on a loaded one.
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 2100) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 2100,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    e = env()
+    if extra_env is not None:  # a Label Studio session: only what the test gives
+        e = {k: v for k, v in e.items() if not k.startswith("LABEL_STUDIO_")} | extra_env
+    p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-6000:]}\n{p.stderr[-6000:]}")
     return p
@@ -233,7 +239,8 @@ def test_rewardkit_score_with_the_exported_scorers(pipeline_run):
     ws, _, _ = pipeline_run
     shared = ROOT.parent / "shared" / "meshes" / "duck" / "Duck.glb"  # a real mesh, where shared/ is beside the repo
     meshes = [str(shared)] if shared.is_file() else []
-    meshes.append(str(ws / "data/demo/meshes" / sorted(p.name for p in (ws / "data/demo/meshes").glob("*-clean.glb"))[0]))
+    demo = ws / "data/candidates/meshes"
+    meshes.append(str(demo / sorted(p.name for p in demo.glob("*-clean.glb"))[0]))
     p = run([sys.executable, "-m", "rewardkit", "score", *meshes, "--prompt", "a yellow rubber duck",
              "--scorer", str(ws / "data/scorers"), "--json"], ws)
     results = json.loads(p.stdout)["results"]
@@ -330,3 +337,175 @@ def test_closing_summary_reads_the_reports(pipeline_run):
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert f"accuracy {100 * m['global']['holdout_owned_accuracy']:.0f}% on its own" in p.stdout
     assert "rl:       R_high" in p.stdout and "Hi-GRPO steps" in p.stdout
+
+
+# -- a lab's own generations and Label Studio annotations: the same dvc.yaml, other params -----------------
+
+SHARED = ROOT.parent / "shared" / "meshes"
+# prompt_id -> (prompt, original mesh in shared/meshes, split)
+OWN_PROMPTS = {
+    "duck": ("a yellow rubber duck", "duck/Duck.glb", "train"),
+    "bunny": ("a white bunny", "bunny/bunny.ply", "train"),
+    "cow": ("a spotted cow", "spot_cow/cow.obj", "train"),
+    "monkey": ("a grey monkey head", "suzanne/monkey.glb", "train"),
+    "teapot": ("a white teapot", "teapot/teapot.obj", "holdout"),
+}
+RANK = ("original", "squashed", "noisy")  # the test's annotators prefer earlier ones on the global question
+
+
+def own_generations(folder: Path) -> list[dict]:
+    """A lab's generations: per prompt, a real mesh (referenced where it lies) and two corrupted copies of it
+    written into ``folder``, listed in ``folder/candidates.csv`` without any degradation columns."""
+    import csv
+
+    import numpy as np
+    import trimesh
+
+    rows = []
+    for pid, (prompt, rel, split) in OWN_PROMPTS.items():
+        original = SHARED / rel
+        rows.append({"item_id": f"{pid}-original", "prompt_id": pid, "prompt": prompt, "mesh_path": str(original),
+                     "split": split, "generator": "lab-gen-v1", "seed": "0"})
+        mesh = trimesh.load(original, force="mesh")
+        rng = np.random.default_rng(len(pid))
+        noisy = mesh.copy()
+        noisy.vertices = noisy.vertices + rng.normal(0, 0.03 * mesh.scale, size=noisy.vertices.shape)
+        squashed = mesh.copy()
+        squashed.apply_transform(np.diag([1.0, 0.4, 1.0, 1.0]))
+        for name, m in (("noisy", noisy), ("squashed", squashed)):
+            (folder / pid).mkdir(exist_ok=True)
+            m.export(folder / pid / f"{name}.glb")
+            rows.append({"item_id": f"{pid}-{name}", "prompt_id": pid, "prompt": prompt,
+                         "mesh_path": f"{pid}/{name}.glb", "split": split, "generator": "lab-gen-v1", "seed": "1"})
+    with open(folder / "candidates.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def own_answer(a: str, b: str, question: str) -> str:
+    """The test's annotators: global by RANK; local prefers the textured original over the copies."""
+    ra, rb = RANK.index(a.split("-")[-1]), RANK.index(b.split("-")[-1])
+    if question == "local":
+        ra, rb = min(ra, 1), min(rb, 1)  # the copies look alike in texture: a tie between them
+    return "tie" if ra == rb else ("a" if ra < rb else "b")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(label_studio):
+    import copy
+
+    from rewardkit.annotation import connect
+    from rewardkit.data.tables import read_items, read_pairs, read_preferences
+
+    if not (SHARED / "duck" / "Duck.glb").is_file():
+        pytest.fail(f"{SHARED}: the shared meshes are missing")
+    env = label_studio
+    params = copy.deepcopy(SMALL_PARAMS)
+    # what a lab changes in params.yaml: where the candidates and the preferences come from
+    params["generate"]["source"] = "own"
+    params["preferences"] = {"source": "labelstudio", "labelstudio": {"url": None, "project": "own generations"}}
+    params["pairs"] = {"strategy": "all", "k": None, "seed": 0, "splits": ["train"]}
+    params["train"]["common"].update(max_epochs=2, batch_size=4, val_fraction=0.25)
+    # under the server's document root, so Label Studio can serve the renders
+    ws = make_workspace(env.document_root / "own-pipeline" / "repo", params)
+    rows = own_generations(ws / "data" / "own")
+    ls_env = {"REWARDKIT_LS_CREDENTIALS": str(env.credentials)}
+
+    p = run([sys.executable, "-m", "dvc", "repro", "pairs"], ws, extra_env=ls_env)
+    assert stages_run(p.stdout + p.stderr) == ["generate", "render", "pairs"]
+    items = read_items(ws / "data/items.parquet")
+    assert sorted(items["item_id"]) == sorted(r["item_id"] for r in rows)
+    duck = items.filter(items["item_id"] == "duck-original").row(0, named=True)
+    assert duck["mesh_path"] == str((SHARED / "duck" / "Duck.glb").resolve()) and duck["generator"] == "lab-gen-v1"
+    pairs = read_pairs(ws / "data/pairs.parquet")
+    assert pairs.height == 4 * 3 and "teapot" not in set(pairs["prompt_id"])  # held out: no pairs
+
+    # the Label Studio round: a project for this repository, one task per pair, annotators answer
+    run([sys.executable, "-m", "rewardkit", "annotate", "up", "--url", env.url, "--renders", "data/renders",
+         "--document-root", str(env.document_root), "--title", "own generations"], ws, extra_env=ls_env)
+    run([sys.executable, "-m", "rewardkit", "annotate", "push"], ws, extra_env=ls_env)
+    client = connect(env.url, env.token)
+    project_id = json.loads((ws / ".labelstudio" / "rewardkit-server.json").read_text())["project_id"]
+    ui = {"a": "A", "b": "B", "tie": "Tie"}
+    tasks = list(client.tasks.list(project=project_id, fields="all"))
+    assert sorted(t.data["pair_id"] for t in tasks) == sorted(pairs["pair_id"])
+    for task in tasks:  # answered on the displayed sides (left = a, right = b in the labeling UI)
+        d = task.data
+        client.annotations.create(id=task.id, lead_time=5.0, result=[
+            {"type": "choices", "from_name": q, "to_name": {"global": "a_geometry", "local": "a_rgb"}[q],
+             "value": {"choices": [ui[own_answer(d["left_item"], d["right_item"], q)]]}} for q in ("global", "local")])
+    expected = {(r["pair_id"], q): own_answer(r["item_a"], r["item_b"], q)  # in the pairs table's orientation
+                for r in pairs.iter_rows(named=True) for q in ("global", "local")}
+    assert len(expected) == 2 * pairs.height
+
+    p = run([sys.executable, "-m", "dvc", "repro", "evaluate"], ws, extra_env=ls_env)
+    assert stages_run(p.stdout + p.stderr) == ["label", "train_global", "train_local", "export", "evaluate"]
+    prefs = read_preferences(ws / "data/preferences.parquet")
+    assert set(prefs["source"]) == {"labelstudio"}
+    assert {(r["pair_id"], r["question"]): r["label"] for r in prefs.iter_rows(named=True)} == expected
+    for stage in ("global", "local"):
+        assert (ws / f"data/scorers/{stage}/model.safetensors").is_file()
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["holdout_prompts"] == 1 and m["holdout_candidates"] == 3
+    for stage in ("global", "local"):  # no recorded degradations: no clean-vs-degraded figures, none made up
+        assert m[stage]["holdout_pairs"] == 0 and m[stage]["holdout_owned_accuracy"] is None
+        assert m[stage]["val_accuracy"] is not None
+    held = (ws / "reports/holdout_scores.csv").read_text().splitlines()
+    assert len(held) == 1 + 3 and all(line.split(",")[0].startswith("teapot-") for line in held[1:])
+    assert (ws / "reports/plots/grid_00_teapot.png").is_file()
+    p = run([sys.executable, "-m", "rewardkit", "score", str(SHARED / "teapot" / "teapot.obj"), "--prompt",
+             "a white teapot", "--scorer", "data/scorers", "--json"], ws)
+    (result,) = json.loads(p.stdout)["results"]
+    assert result["error"] is None and set(result["scores"]) == {"global", "local"}
+    # nothing changed: nothing re-runs (the label stage pulls again only when forced: `dvc repro -f -s label`)
+    p = run([sys.executable, "-m", "dvc", "repro", "evaluate"], ws, extra_env=ls_env)
+    assert stages_run(p.stdout + p.stderr) == []
+    # a new generation in the folder re-runs the pipeline from `generate`
+    with open(ws / "data/own/candidates.csv", "a") as fh:
+        fh.write(f"teapot-original-2,teapot,a white teapot,{SHARED / 'teapot' / 'teapot.obj'},holdout,lab-gen-v2,2\n")
+    p = run(DRY_RUN + ["evaluate"], ws, extra_env=ls_env)
+    assert stages_run(p.stdout + p.stderr)[:2] == ["generate", "render"]
+
+
+def test_own_generations_table_names_every_problem(tmp_path):
+    from rewardkit.data.candidates import read_generations
+
+    mesh = tmp_path / "a.glb"
+    import trimesh
+
+    trimesh.creation.box().export(mesh)
+    (tmp_path / "candidates.csv").write_text(
+        "item_id,mesh_path,prompt,split,seed\n"
+        "i1,a.glb,a box,train,0\n"
+        "i2,missing.glb,a box,train,0\n"
+        "i3,a.glb,a box,later,0\n"
+        "i4,a.glb,,train,0\n"
+        "i5,a.glb,a box,train,x\n")
+    with pytest.raises(ValueError) as e:
+        read_generations(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'candidates.csv'}: 4 problem(s)"), msg
+    for line, what in ((3, "mesh not found"), (4, "split must be one of"), (5, "empty prompt"),
+                       (6, "seed must be an integer")):
+        assert f"candidates.csv:{line}: {what}" in msg, msg
+    (tmp_path / "candidates.csv").write_text("mesh_path,prompt\na.glb,p\na.glb,p\n")  # same default item_id
+    with pytest.raises(ValueError, match=r"candidates.csv:3: duplicate item_id .* \(also row 2\)"):
+        read_generations(tmp_path)
+    # default ids and splits: a hash of the prompt, stable; holdout_fraction of the prompts held out
+    (tmp_path / "candidates.csv").write_text("mesh_path,prompt\n" + "".join(f"a.glb,prompt {i}\n" for i in range(40)))
+    items, cands = read_generations(tmp_path, holdout_fraction=0.25, seed=0)
+    assert items.height == 40 and items["render_dir"].to_list() == [""] * 40
+    assert items["mesh_sha256"].n_unique() == 1 and cands["kind"].unique().to_list() == ["unknown"]
+    held = cands.filter(cands["split"] == "holdout").height
+    assert 4 <= held <= 16, held
+    assert read_generations(tmp_path, holdout_fraction=0.25, seed=0)[1].equals(cands)
+    # recorded degradations make the candidates usable by the stand-in annotator and evaluate
+    (tmp_path / "candidates.csv").write_text(
+        "mesh_path,prompt,prompt_id,geometry_degradation,texture_degradation\n"
+        "a.glb,a box,p,none,none\na.glb,a box,p2,missing_part,none\na.glb,a box,p3,missing_part,blur\n")
+    _, cands = read_generations(tmp_path)
+    assert cands["degradation"].to_list() == ["clean", "missing_part", "missing_part+blur"]
+    assert cands["kind"].to_list() == ["none", "geometry", "both"]

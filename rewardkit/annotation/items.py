@@ -8,17 +8,13 @@ optionally ``prompt_id`` (default: a hash of the prompt text, so equal prompts g
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import polars as pl
 
+from rewardkit.data.candidates import prompt_id_of
 from rewardkit.data.tables import conform
-
-
-def prompt_id_of(prompt: str) -> str:
-    return "q-" + hashlib.sha256(prompt.strip().encode()).hexdigest()[:12]
 
 
 def items_from_renders(renders: str | Path, prompts_csv: str | Path) -> pl.DataFrame:

@@ -9,7 +9,7 @@
 Nothing here is downloaded: every mesh and texel comes from code and a seed.
 """
 
-from rewardkit.demo.annotator import label_pairs, probe_pairs, rule_label
+from rewardkit.demo.annotator import UnrecordedDegradation, label_pairs, probe_pairs, rule_label
 from rewardkit.demo.degrade import DEGRADATIONS, GEOMETRY, TEXTURE, kind_of
 from rewardkit.demo.generate import CANDIDATES_SCHEMA, DemoConfig, generate, make_candidate, read_candidates
 from rewardkit.demo.objects import CATEGORIES, ObjectSpec, sample_spec
@@ -17,4 +17,5 @@ from rewardkit.demo.objects import CATEGORIES, ObjectSpec, sample_spec
 __all__ = [
     "CANDIDATES_SCHEMA", "CATEGORIES", "DEGRADATIONS", "DemoConfig", "GEOMETRY", "ObjectSpec", "TEXTURE",
     "generate", "kind_of", "label_pairs", "make_candidate", "probe_pairs", "read_candidates", "rule_label", "sample_spec",
+    "UnrecordedDegradation",
 ]

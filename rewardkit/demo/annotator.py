@@ -21,6 +21,10 @@ CREATED_AT = "2026-01-01T00:00:00+00:00"  # fixed, so the same inputs give a byt
 ANSWERS = ("a", "b", "tie")
 
 
+class UnrecordedDegradation(ValueError):
+    """Paired candidates whose degradations are not recorded (a lab's own generations): no rule applies."""
+
+
 def degraded(name: str | None) -> int:
     """1 when ``name`` is a degradation, 0 for ``none``/empty."""
     return 0 if name in (None, "", "none", "clean") else 1
@@ -63,6 +67,11 @@ def label_pairs(
     missing = sorted({i for i in pairs["item_a"].to_list() + pairs["item_b"].to_list() if i not in table})
     if missing:
         raise KeyError(f"pairs refer to items missing from the candidates table: {missing[:10]}")
+    unknown = sorted({i for i in pairs["item_a"].to_list() + pairs["item_b"].to_list()
+                      if any(table[i][column[q]] is None for q in questions)})
+    if unknown:
+        raise UnrecordedDegradation(f"{len(unknown)} paired candidate(s) have no recorded {' / '.join(column[q] for q in questions)} "
+                         f"(the rules need them; human labels do not): {unknown[:10]}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     rows = []
     for pid, a, b in pairs.select("pair_id", "item_a", "item_b").iter_rows():
@@ -91,6 +100,8 @@ def probe_pairs(pairs: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
         if a not in table or b not in table:
             continue
         (ga, ta), (gb, tb) = table[a], table[b]
+        if None in (ga, ta, gb, tb):  # not known (a lab's own generations): no probe
+            continue
         if ga == gb and ta != tb:
             rows.append({"pair_id": pid, "differs_in": "texture"})
         elif ta == tb and ga != gb:

@@ -27,25 +27,12 @@ import numpy as np
 import polars as pl
 import trimesh
 
+from rewardkit.data.candidates import CANDIDATES_SCHEMA, read_candidates  # noqa: F401 (re-exported)
 from rewardkit.data.tables import write_table
 from rewardkit.demo import degrade
 from rewardkit.demo.objects import CATEGORIES, ObjectSpec, assemble, build_atlas, build_parts, sample_spec
 
 GENERATOR_NAME = "rewardkit-demo"
-
-CANDIDATES_SCHEMA: dict[str, pl.DataType] = {
-    "item_id": pl.Utf8,
-    "prompt_id": pl.Utf8,
-    "category": pl.Utf8,
-    "colour": pl.Utf8,
-    "material": pl.Utf8,
-    "variant": pl.Utf8,
-    "degradation": pl.Utf8,
-    "kind": pl.Utf8,
-    "geometry_degradation": pl.Utf8,
-    "texture_degradation": pl.Utf8,
-    "split": pl.Utf8,
-}
 
 
 @dataclass
@@ -184,14 +171,6 @@ def generate(cfg: DemoConfig, out_dir: str | Path, progress: Callable[[int, int]
     write_table(items_df, out_dir / "items.parquet", "items")
     cands_df.write_parquet(out_dir / "candidates.parquet")
     return items_df, cands_df
-
-
-def read_candidates(path: str | Path) -> pl.DataFrame:
-    df = pl.read_parquet(path)
-    missing = [c for c in CANDIDATES_SCHEMA if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: candidates table is missing columns {missing}")
-    return df.select([pl.col(c).cast(t) for c, t in CANDIDATES_SCHEMA.items()])
 
 
 def load_glb(data: bytes) -> trimesh.Scene:
