@@ -112,6 +112,40 @@ def test_data_module_has_no_prompt_leakage(dataset):
     assert ex["target"] in (0.0, 0.5, 1.0) and ex["prompt"].startswith("a ")
 
 
+def test_augmentation_mirrors_and_shifts_training_views_only(dataset):
+    import numpy as np
+
+    from rewardkit.train.augment import Augment, translate
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    y = translate(x, 1, -1)  # right 1, up 1: the uncovered column/row takes the corner colour, nothing wraps
+    assert torch.equal(y[:, :, :3, 1:], x[:, :, 1:, :3])
+    assert torch.equal(y[:, :, 3, :], x[:, :, :1, :1].squeeze(-1).expand(2, 3, 4))
+    assert torch.equal(Augment(hflip=1.0)(x, np.random.default_rng(0)), x.flip(-1))
+    assert torch.equal(Augment()(x, np.random.default_rng(0)), x) and not Augment().active
+    with pytest.raises(ValueError, match="hflip"):
+        Augment(hflip=1.5)
+    dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="global",
+                              modes=["geometry"], image_size=32, val_fraction=0.25, seed=5,
+                              augment=Augment(hflip=1.0, shift=0))
+    dm.setup()
+    plain = dm._loader(dm.splits["train"].row(0, named=True)["dir_a"])
+    assert torch.equal(dm.dataset("train")[0]["views_a"], plain.flip(-1))  # the cached views stay unflipped
+    # the draws are a function of (seed, epoch, index): the training sampler passes the epoch along
+    shifted = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="global",
+                                   modes=["geometry"], image_size=32, val_fraction=0.25, seed=5,
+                                   augment=Augment(hflip=0.5, shift=3))
+    ds = shifted.dataset("train")
+    assert torch.equal(ds[(2, 0)]["views_a"], ds[(2, 0)]["views_a"])
+    assert any(not torch.equal(ds[(e, 0)]["views_a"], ds[(0, 0)]["views_a"]) for e in range(1, 6))
+    sampler = shifted.train_dataloader().sampler
+    sampler.set_epoch(3)
+    assert all(isinstance(k, tuple) and k[0] == 3 for k in sampler)
+    assert dm.dataset("val").augment is None
+    val0 = dm.splits["val"].row(0, named=True)["dir_a"]
+    assert torch.equal(dm.dataset("val")[0]["views_a"], dm._loader(val0))
+
+
 def test_examples_keep_both_bad_out_of_training(dataset):
     ex, summary = build_examples(dataset["items"], dataset["pairs"], dataset["preferences"], "local")
     assert summary["labels"]["both_bad"] == 1 and summary["both_bad_excluded"] == 1

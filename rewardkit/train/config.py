@@ -36,6 +36,8 @@ class TrainConfig:
     # -- data ---------------------------------------------------------------------------------------
     views: list[int] | None = None  # which view indices of each mode to use (None: all)
     image_size: int | None = None  # resize on load (None: the backbone's input size)
+    augment_hflip: float = 0.0  # training views: probability of a horizontal mirror per candidate (train/augment.py)
+    augment_shift: int = 0  # training views: random translation of up to this many pixels per candidate
     val_fraction: float = 0.2  # fraction of prompts held out for validation
     test_fraction: float = 0.0  # optional test prompts (tie threshold / temperature then fitted on val)
     aggregate_annotators: bool = False  # average the labels of one pair into one soft target

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rewardkit.data.tables import TableError, read_items, read_pairs, read_preferences
 from rewardkit.models.losses import LABEL_TARGETS
+from rewardkit.train.augment import Augment
 
 SPLITS = ("train", "val", "test")
 PROBE_KINDS = ("texture", "geometry")
@@ -195,19 +196,29 @@ class ViewCache:
 class PreferencePairDataset(Dataset):
     """Examples of one split; ``__getitem__`` returns both items' views, the prompt, target and weight."""
 
-    def __init__(self, examples: pl.DataFrame, loader: ViewCache):
+    def __init__(self, examples: pl.DataFrame, loader: ViewCache, augment: Augment | None = None, seed: int = 0):
         self.examples = examples
         self.rows = examples.to_dicts()
         self.loader = loader
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed = int(seed)
+
+    def _views(self, render_dir: str, rng: np.random.Generator | None) -> torch.Tensor:
+        views = self.loader(render_dir)
+        return self.augment(views, rng) if self.augment is not None and rng is not None else views
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key``: an index, or ``(epoch, index)`` from :class:`EpochShuffleSampler` (``with_epoch``): the
+        augmentation is then drawn from (seed, epoch, index), so a resumed run replays it exactly."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         r = self.rows[i]
+        rng = np.random.default_rng([self.seed, 17, epoch, i]) if self.augment is not None else None
         return {
-            "views_a": self.loader(r["dir_a"]),
-            "views_b": self.loader(r["dir_b"]),
+            "views_a": self._views(r["dir_a"], rng),
+            "views_b": self._views(r["dir_b"], rng),
             "prompt": r["prompt"],
             "target": float(r["target"]),
             "weight": float(r.get("weight", 1.0)),
@@ -231,14 +242,15 @@ def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
 class EpochShuffleSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch) only, so resuming at an epoch boundary replays the same order."""
 
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, int(seed), 0
+    def __init__(self, n: int, seed: int = 0, with_epoch: bool = False):
+        self.n, self.seed, self.epoch, self.with_epoch = n, int(seed), 0, with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
+        return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self) -> int:
         return self.n
@@ -270,8 +282,10 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        augment: Augment | None = None,
     ):
         super().__init__()
+        self.augment = augment
         self.items, self.pairs, self.preferences = items, pairs, preferences
         self.stage, self.modes, self.image_size = stage, list(modes), int(image_size)
         self.views = list(views) if views is not None else None
@@ -309,8 +323,10 @@ class PreferenceDataModule(L.LightningDataModule):
         self._loader = ViewCache(self.modes, self.image_size, self.views)
 
     def dataset(self, split: str) -> PreferencePairDataset:
+        """The examples of ``split``; only ``train`` is augmented."""
         self.setup()
-        return PreferencePairDataset(self.splits[split], self._loader)
+        return PreferencePairDataset(self.splits[split], self._loader,
+                                     augment=self.augment if split == "train" else None, seed=self.seed)
 
     def _loader_for(self, ds: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, shuffle=False,
@@ -321,7 +337,7 @@ class PreferenceDataModule(L.LightningDataModule):
         ds = self.dataset("train")
         if len(ds) == 0:
             raise TableError("the training split is empty (too few prompts for the validation/test fractions?)")
-        return self._loader_for(ds, EpochShuffleSampler(len(ds), self.seed))
+        return self._loader_for(ds, EpochShuffleSampler(len(ds), self.seed, with_epoch=ds.augment is not None))
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self.dataset("val")

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from rewardkit import __version__
 from rewardkit.eval.metrics import chance_credit_accuracy, preference_metrics
 from rewardkit.models.stage import StageRewardModel
+from rewardkit.train.augment import Augment
 from rewardkit.train.config import TrainConfig
 from rewardkit.train.data import PreferenceDataModule
 from rewardkit.train.module import RewardModelModule
@@ -55,7 +56,7 @@ def build_datamodule(cfg: TrainConfig, image_size: int) -> PreferenceDataModule:
         image_size=cfg.image_size or image_size, views=cfg.views, render_root=cfg.render_root, probes=cfg.probes,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
         aggregate_annotators=cfg.aggregate_annotators, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-        seed=cfg.seed,
+        seed=cfg.seed, augment=Augment(hflip=cfg.augment_hflip, shift=cfg.augment_shift),
     )
 
 
