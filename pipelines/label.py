@@ -26,12 +26,10 @@ def _synthetic(p: dict):
 
 def _labelstudio(p: dict):
     try:
-        from rewardkit.annotation import pull_preferences
+        from rewardkit.annotation import AnnotationError, pull_preferences
     except ImportError as exc:  # pragma: no cover - depends on the annotation package being installed
         raise SystemExit(f"preferences.source=labelstudio needs rewardkit.annotation: {exc}") from exc
     from rewardkit.data.tables import read_pairs
-
-    from rewardkit.annotation import AnnotationError
 
     ls = p.get("labelstudio") or {}
     try:

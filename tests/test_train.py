@@ -277,7 +277,7 @@ class _StopAfterEpoch(L.Callback):
 
 def test_resume_from_checkpoint_continues_identically(dataset, tmp_path):
     common = dict(max_epochs=2, use_best_checkpoint=False, export=False, probes=None, deterministic=True,
-                  model={"view_dropout": 0.3})
+                  model={"view_dropout": 0.3}, augment_hflip=0.5, augment_shift=2)  # augmentation replays too
     straight = train(config(dataset, tmp_path / "a", "global", **common))
     # the same run, stopped after one epoch (as if killed), then resumed from last.ckpt
     part = train(config(dataset, tmp_path / "b", "global", **common), callbacks=[_StopAfterEpoch(1)])
