@@ -17,7 +17,8 @@ from pipelines._common import CANDIDATES, CANDIDATES_DIR, GENERATED_ITEMS, chdir
 SOURCES = ("demo", "own")
 
 
-def demo(p: dict) -> None:
+def demo(p: dict) -> pl.DataFrame:
+    """The demo's candidates table (written under data/candidates/ with the items and meshes)."""
     from rewardkit.demo import DemoConfig, generate
 
     cfg = DemoConfig(
@@ -29,10 +30,11 @@ def demo(p: dict) -> None:
         mixed=int(p["mixed"]),
         seed=int(p["seed"]),
     )
-    generate(cfg, CANDIDATES_DIR)
+    return generate(cfg, CANDIDATES_DIR)[1]
 
 
-def own(p: dict) -> None:
+def own(p: dict) -> pl.DataFrame:
+    """The candidates table of the lab's generations in generate.own.dir (written with the items)."""
     from rewardkit.data.candidates import read_generations
     from rewardkit.data.tables import write_table
 
@@ -47,6 +49,7 @@ def own(p: dict) -> None:
     CANDIDATES_DIR.mkdir(parents=True, exist_ok=True)
     write_table(items, GENERATED_ITEMS, "items")
     cands.write_parquet(CANDIDATES)
+    return cands
 
 
 def main() -> None:
@@ -56,8 +59,7 @@ def main() -> None:
     if source not in SOURCES:
         raise SystemExit(f"params.yaml: generate.source must be one of {SOURCES}, not {source!r}")
     with step(f"generate ({source})"):
-        (demo if source == "demo" else own)(p)
-        cands = pl.read_parquet(CANDIDATES)
+        cands = (demo if source == "demo" else own)(p)
         held = cands.filter(pl.col("split") == "holdout")["prompt_id"].n_unique()
         print(f"  {cands.height} candidates, {cands['prompt_id'].n_unique()} prompts ({held} held out) "
               f"in {CANDIDATES_DIR}")

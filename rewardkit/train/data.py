@@ -205,7 +205,7 @@ class PreferencePairDataset(Dataset):
 
     def _views(self, render_dir: str, rng: np.random.Generator | None) -> torch.Tensor:
         views = self.loader(render_dir)
-        return self.augment(views, rng) if self.augment is not None and rng is not None else views
+        return views if rng is None else self.augment(views, rng)
 
     def __len__(self) -> int:
         return len(self.rows)
