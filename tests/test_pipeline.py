@@ -1,9 +1,13 @@
-"""The whole pipeline through a real ``dvc repro``, with small params, in a temporary copy of the repository.
+"""The README's main command, ``bash scripts/demo.sh``, in a ``git clone`` of the repository with small params.
 
-Checks that every stage wrote its outputs, that the exported scorers rank the clean candidate of each
-*held-out* demo prompt above its degradations (>= 90% for the stage that owns the degradation, near
-chance for the other stage), that a second ``dvc repro`` runs nothing, and that changing a training
-parameter would re-run exactly training and what follows.
+The clone is what a newcomer gets (:func:`clone_repo`: the commit under test, plus the developer's uncommitted
+work when run locally), so a ``.gitignore`` line, a file that is not committed or an install step that
+breaks the README's command fails here. Checks that the clone's ``scripts/setup.sh`` installed rewardkit from
+the clone, that every stage wrote its outputs, that the exported scorers rank the clean candidate of each
+*held-out* demo prompt above its degradations (>= 90% for the stage that owns the degradation, near chance
+for the other stage), that a second ``bash scripts/demo.sh`` runs nothing and leaves ``git status`` clean once
+``dvc.lock`` and ``reports/`` are committed, and that changing a parameter or the code a stage runs would
+re-run exactly that stage and what follows.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -72,36 +77,82 @@ N_PROMPTS = 6 * (8 + 2)
 STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl"]
 
 
-def make_workspace(dest: Path, params: dict) -> Path:
-    """A copy of what the pipeline needs (code, dvc.yaml), with ``params`` as params.yaml, DVC-initialized."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    dest.mkdir(parents=True)
-    for name in ("rewardkit", "pipelines", "annotation"):  # annotation/: the Label Studio labeling config
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "data" / "own", dest / "data" / "own")  # generate.own.dir, a dep of `generate`
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run([sys.executable, "-m", "dvc", "init", "-q"], dest)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
+def git(args: list[str], cwd: Path) -> str:
+    return run(["git", *args], cwd).stdout
+
+
+def clone_repo(dest: Path, params: dict | None = None) -> Path:
+    """A ``git clone`` of this repository as a newcomer gets it, holding the developer's work.
+
+    The clone checks out the commit ``git stash create`` makes of the uncommitted changes to tracked files
+    (HEAD when there are none) and gets a copy of the untracked files git does not ignore (symlinks left
+    out: the shared ``.venv`` of a worktree is one); in CI the tree is clean, so the clone is exactly the
+    commit under test. ``params`` becomes its params.yaml. What this adds is committed in the clone, so
+    its ``git status`` starts clean. Then the clone gets a ``.venv`` of its own whose site-packages also
+    see this interpreter's (a ``.pth`` line), so the clone's ``scripts/setup.sh`` really runs and installs
+    rewardkit from the clone (editable) while torch and the rest are found satisfied, not downloaded.
+    """
+    commit = git(["stash", "create"], ROOT).strip() or git(["rev-parse", "HEAD"], ROOT).strip()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(dest)], dest.parent)
+    git(["checkout", "-q", "-b", "under-test", commit], dest)
+    untracked = [f for f in git(["ls-files", "-z", "--others", "--exclude-standard"], ROOT).split("\0") if f]
+    copied = 0
+    for rel in untracked:
+        src = ROOT / rel
+        if src.is_symlink() or not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+        copied += 1
+    if params is not None:
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if copied or params is not None:
+        git(["add", "-A"], dest)
+        git(["commit", "-q", "-m", "test: the developer's untracked files and the test's params"], dest)
+    # the clone's own environment (scripts/setup.sh keeps an existing .venv)
+    assert not (dest / ".venv").exists(), f"{dest}/.venv came with the clone"
+    base_python = getattr(sys, "_base_executable", None) or str(Path(sys.base_prefix) / "bin" / "python3")
+    run([base_python, "-m", "venv", str(dest / ".venv")], dest)
+    site = Path(run([str(dest / ".venv/bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                    dest, env_=clone_env(dest)).stdout.strip())
+    outer = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    assert site.is_relative_to(dest) and not any(Path(o).is_relative_to(dest) for o in outer), (site, outer)
+    # plain path lines: the outer .pth files (its editable rewardkit among them) are not processed
+    (site / "zz-outer-site-packages.pth").write_text("".join(f"{o}\n" for o in outer))
     return dest
+
+
+def clone_env(ws: Path) -> dict[str, str]:
+    """The environment of a newcomer's shell in the clone: its ``.venv/bin`` first on PATH, nothing of this
+    test process's environment (virtual env, PYTHONPATH, the outer ``.venv/bin``) that could stand in."""
+    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "REWARDKIT_PARAMS")}
+    outer_bin = Path(sys.prefix) / "bin"
+    path = [p for p in e.get("PATH", "").split(os.pathsep) if p and Path(p) != outer_bin and Path(p) != ROOT / ".venv/bin"]
+    e["PATH"] = os.pathsep.join([str(ws / ".venv" / "bin"), *path])
+    e["DVC_NO_ANALYTICS"] = "1"
+    for who in ("AUTHOR", "COMMITTER"):
+        e.setdefault(f"GIT_{who}_NAME", "rewardkit-test")
+        e.setdefault(f"GIT_{who}_EMAIL", "test@example.invalid")
+    return e
 
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
-    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")  # `python` in dvc.yaml
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
     e.pop("REWARDKIT_PARAMS", None)
     e["DVC_NO_ANALYTICS"] = "1"
-    e.setdefault("GIT_AUTHOR_NAME", "rewardkit-test")
-    e.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    for who in ("AUTHOR", "COMMITTER"):
+        e.setdefault(f"GIT_{who}_NAME", "rewardkit-test")
+        e.setdefault(f"GIT_{who}_EMAIL", "test@example.invalid")
     return e
 
 
 # Generous limits: the small run takes about 10 min on an idle 2-core machine and over 15 min on a loaded one.
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 2100,
-        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    e = env()
+        extra_env: dict[str, str] | None = None, env_: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` in ``cwd``, with this process's environment (or ``env_``, e.g. :func:`clone_env`)."""
+    e = env() if env_ is None else dict(env_)
     if extra_env is not None:  # a Label Studio session: only what the test gives
         e = {k: v for k, v in e.items() if not k.startswith("LABEL_STUDIO_")} | extra_env
     p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
@@ -110,24 +161,45 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 2100,
     return p
 
 
+def py(ws: Path) -> str:
+    """The clone's interpreter (its .venv)."""
+    return str(ws / ".venv" / "bin" / "python")
+
+
+def in_clone(ws: Path, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return run(cmd, ws, env_=clone_env(ws), **kw)
+
+
+def dvc_cmd(ws: Path, *args: str) -> list[str]:
+    return [py(ws), "-m", "dvc", *args]
+
+
 # What `dvc repro` would run after an edit. A dry run cannot know that a re-run stage's outputs will change,
 # so it lists only the stages whose own deps or params changed; --force-downstream adds their descendants,
-# which is what a real run does once the re-trained models differ.
-DRY_RUN = [sys.executable, "-m", "dvc", "repro", "--dry", "--force-downstream"]
+# which is what a real run does once the re-trained models differ. A dry run needs the outputs of a run
+# (on a never-run clone it stops at the first stage whose deps do not exist yet), so these come after one.
+DRY_RUN = ("repro", "--dry", "--force-downstream")
 
 
 def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+def git_status(ws: Path, *extra: str) -> list[str]:
+    return git(["status", "--porcelain", "--untracked-files=all", *extra], ws).splitlines()
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("pipeline") / "repo", SMALL_PARAMS)
+    """The README's main command, ``bash scripts/demo.sh``, in a clone with the CI-sized params."""
+    ws = clone_repo(tmp_path_factory.mktemp("pipeline") / "clone", SMALL_PARAMS)
     t0 = time.perf_counter()
-    p = run([sys.executable, "-m", "dvc", "repro"], ws)
+    p = in_clone(ws, ["bash", "scripts/demo.sh"])
     wall = time.perf_counter() - t0
-    print(f"small dvc repro: {wall:.0f}s")
-    return ws, p.stdout + p.stderr, wall
+    out = p.stdout + p.stderr
+    print(f"bash scripts/demo.sh (small params) in a clone: {wall:.0f}s;",
+          *[line for line in out.splitlines() if line.startswith("[demo]")])
+    return ws, out, wall
 
 
 @pytest.mark.slow
@@ -199,36 +271,185 @@ def test_exported_scorers_rank_clean_above_degradations_on_heldout_prompts(pipel
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_second_repro_runs_nothing_and_a_training_param_reruns_training_onwards(pipeline_run):
+def test_the_readme_command_installed_rewardkit_from_the_clone(pipeline_run):
+    ws, out, _ = pipeline_run
+    assert "[setup] done" in out and "dvc repro finished in" in out
+    p = in_clone(ws, [py(ws), "-c", "import rewardkit, torch; print(rewardkit.__file__); print(torch.__file__)"])
+    rewardkit_file, torch_file = p.stdout.split()
+    assert Path(rewardkit_file) == ws / "rewardkit" / "__init__.py"  # the clone's code ran the stages
+    # torch and the other dependencies were found satisfied (the .pth of clone_repo), not installed again
+    assert not Path(torch_file).is_relative_to(ws)
+    site = Path(rewardkit_file).parents[1] / ".venv"
+    assert not list(site.rglob("site-packages/torch")) and (ws / ".venv/bin/rewardkit").is_file()
+    from importlib.metadata import distribution  # and this process's install still points where it did
+
+    assert str(ws) not in (distribution("rewardkit").read_text("direct_url.json") or "")
+
+
+# What a run may leave that git ignores, besides the outputs DVC writes (and ignores) in data/.
+RUN_LEFTOVERS = {".venv/", "rewardkit.egg-info/", ".dvc/cache/", ".dvc/tmp/", "dvc_plots/"}
+
+
+def dvc_ignored_outs() -> set[str]:
+    """The cached outputs of dvc.yaml (DVC writes a .gitignore line for each), as git status names them."""
+    outs = set()
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        for out in stage.get("outs", []):
+            path, opts = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+            if opts.get("cache", True):
+                outs.add(path + ("/" if not Path(path).suffix else ""))
+    return outs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_second_demo_runs_nothing_and_git_status_is_what_a_dvc_user_expects(pipeline_run):
     ws, _, _ = pipeline_run
+    # after the run: the new lock and the reports it regenerated, nothing else; dvc.lock is not ignored
+    changed = git_status(ws)
+    assert changed and all(line[3:] == "dvc.lock" or line[3:].startswith("reports/") for line in changed), changed
+    assert any(line[3:] == "dvc.lock" for line in changed)
+    assert run(["git", "check-ignore", "-q", "dvc.lock"], ws, check=False).returncode == 1
+    # what git ignores: the data outputs (data/.gitignore, as DVC wrote it: unchanged) and known leftovers
+    ignored = {line[3:] for line in git_status(ws, "--ignored=matching") if line.startswith("!! ")}
+    ignored = {i for i in ignored if "__pycache__/" not in i}
+    assert ignored - RUN_LEFTOVERS == dvc_ignored_outs(), ignored ^ (RUN_LEFTOVERS | dvc_ignored_outs())
+    # a DVC user commits the lock with the results it records; the same command again runs nothing
+    git(["add", "dvc.lock", "reports"], ws)
+    git(["commit", "-q", "-m", "a demo run: dvc.lock and reports/"], ws)
     t0 = time.perf_counter()
-    p = run([sys.executable, "-m", "dvc", "repro"], ws)
-    assert stages_run(p.stdout + p.stderr) == []
-    assert time.perf_counter() - t0 < 60
+    p = in_clone(ws, ["bash", "scripts/demo.sh"])
+    out = p.stdout + p.stderr
+    print(f"second bash scripts/demo.sh: {time.perf_counter() - t0:.0f}s;",
+          *[line for line in out.splitlines() if line.startswith("[demo]")])
+    assert stages_run(out) == [] and "Data and pipelines are up to date." in out, out[-3000:]
+    assert "rewardkit score MESH.glb" in out  # the summary printed
+    assert git_status(ws) == []
+
+
+def set_params(ws: Path, change) -> None:
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["train"]["common"]["lr"] = 0.0004
+    change(params)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    p = run(DRY_RUN, ws)
-    assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl"]
-    params["train"]["local"] = {"max_epochs": 3}
-    params["train"]["common"]["lr"] = SMALL_PARAMS["train"]["common"]["lr"]
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    p = run(DRY_RUN, ws)
-    assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl"]
-    params["train"]["local"] = {}
-    params["rl"]["steps"] = 4  # an RL parameter re-runs only the rl stage
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    p = run(DRY_RUN, ws)
-    assert stages_run(p.stdout + p.stderr) == ["rl"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_training_param_reruns_training_onwards(pipeline_run):
+    ws, _, _ = pipeline_run
+    try:
+        set_params(ws, lambda p: p["train"]["common"].update(lr=0.0004))
+        p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
+        assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl"]
+        git(["checkout", "params.yaml"], ws)
+        set_params(ws, lambda p: p["train"].update(local={"max_epochs": 3}))
+        p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
+        assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl"]
+        git(["checkout", "params.yaml"], ws)
+        set_params(ws, lambda p: p["rl"].update(steps=4))  # an RL parameter re-runs only the rl stage
+        p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
+        assert stages_run(p.stdout + p.stderr) == ["rl"]
+    finally:
+        git(["checkout", "params.yaml"], ws)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_code_edit_reruns_the_stages_that_run_that_code(pipeline_run):
+    ws, _, _ = pipeline_run
+
+    def after_edit(rel: str, *dvc_args: str) -> list[str]:
+        with open(ws / rel, "a") as fh:
+            fh.write("\n# an edit\n")
+        try:
+            p = in_clone(ws, dvc_cmd(ws, *dvc_args))
+            return stages_run(p.stdout + p.stderr)
+        finally:
+            git(["checkout", rel], ws)
+
+    assert after_edit("rewardkit/render/renderer.py", *DRY_RUN) == STAGES[1:]  # render and all that follows
+    assert after_edit("rewardkit/train/module.py", *DRY_RUN) == ["train_global", "train_local", "export", "evaluate",
+                                                                  "rl"]
+    assert after_edit("rewardkit/scoring/api.py", *DRY_RUN) == ["export", "evaluate", "rl"]
+    assert after_edit("rewardkit/rl/hi_grpo.py", *DRY_RUN) == ["rl"]
+    assert after_edit("rewardkit/cli/score.py", *DRY_RUN) == []  # the CLI runs in no stage
+    # the annotation code runs in `label` (it pulls from Label Studio); the synthetic labels it writes here
+    # are the same, so a real run re-runs `label` and nothing else: training does not re-run
+    assert after_edit("rewardkit/annotation/pull.py", "repro", "--dry") == ["label"]
+    with open(ws / "rewardkit/annotation/pull.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    try:
+        p = in_clone(ws, dvc_cmd(ws, "repro"))
+        assert stages_run(p.stdout + p.stderr) == ["label"]
+    finally:
+        git(["checkout", "rewardkit/annotation/pull.py"], ws)
+    p = in_clone(ws, dvc_cmd(ws, "repro"))  # and back
+    assert stages_run(p.stdout + p.stderr) == ["label"]
+    assert git_status(ws) == []  # the lock is the committed one again
+
+
+def import_closure(module: Path) -> set[Path]:
+    """The repository's .py files that importing ``module`` runs: its imports of rewardkit and pipelines,
+    also those inside functions, and the ``__init__`` of every package on the way, transitively."""
+    import ast
+
+    def file_of(name: str) -> Path | None:
+        p = ROOT.joinpath(*name.split("."))
+        return p / "__init__.py" if (p / "__init__.py").is_file() else p.with_suffix(".py") if p.with_suffix(
+            ".py").is_file() else None
+
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        rel = f.relative_to(ROOT).with_suffix("").parts
+        package = rel[:-1]  # what a relative import is relative to
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)
+        for name in names:
+            parts = name.split(".")
+            if parts[0] not in ("rewardkit", "pipelines"):
+                continue
+            for i in range(1, len(parts) + 1):
+                dep = file_of(".".join(parts[:i]))
+                if dep is not None:
+                    todo.append(dep)
+    return seen
+
+
+def test_each_stage_depends_on_the_code_it_imports():
+    """dvc.yaml's code deps of a stage are exactly the pipelines/ modules and the rewardkit subpackages
+    (or top-level files) its module imports, so an edit re-runs the stages that run the edited code."""
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        module = ROOT / (stage["cmd"].split()[2].replace(".", "/") + ".py")  # python -m pipelines.X [args]
+        wanted = set()
+        for f in import_closure(module):
+            parts = f.relative_to(ROOT).parts
+            if parts == ("pipelines", "__init__.py"):
+                continue  # empty: makes pipelines/ a package
+            wanted.add("/".join(parts[:2]))
+        code_deps = {d for d in stage["deps"] if d.split("/")[0] in ("rewardkit", "pipelines")}
+        assert code_deps == wanted, (name, "missing", wanted - code_deps, "not imported", code_deps - wanted)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_dvc_metrics_and_plots_read_the_report(pipeline_run):
     ws, _, _ = pipeline_run
-    p = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], ws)
+    p = in_clone(ws, dvc_cmd(ws, "metrics", "show", "--json"))
     assert "holdout_owned_accuracy" in p.stdout and "val_pairwise_accuracy" in p.stdout
-    p = run([sys.executable, "-m", "dvc", "plots", "show", "--json"], ws)
+    p = in_clone(ws, dvc_cmd(ws, "plots", "show", "--json"))
     assert "accuracy_by_degradation" in p.stdout and "learning_curve_global" in p.stdout
     assert "rl_rewards" in p.stdout and "reward_curve.png" in p.stdout
 
@@ -241,8 +462,8 @@ def test_rewardkit_score_with_the_exported_scorers(pipeline_run):
     meshes = [str(shared)] if shared.is_file() else []
     demo = ws / "data/candidates/meshes"
     meshes.append(str(demo / sorted(p.name for p in demo.glob("*-clean.glb"))[0]))
-    p = run([sys.executable, "-m", "rewardkit", "score", *meshes, "--prompt", "a yellow rubber duck",
-             "--scorer", str(ws / "data/scorers"), "--json"], ws)
+    p = in_clone(ws, ["rewardkit", "score", *meshes, "--prompt", "a yellow rubber duck",  # the clone's .venv/bin
+                     "--scorer", str(ws / "data/scorers"), "--json"])
     results = json.loads(p.stdout)["results"]
     assert len(results) == len(meshes)
     for r in results:
@@ -332,7 +553,7 @@ def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
 @pytest.mark.timeout(2400)
 def test_closing_summary_reads_the_reports(pipeline_run):
     ws, _, _ = pipeline_run
-    p = run([sys.executable, "-m", "pipelines.summary"], ws)
+    p = in_clone(ws, [py(ws), "-m", "pipelines.summary"])
     assert "scorers:  data/scorers/" in p.stdout and "rewardkit score MESH.glb" in p.stdout
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert f"accuracy {100 * m['global']['holdout_owned_accuracy']:.0f}% on its own" in p.stdout
@@ -410,11 +631,14 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     params["pairs"] = {"strategy": "all", "k": None, "seed": 0, "splits": ["train"]}
     params["train"]["common"].update(max_epochs=2, batch_size=4, val_fraction=0.25)
     # under the server's document root, so Label Studio can serve the renders
-    ws = make_workspace(env.document_root / "own-pipeline" / "repo", params)
+    ws = clone_repo(env.document_root / "own-pipeline" / "clone", params)
+    t0 = time.perf_counter()
+    in_clone(ws, ["bash", "scripts/setup.sh"])  # the README's install, in the clone
+    print(f"scripts/setup.sh in the clone: {time.perf_counter() - t0:.1f}s")
     rows = own_generations(ws / "data" / "own")
     ls_env = {"REWARDKIT_LS_CREDENTIALS": str(env.credentials)}
 
-    p = run([sys.executable, "-m", "dvc", "repro", "pairs"], ws, extra_env=ls_env)
+    p = in_clone(ws, dvc_cmd(ws, "repro", "pairs"), extra_env=ls_env)
     assert stages_run(p.stdout + p.stderr) == ["generate", "render", "pairs"]
     items = read_items(ws / "data/items.parquet")
     assert sorted(items["item_id"]) == sorted(r["item_id"] for r in rows)
@@ -424,9 +648,9 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     assert pairs.height == 4 * 3 and "teapot" not in set(pairs["prompt_id"])  # held out: no pairs
 
     # the Label Studio round: a project for this repository, one task per pair, annotators answer
-    run([sys.executable, "-m", "rewardkit", "annotate", "up", "--url", env.url, "--renders", "data/renders",
-         "--document-root", str(env.document_root), "--title", "own generations"], ws, extra_env=ls_env)
-    run([sys.executable, "-m", "rewardkit", "annotate", "push"], ws, extra_env=ls_env)
+    in_clone(ws, ["rewardkit", "annotate", "up", "--url", env.url, "--renders", "data/renders",
+                  "--document-root", str(env.document_root), "--title", "own generations"], extra_env=ls_env)
+    in_clone(ws, ["rewardkit", "annotate", "push"], extra_env=ls_env)
     client = connect(env.url, env.token)
     project_id = json.loads((ws / ".labelstudio" / "rewardkit-server.json").read_text())["project_id"]
     ui = {"a": "A", "b": "B", "tie": "Tie"}
@@ -441,7 +665,7 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
                 for r in pairs.iter_rows(named=True) for q in ("global", "local")}
     assert len(expected) == 2 * pairs.height
 
-    p = run([sys.executable, "-m", "dvc", "repro", "evaluate"], ws, extra_env=ls_env)
+    p = in_clone(ws, dvc_cmd(ws, "repro", "evaluate"), extra_env=ls_env)
     assert stages_run(p.stdout + p.stderr) == ["label", "train_global", "train_local", "export", "evaluate"]
     prefs = read_preferences(ws / "data/preferences.parquet")
     assert set(prefs["source"]) == {"labelstudio"}
@@ -456,17 +680,17 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     held = (ws / "reports/holdout_scores.csv").read_text().splitlines()
     assert len(held) == 1 + 3 and all(line.split(",")[0].startswith("teapot-") for line in held[1:])
     assert (ws / "reports/plots/grid_00_teapot.png").is_file()
-    p = run([sys.executable, "-m", "rewardkit", "score", str(SHARED / "teapot" / "teapot.obj"), "--prompt",
-             "a white teapot", "--scorer", "data/scorers", "--json"], ws)
+    p = in_clone(ws, ["rewardkit", "score", str(SHARED / "teapot" / "teapot.obj"), "--prompt",
+                      "a white teapot", "--scorer", "data/scorers", "--json"])
     (result,) = json.loads(p.stdout)["results"]
     assert result["error"] is None and set(result["scores"]) == {"global", "local"}
     # nothing changed: nothing re-runs (the label stage pulls again only when forced: `dvc repro -f -s label`)
-    p = run([sys.executable, "-m", "dvc", "repro", "evaluate"], ws, extra_env=ls_env)
+    p = in_clone(ws, dvc_cmd(ws, "repro", "evaluate"), extra_env=ls_env)
     assert stages_run(p.stdout + p.stderr) == []
     # a new generation in the folder re-runs the pipeline from `generate`
     with open(ws / "data/own/candidates.csv", "a") as fh:
         fh.write(f"teapot-original-2,teapot,a white teapot,{SHARED / 'teapot' / 'teapot.obj'},holdout,lab-gen-v2,2\n")
-    p = run(DRY_RUN + ["evaluate"], ws, extra_env=ls_env)
+    p = in_clone(ws, dvc_cmd(ws, *DRY_RUN, "evaluate"), extra_env=ls_env)
     assert stages_run(p.stdout + p.stderr)[:2] == ["generate", "render"]
 
 
