@@ -55,7 +55,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     reasoning_temperature: float | None = None  # None: same as ``temperature``
-    max_reasoning_tokens: int = 64  # 0 disables the reasoning phase (direct mesh generation)
+    max_reasoning_tokens: int = 2048  # AR3D-R1's release (max_completion_length); 0: direct mesh generation
     force_mesh_length: bool = True
     constrain_logprobs: bool = True  # score actions under the same token constraints sampling used
 
@@ -172,28 +172,42 @@ def sequence_logprobs(
     batch: RolloutBatch,
     temperature: float = 1.0,
     allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
+    reasoning_temperature: float | None = None,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``[B, L-1]`` log-probabilities of ``input_ids[:, 1:]`` under ``model`` (0 where masked).
 
-    Logits are divided by the sampling temperature (as TRL does). With ``allowed`` (the text-phase and
-    mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each position is normalized over the tokens
-    sampling could choose there, so the ratio and KL refer to the distribution that was sampled.
+    Logits are divided by the temperature each position was sampled with (as TRL does): text-phase
+    positions by ``reasoning_temperature`` (``None``: ``temperature``), all others by ``temperature``.
+    With ``allowed`` (the text-phase and mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each
+    position is normalized over the tokens sampling could choose there, so the ratio and KL refer to the
+    distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
+    distribution at each position (no gradient; 0 where masked).
     """
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
-    rows = []
+    rows, ents = [], []
     for b in range(logits.shape[0]):  # row by row: keeps the [L, V] float32 copy small for big vocabularies
-        lg = logits[b].float() / temperature
+        lg = logits[b].float()
+        if reasoning_temperature is not None and reasoning_temperature != temperature:
+            t = torch.where(batch.phases[b] == PHASE_TEXT, reasoning_temperature, temperature)
+            lg = lg / t.to(lg)[:, None]
+        else:
+            lg = lg / temperature
         if allowed is not None:
             text_ok, mesh_ok = (a.to(lg.device) for a in allowed)
             ph = batch.phases[b]
             neg = torch.finfo(lg.dtype).min
             lg = torch.where((ph == PHASE_TEXT)[:, None] & ~text_ok[None, : lg.shape[1]], neg, lg)
             lg = torch.where((ph == PHASE_MESH)[:, None] & ~mesh_ok[None, : lg.shape[1]], neg, lg)
-        lp = torch.log_softmax(lg, dim=-1).gather(-1, targets[b].unsqueeze(-1)).squeeze(-1)
-        rows.append(lp)
-    return torch.stack(rows) * batch.mask
+        logp_all = torch.log_softmax(lg, dim=-1)
+        rows.append(logp_all.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))
+        if return_entropy:
+            with torch.no_grad():
+                ents.append(-(logp_all.exp() * logp_all.clamp_min(torch.finfo(logp_all.dtype).min)).sum(-1))
+    lp = torch.stack(rows) * batch.mask
+    return (lp, torch.stack(ents) * batch.mask) if return_entropy else lp
 
 
 class _Restrict:
@@ -328,7 +342,7 @@ class MeshPolicy:
             att[i, L - len(c):] = 1
         if phase == PHASE_TEXT:
             stop = [self.vocab.mesh_start] + self.vocab.eos_ids
-            temperature = s.reasoning_temperature or s.temperature
+            temperature = s.temperature if s.reasoning_temperature is None else s.reasoning_temperature
         else:
             stop = [self.vocab.mesh_end]
             temperature = s.temperature
@@ -400,10 +414,14 @@ class MeshPolicy:
             )
         return steps
 
-    def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig) -> torch.Tensor:
+    def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig,
+                 return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs under the distributions ``sampling`` sampled from (per-phase temperature);
+        with ``return_entropy`` also those distributions' entropies."""
         return sequence_logprobs(
             model, batch, temperature=sampling.temperature,
             allowed=self._allowed if sampling.constrain_logprobs else None,
+            reasoning_temperature=sampling.reasoning_temperature, return_entropy=return_entropy,
         )
 
 
