@@ -105,6 +105,53 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tiny_policy, tm
     assert all(torch.equal(a, b) for a, b in zip(before, only_flat.model.parameters()))
 
 
+def _near_flat(spread: float) -> StepReward:
+    """Continuous rewards: "fill" gets 0.5 plus noise of std ``spread`` (never exactly equal), "grow" the
+    occupied fraction (a real spread)."""
+    frac = occupied_fraction(2)
+    rng = np.random.default_rng(0)
+
+    def fn(meshes, prompts):
+        v = frac(meshes, prompts)
+        return [0.5 + spread * float(rng.standard_normal()) if p == "fill" else x for p, x in zip(prompts, v)]
+
+    return StepReward([RewardTerm("near_flat", fn)])
+
+
+def test_dynamic_sampling_drops_near_flat_continuous_groups(tiny_policy, tmp_path):
+    # a group whose rewards differ by 1e-7 carries no signal: the default tolerance drops it
+    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, prompts_per_step=2, max_sampling_rounds=3),
+                      reward_high=_near_flat(1e-7), reward_low=_near_flat(1e-7))
+    kept, info = t.collect(step=0)
+    n_fill = sum(g.prompt == "fill" for g in info["sampled"])
+    assert n_fill >= 1 and all(g.prompt == "grow" for g in kept)
+    assert info["groups_dropped_flat"] == n_fill == info["groups_dropped"]
+    # round 0 draws both prompts and keeps "grow"; every other kept group came from a refill round
+    assert info["groups_refilled"] == len(kept) - 1 and info["sampling_rounds"] >= 2
+    # min_std 0 is the exact-equality rule: near-equal continuous rewards pass it
+    exact = HiGRPOTrainer(_config(tiny_policy, tmp_path / "exact", dynamic_sampling_min_std=0.0),
+                          reward_high=_near_flat(1e-7), reward_low=_near_flat(1e-7))
+    _, info0 = exact.collect(step=0)
+    assert info0["groups_dropped"] == 0
+
+
+def test_dynamic_sampling_reward_range_filter(tiny_policy, tmp_path):
+    # "fill" has a real spread (std 0.05) around R~_high = 0.5 + 0.5: a range of [1.5, 10] drops it
+    cfg = _config(tiny_policy, tmp_path, prompts=["fill"], prompts_per_step=1, max_sampling_rounds=2,
+                  dynamic_sampling_reward_range=[1.5, 10.0])
+    t = HiGRPOTrainer(cfg, reward_high=_near_flat(0.05), reward_low=_near_flat(0.05))
+    kept, info = t.collect(step=0)
+    assert kept == [] and info["groups_dropped_range"] == 2 and info["groups_dropped_flat"] == 0
+    wide = HiGRPOTrainer(_config(tiny_policy, tmp_path / "wide", prompts=["fill"], prompts_per_step=1,
+                                 dynamic_sampling_reward_range=[0.0, 10.0]),
+                         reward_high=_near_flat(0.05), reward_low=_near_flat(0.05))
+    kept, info = wide.collect(step=0)
+    assert len(kept) == 1 and info["groups_dropped"] == 0
+    m = wide.train_step()
+    for key in ("groups_dropped_flat", "groups_dropped_range", "groups_refilled"):
+        assert key in m
+
+
 def test_failed_reward_raises_or_is_masked(tiny_policy, tmp_path):
     def flaky(meshes, prompts):
         return [None if i % 3 == 0 else 0.5 + 0.1 * (i % 2) for i in range(len(meshes))]
@@ -210,6 +257,56 @@ def test_two_process_ddp_by_config_alone(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()
 
 
+def test_two_process_ddp_qwen2_5_vl_freezes_the_vision_tower(tmp_path):
+    """ShapeLLM-Omni's architecture under 2-process DDP (gloo): the text-only rollout never uses the vision
+    tower, so unfrozen it fails DDP's unused-parameter check; the default freezes it and lm_head, as
+    AR3D-R1's release does, and trains the rest."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    cfg = {
+        "policy_path": str(tmp_path / "init"), "tokens_per_object": 8,
+        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
+        "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
+        "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
+        "group_size": 4, "prompts_per_step": 1, "lr": 0.01, "steps": 2, "save_every": 0,
+        "output_dir": str(tmp_path / "run"), "eval_group_size": 0, "render": False,
+        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,
+        "warm_start": {"enabled": True, "arch": "qwen2_5_vl", "shapes": ["cube", "sphere", "cone"], "steps": 5,
+                       "hidden_size": 32, "num_layers": 1},
+    }
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    before = load_file(str(tmp_path / "init" / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "policy" / "model.safetensors"))
+    vision = [k for k in before if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+    trained = [k for k in before if k not in vision and k != "lm_head.weight"]
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def test_freeze_groups_and_patterns(tiny_policy):
+    from rewardkit.rl.freezing import default_freeze, freeze_parameters
+    from rewardkit.rl.policy import MeshPolicy
+
+    model = MeshPolicy.from_pretrained(tiny_policy).model  # llama: nothing frozen by default
+    assert default_freeze(model) == [] and freeze_parameters(model, None) == []
+    names = freeze_parameters(model, ["embeddings", "model.layers.0.mlp.*"])
+    assert "model.embed_tokens.weight" in names and any(n.startswith("model.layers.0.mlp.") for n in names)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n in names)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in names)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        freeze_parameters(model, ["vision_tower"])
+
+
 def test_shipped_configs_and_params_yaml_section(tmp_path):
     from pathlib import Path
 
@@ -237,3 +334,80 @@ def test_no_resume_starts_a_clean_run(tiny_policy, tmp_path):
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1]
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-000001"]
+
+
+def test_bf16_checkpoint_trains_with_fp32_master_weights_by_default(tiny_policy, tmp_path):
+    """A bf16 checkpoint at the paper's lr 1e-6: under the default (precision auto = bf16-mixed, fp32 master
+    weights and AdamW states) nearly every weight moves; in pure bf16 the updates round away."""
+    from transformers import AutoModelForCausalLM
+
+    from rewardkit.rl.trainer import checkpoint_dtype
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(tiny_policy, bf16)
+    AutoModelForCausalLM.from_pretrained(str(tiny_policy), dtype=torch.bfloat16).save_pretrained(str(bf16))
+    assert checkpoint_dtype(bf16) == "bfloat16"
+    start = {k: v.float() for k, v in AutoModelForCausalLM.from_pretrained(str(bf16)).state_dict().items()}
+
+    def changed_fraction(**kw) -> tuple[float, HiGRPOTrainer]:
+        t = HiGRPOTrainer(_config(bf16, tmp_path / str(kw), lr=1e-6, mu=1, beta=0.0, **kw),
+                          reward_high=_fraction(), reward_low=_fraction())
+        t.train(steps=2)
+        sd = t._unwrapped().state_dict()
+        n = sum(v.numel() for v in start.values())
+        return sum(int((sd[k].float() != v).sum()) for k, v in start.items()) / n, t
+
+    mixed, t = changed_fraction()
+    assert t.precision == "bf16-mixed" and next(t.model.parameters()).dtype == torch.float32
+    assert isinstance(t.optimizer.state_dict()["state"][0]["exp_avg"], torch.Tensor)
+    assert t.optimizer.state_dict()["state"][0]["exp_avg"].dtype == torch.float32
+    pure, t = changed_fraction(precision="bf16-true")
+    assert next(t.model.parameters()).dtype == torch.bfloat16
+    assert mixed > 0.9, mixed
+    assert pure < 0.1, pure
+
+
+def test_lr_schedule_warmup_then_cosine_or_linear():
+    from rewardkit.rl.trainer import lr_factor_fn
+
+    cfg = HiGRPOConfig(lr_schedule="cosine", lr_warmup_steps=2, lr_min_ratio=0.1, steps=6)
+    f = [lr_factor_fn(cfg)(s) for s in range(7)]
+    assert f[:3] == [0.5, 1.0, 1.0]
+    assert f[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi / 4)))
+    assert f[6] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[1:], f[2:]))
+    lin = lr_factor_fn(HiGRPOConfig(lr_schedule="linear", steps=4))
+    assert [lin(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert lr_factor_fn(HiGRPOConfig())(100) == 1.0  # constant, no warmup: the paper's setting
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor_fn(HiGRPOConfig(lr_schedule="exp"))
+
+
+def test_what_an_rl_engineer_watches(tiny_policy, tmp_path, monkeypatch):
+    """Per step: lr (warmup), entropy and clip fraction per phase, grad norm, groups dropped; held-out
+    prompts evaluated every ``eval_every`` steps into the same CSV; TensorBoard and W&B (offline) logs."""
+    import csv
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _config(tiny_policy, tmp_path, prompts=["grow"], prompts_per_step=1, heldout_prompts=["fill"],
+                  eval_every=2, heldout_group_size=3, lr_warmup_steps=2, steps=4,
+                  loggers=["tensorboard", "wandb"])
+    t = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    t.train(steps=4)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.015, 0.03, 0.03, 0.03])
+    for key in ("step1/entropy", "step2/entropy", "step1/clip_frac", "grad_norm", "groups_dropped", "high/occupied"):
+        assert all(r[key] != "" for r in rows), key
+    assert 0 < float(rows[0]["step1/entropy"]) < np.log(t.policy.vocab.vocab_size)
+    held = [r["heldout/r_high"] for r in rows]
+    assert held[0] == "" and held[2] == "" and held[1] != "" and held[3] != ""  # steps 2 and 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
+    ev.Reload()
+    assert [e.step for e in ev.Scalars("r_high")] == [1, 2, 3, 4]
+    assert [e.step for e in ev.Scalars("heldout/r_high")] == [2, 4]
+    assert list((tmp_path / "logs").rglob("*.wandb")), "no offline W&B run written"
+    with pytest.raises(ValueError, match="never be trained on"):
+        HiGRPOTrainer(_config(tiny_policy, tmp_path / "bad", heldout_prompts=["fill"]),
+                      reward_high=_fraction(), reward_low=_fraction())

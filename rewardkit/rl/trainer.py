@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from rewardkit.rl.freezing import freeze_parameters
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages, group_has_signal
 from rewardkit.rl.policy import (
     PHASE_MESH,
@@ -87,8 +88,14 @@ class HiGRPOConfig:
     tokens_per_object: int = 1024  # ShapeLLM-Omni: 1024
     codebook_size: int | None = None  # None: every <meshN> token in the vocabulary
     shape_tokenizer: dict[str, Any] = field(default_factory=lambda: {"type": "voxel_blocks", "resolution": 8, "block": 2})
+    # dtype of the trained (master) weights. None: float32 unless ``precision`` is a "-true" low
+    # precision (``bf16-true``, ``16-true``), so a bf16 checkpoint trains with fp32 weights and fp32
+    # AdamW states under ``bf16-mixed`` (in pure bf16, updates at lr 1e-6 round away)
     dtype: str | None = None
     use_chat_template: bool | None = None
+    # parameters kept fixed: groups (vision_tower, embeddings, lm_head) or fnmatch patterns over parameter
+    # names; None: the released recipe's choice (vision tower + lm_head for Qwen2.5-VL, nothing otherwise)
+    freeze: list[str] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # -- prompts ---------------------------------------------------------------------------------
     prompts: list[str] = field(default_factory=list)
@@ -110,7 +117,16 @@ class HiGRPOConfig:
     mu: int = 1
     dynamic_sampling: bool = True
     max_sampling_rounds: int = 4
+    # a group whose reward std (in R~_high and in R_low) is at most this is dropped: continuous rewards
+    # are never exactly equal, so a tolerance is what makes dynamic sampling act at all
+    dynamic_sampling_min_std: float = 1e-3
+    # [low, high] or None: also drop groups whose mean R~_high lies outside (DAPO drops all-solved and
+    # all-failed groups; OpenRLHF's dynamic_filtering_reward_range); None keeps every level
+    dynamic_sampling_reward_range: list[float] | None = None
     lr: float = 1e-6
+    lr_schedule: str = "constant"  # constant | cosine | linear: decay after the warmup, over ``steps``
+    lr_warmup_steps: int = 0  # linear warmup from lr / warmup to lr over this many optimizer steps
+    lr_min_ratio: float = 0.0  # cosine / linear decay ends at lr * lr_min_ratio
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
@@ -123,13 +139,25 @@ class HiGRPOConfig:
     keep_checkpoints: int = 2
     eval_group_size: int = 4  # samples per prompt in the before/after evaluation (0: skip it)
     eval_prompts: list[str] = field(default_factory=list)  # default: the first 6 training prompts
+    # periodic evaluation during training on prompts that are never trained on (must not overlap
+    # ``prompts``): every ``eval_every`` steps, ``heldout_group_size`` fixed-seed samples per prompt, logged
+    # as heldout/* in the same metrics.csv / loggers
+    heldout_prompts: list[str] = field(default_factory=list)
+    eval_every: int = 0
+    heldout_group_size: int = 4
+    # experiment trackers through Lightning Fabric: "tensorboard" (output_dir/logs/tensorboard), "wandb"
+    # (needs `pip install wandb`; WANDB_MODE=offline works without network), "csv"
+    loggers: list[str] = field(default_factory=list)
+    wandb_project: str = "rewardkit-hi-grpo"
     render: bool = True
     render_size: int = 160
     # -- engine (Lightning Fabric) ---------------------------------------------------------------
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    # "auto": bf16-mixed for a bf16 checkpoint (16-mixed for fp16 on CUDA), else 32-true; or any
+    # Lightning precision ("32-true", "bf16-mixed", "bf16-true", ...)
+    precision: str = "auto"
     num_nodes: int = 1
     num_threads: int | None = None  # torch CPU threads; 1 is fastest for tiny models on a busy machine
     # -- warm start ------------------------------------------------------------------------------
@@ -159,6 +187,9 @@ class HiGRPOConfig:
             prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
         if not prompts:
             raise ValueError("no training prompts: set prompts or prompts_file")
+        overlap = sorted(set(prompts) & set(self.heldout_prompts))
+        if overlap:
+            raise ValueError(f"heldout_prompts must never be trained on, but these are also training prompts: {overlap}")
         return prompts
 
 
@@ -174,6 +205,90 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     for k, v in (overrides or {}).items():
         data[k] = v
     return HiGRPOConfig.from_dict(data)
+
+
+def checkpoint_dtype(path: str | Path) -> str | None:
+    """The weight dtype a Hugging Face checkpoint folder declares (``dtype`` / ``torch_dtype`` of its
+    config.json or of its ``text_config``), or None when there is no checkpoint (yet) or none is declared."""
+    f = Path(path) / "config.json"
+    if not str(path) or not f.is_file():
+        return None
+    try:
+        c = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    for d in (c, c.get("text_config") or {}):
+        v = d.get("dtype") or d.get("torch_dtype")
+        if isinstance(v, str):
+            return v.removeprefix("torch.")
+    return None
+
+
+def resolve_precision(precision: str, ckpt_dtype: str | None, accelerator: str = "auto") -> str:
+    """Lightning precision for ``precision: auto``: bf16-mixed for a bf16 checkpoint, 16-mixed for an
+    fp16 one on CUDA (fp16 autocast needs a GPU; on CPU it trains in 32-true), 32-true otherwise."""
+    if precision != "auto":
+        return precision
+    if ckpt_dtype == "bfloat16":
+        return "bf16-mixed"
+    if ckpt_dtype == "float16":
+        cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+        return "16-mixed" if cuda else "32-true"
+    return "32-true"
+
+
+def master_dtype(precision: str) -> str:
+    """Dtype to load the trained weights in: the low precision itself for "-true" low precisions, else
+    float32 (mixed precision keeps fp32 master weights and fp32 optimizer states)."""
+    p = str(precision)
+    if p in ("bf16-true", "bf16"):
+        return "bfloat16"
+    if p in ("16-true", "16", "fp16-true"):
+        return "float16"
+    return "float32"
+
+
+def lr_factor_fn(cfg: "HiGRPOConfig"):
+    """``step -> factor`` of ``cfg.lr`` for torch's LambdaLR: linear warmup over ``lr_warmup_steps``, then
+    constant, cosine or linear decay to ``lr_min_ratio`` at ``steps``."""
+    if cfg.lr_schedule not in ("constant", "cosine", "linear"):
+        raise ValueError(f"lr_schedule must be constant, cosine or linear, got {cfg.lr_schedule!r}")
+    warm, total, floor = max(0, cfg.lr_warmup_steps), max(1, cfg.steps), cfg.lr_min_ratio
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, max(0.0, (step - warm) / max(1, total - warm)))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+        return floor + (1.0 - floor) * shape
+
+    return factor
+
+
+def build_loggers(cfg: "HiGRPOConfig") -> list[Any]:
+    """Lightning Fabric loggers named by ``cfg.loggers`` (written under ``output_dir/logs``)."""
+    out = []
+    root = Path(cfg.output_dir) / "logs"
+    for name in cfg.loggers:
+        if name == "tensorboard":
+            from lightning.fabric.loggers import TensorBoardLogger
+
+            out.append(TensorBoardLogger(root_dir=str(root), name="tensorboard", version=""))
+        elif name == "csv":
+            from lightning.fabric.loggers import CSVLogger
+
+            out.append(CSVLogger(root_dir=str(root), name="csv", version=""))
+        elif name == "wandb":
+            try:
+                from wandb.integration.lightning.fabric import WandbLogger
+            except ImportError as e:
+                raise ValueError("loggers: wandb needs the wandb package (pip install wandb)") from e
+            out.append(WandbLogger(project=cfg.wandb_project, save_dir=str(root), config=cfg.to_dict()))
+        else:
+            raise ValueError(f"unknown logger {name!r} (tensorboard, wandb, csv)")
+    return out
 
 
 def _seed_everything(seed: int) -> None:
@@ -223,9 +338,10 @@ class HiGRPOTrainer:
         config.policy_path = config.policy_path.replace("{output_dir}", config.output_dir)
         self.cfg = config
         self.out = Path(config.output_dir)
+        self.precision = resolve_precision(config.precision, checkpoint_dtype(config.policy_path), config.accelerator)
         self.fabric = fabric or Fabric(
             accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
-            precision=config.precision, num_nodes=config.num_nodes,
+            precision=self.precision, num_nodes=config.num_nodes, loggers=build_loggers(config),
         )
         if fabric is None:
             self.fabric.launch()
@@ -255,7 +371,8 @@ class HiGRPOTrainer:
                 self._warm_start(path)
             self.fabric.barrier()
         self.policy = MeshPolicy.from_pretrained(
-            path, tokens_per_object=cfg.tokens_per_object, codebook_size=cfg.codebook_size, dtype=cfg.dtype,
+            path, tokens_per_object=cfg.tokens_per_object, codebook_size=cfg.codebook_size,
+            dtype=cfg.dtype or master_dtype(self.precision),
             use_chat_template=cfg.use_chat_template,
         )
         if self.policy.tokens_per_object != self.shape_tokenizer.num_tokens:
@@ -266,6 +383,7 @@ class HiGRPOTrainer:
         if self.policy.vocab.codebook_size < self.shape_tokenizer.codebook_size:
             raise ValueError("the policy vocabulary has fewer <meshN> tokens than the shape tokenizer's codebook")
         model = self.policy.model
+        self.frozen = freeze_parameters(model, cfg.freeze)
         self.ref_model = None
         if cfg.beta != 0.0:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.fabric.device)
@@ -274,6 +392,7 @@ class HiGRPOTrainer:
             [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.adam_betas,
             weight_decay=cfg.weight_decay,
         )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
         self.model, self.optimizer = self.fabric.setup(model, opt)
 
     # -- warm start ------------------------------------------------------------------------------
@@ -360,16 +479,30 @@ class HiGRPOTrainer:
             ))
         return groups
 
-    def _signal(self, g: _Group) -> bool:
-        G = self.cfg.group_size
-        rt = combine_step_rewards(torch.from_numpy(g.r_high), torch.from_numpy(g.r_low), self.cfg.lam)
-        return bool(group_has_signal(rt, G)[0] or group_has_signal(torch.from_numpy(g.r_low), G)[0])
+    def _drop_reason(self, g: _Group) -> str | None:
+        """Why dynamic sampling drops this group (``"flat"``: no reward spread in either step;
+        ``"range"``: mean R~_high outside ``dynamic_sampling_reward_range``), or None to keep it."""
+        cfg = self.cfg
+        G, tol = cfg.group_size, cfg.dynamic_sampling_min_std
+        rt = combine_step_rewards(torch.from_numpy(g.r_high), torch.from_numpy(g.r_low), cfg.lam)
+        if not bool(group_has_signal(rt, G, tol)[0] or group_has_signal(torch.from_numpy(g.r_low), G, tol)[0]):
+            return "flat"
+        if cfg.dynamic_sampling_reward_range is not None:
+            lo, hi = cfg.dynamic_sampling_reward_range
+            vals = rt.numpy()
+            mean = float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else math.nan
+            if not lo <= mean <= hi:
+                return "range"
+        return None
 
     def collect(self, step: int) -> tuple[list[_Group], dict[str, Any]]:
-        """Rollouts for one optimizer step, with dynamic sampling (drop zero-variance groups, refill)."""
+        """Rollouts for one optimizer step, with dynamic sampling (drop groups without reward signal or
+        outside the reward range, refill with new prompts, at most ``max_sampling_rounds`` rounds)."""
         cfg = self.cfg
         kept: list[_Group] = []
         sampled: list[_Group] = []
+        dropped = {"flat": 0, "range": 0}
+        refilled = 0
         rounds = 0
         rng = np.random.default_rng(_step_seed(cfg.seed, step, self.fabric.global_rank, 1))
         while len(kept) < cfg.prompts_per_step and rounds < max(1, cfg.max_sampling_rounds):
@@ -378,11 +511,19 @@ class HiGRPOTrainer:
             prompts = [self.prompts[i] for i in rng.choice(len(self.prompts), size=n, replace=False)]
             groups = self.rollout(prompts, cfg.group_size, _step_seed(cfg.seed, step, self.fabric.global_rank, 100 + rounds))
             sampled += groups
-            kept += [g for g in groups if (self._signal(g) or not cfg.dynamic_sampling)]
+            for g in groups:
+                why = self._drop_reason(g) if cfg.dynamic_sampling else None
+                if why is None:
+                    kept.append(g)
+                    refilled += rounds > 0
+                else:
+                    dropped[why] += 1
             rounds += 1
             if not cfg.dynamic_sampling:
                 break
-        stats = {"groups_sampled": len(sampled), "groups_kept": len(kept), "groups_dropped": len(sampled) - len(kept), "sampling_rounds": rounds}
+        stats = {"groups_sampled": len(sampled), "groups_kept": len(kept), "groups_dropped": len(sampled) - len(kept),
+                 "groups_dropped_flat": dropped["flat"], "groups_dropped_range": dropped["range"],
+                 "groups_refilled": refilled, "sampling_rounds": rounds}
         return kept[: cfg.prompts_per_step], {"sampled": sampled, **stats}
 
     # -- optimization ----------------------------------------------------------------------------
@@ -429,7 +570,12 @@ class HiGRPOTrainer:
                 b, a, ref = batches[j], advs[j], refs[j]
                 # one gradient all-reduce per update on every device, however many micro-batches each has
                 with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1):
-                    lp = self.policy.logprobs(self.model, b, cfg.sampling)
+                    if epoch == 0:
+                        lp, ent = self.policy.logprobs(self.model, b, cfg.sampling, return_entropy=True)
+                        tok = float(b.mask.sum())
+                        metrics.setdefault(f"step{k + 1}/entropy", []).append((float(ent.sum()), tok))
+                    else:
+                        lp = self.policy.logprobs(self.model, b, cfg.sampling)
                     out = clipped_token_loss(
                         lp, old.get((k, j)), ref, a, b.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                         beta=cfg.beta, num_tokens=n_tok,
@@ -440,6 +586,8 @@ class HiGRPOTrainer:
                 w = float(out.num_tokens)
                 for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
                     metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
+                metrics.setdefault(f"step{k + 1}/clip_frac", []).append(
+                    ((float(out.clip_low_frac) + float(out.clip_high_frac)) * w, w))
                 metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
             grad_norm = fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else None
             self.optimizer.step()
@@ -505,19 +653,32 @@ class HiGRPOTrainer:
             t = torch.tensor(n_groups, device=self.fabric.device)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             n_groups = int(t)
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if n_groups:
             metrics |= self.optimize(groups)
         else:
             metrics["skipped_update"] = 1.0
+        self.scheduler.step()
         metrics["seconds/rollout"] = t1 - t0
         metrics["seconds/update"] = time.time() - t1
         metrics = self._gather_mean(metrics)
         self.step += 1
+        if cfg.heldout_prompts and cfg.eval_every and self.step % cfg.eval_every == 0:
+            metrics |= self.evaluate_heldout()
         metrics = {"step": self.step, **metrics}
         self.records.append(metrics)
+        self.fabric.log_dict({k: v for k, v in metrics.items() if k != "step"}, step=self.step)
         if self.is_main:
             self._write_logs()
         return metrics
+
+    @torch.no_grad()
+    def evaluate_heldout(self) -> dict[str, float]:
+        """Fixed-seed samples of ``heldout_prompts`` (never trained on): their reward metrics as heldout/*."""
+        cfg = self.cfg
+        groups = self.rollout(cfg.heldout_prompts, cfg.heldout_group_size,
+                              _step_seed(cfg.seed, 2 * 10**6, self.fabric.global_rank))
+        return {f"heldout/{k}": v for k, v in self._gather_mean(self._reward_metrics(groups)).items()}
 
     def train(self, steps: int | None = None, resume: bool = False) -> dict[str, Any]:
         """Run to ``steps`` (default ``config.steps``) optimizer steps; writes logs, plot, checkpoints,
@@ -714,7 +875,8 @@ class HiGRPOTrainer:
         d = self.out / "checkpoints" / f"step-{self.step:06d}"
         if self.is_main:
             self.policy.save_pretrained(d / "policy", model=self._unwrapped())
-            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict()}, d / "trainer_state.pt")
+            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, d / "trainer_state.pt")
             (self.out / "checkpoints" / "latest").write_text(d.name)
             old = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p != d)
             import shutil
@@ -741,6 +903,10 @@ class HiGRPOTrainer:
         ts = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(ts["optimizer"])
         self.step = int(ts["step"])
+        if "scheduler" in ts:
+            self.scheduler.load_state_dict(ts["scheduler"])
+        else:  # a checkpoint from before schedules: continue the schedule at this step
+            self.scheduler.last_epoch = self.step
         jl = self.out / "metrics.jsonl"
         if jl.exists():
             self.records = [r for r in (json.loads(l) for l in jl.read_text().splitlines() if l.strip()) if r["step"] <= self.step]
