@@ -411,3 +411,77 @@ def test_what_an_rl_engineer_watches(tiny_policy, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="never be trained on"):
         HiGRPOTrainer(_config(tiny_policy, tmp_path / "bad", heldout_prompts=["fill"]),
                       reward_high=_fraction(), reward_low=_fraction())
+
+
+def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path):
+    """LoRA: no second copy of the weights; the KL reference is the base with adapters disabled (equal to the
+    untouched checkpoint), base weights never change, the adapters do, and the exported policy is a plain
+    Hugging Face checkpoint with the adapters merged. Resume loads the adapters."""
+    from rewardkit.rl.policy import MeshPolicy, RolloutBatch
+
+    cfg = _config(tiny_policy, tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]},
+                  lr=0.01, mu=2, save_every=2)
+    t = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    assert t.ref_model is None and t.reference_mode == "adapter"
+    trainable = [n for n, p in t._unwrapped().named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    t.train(steps=2)
+    base = MeshPolicy.from_pretrained(tiny_policy)
+    groups = t.rollout(PROMPTS, 2, seed=3)
+    b = RolloutBatch.collate([s for g in groups for s in g.step1], t.policy.vocab.pad_id)
+    [ref] = t._ref_logprobs([b])
+    with torch.no_grad():
+        want = base.logprobs(base.model, b, t.cfg.sampling)
+        now = t.policy.logprobs(t.model, b, t.cfg.sampling)
+    assert torch.allclose(ref, want, atol=1e-5)
+    assert not torch.allclose(now, want, atol=1e-4)  # the adapters trained
+    # the export: adapters merged into a plain checkpoint that scores like the trained model
+    exported = MeshPolicy.from_pretrained(tmp_path / "policy")
+    with torch.no_grad():
+        assert torch.allclose(exported.logprobs(exported.model, b, t.cfg.sampling), now, atol=1e-4)
+    assert (tmp_path / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors").exists()
+    # resume: a new trainer loads the adapters and continues from step 2
+    t2 = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    assert t2.load_checkpoint() == 2
+    with torch.no_grad():
+        assert torch.allclose(t2.policy.logprobs(t2.model, b, t.cfg.sampling), now, atol=1e-5)
+    with pytest.raises(ValueError, match="needs lora"):
+        HiGRPOTrainer(_config(tiny_policy, tmp_path / "x", reference="adapter"), reward_high=_fraction(),
+                      reward_low=_fraction())
+
+
+def test_reference_on_cpu_matches_the_reference_on_device(tiny_policy, tmp_path):
+    a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), reward_high=_fraction(), reward_low=_fraction())
+    c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), reward_high=_fraction(),
+                      reward_low=_fraction())
+    assert next(c.ref_model.parameters()).device.type == "cpu"
+    from rewardkit.rl.policy import RolloutBatch
+
+    groups = a.rollout(PROMPTS, 2, seed=4)
+    b = RolloutBatch.collate([s for g in groups for s in g.step2], a.policy.vocab.pad_id)
+    assert torch.allclose(a._ref_logprobs([b])[0], c._ref_logprobs([b])[0])
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_policy, tmp_path):
+    from rewardkit.rl.policy import MeshPolicy, RolloutBatch, SamplingConfig
+    from rewardkit.rl.trainer import checkpoint_decoder_layers
+
+    plain, ckpt = MeshPolicy.from_pretrained(tiny_policy), MeshPolicy.from_pretrained(tiny_policy)
+    assert checkpoint_decoder_layers(ckpt.model) == 1  # one decoder layer in the tiny policy
+    sampling = SamplingConfig(max_reasoning_tokens=2)
+    steps = plain.rollout_step(plain.model, ["plan fill", "plan grow"], sampling, seed=0)
+    # the wrapped model still generates (no grad) and computes the same log-probs and gradients
+    assert len(ckpt.rollout_step(ckpt.model, ["plan fill"], sampling, seed=0)) == 1
+    b = RolloutBatch.collate(steps, plain.vocab.pad_id)
+    grads = []
+    for p in (plain, ckpt):
+        p.model.eval().zero_grad()
+        lp = p.logprobs(p.model, b, sampling)
+        lp.sum().backward()
+        grads.append({n.replace("._checkpoint_wrapped_module", ""): q.grad.clone()
+                      for n, q in p.model.named_parameters() if q.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, activation_checkpointing=True), reward_high=_fraction(),
+                      reward_low=_fraction())
+    assert np.isfinite(t.train_step()["loss"])

@@ -184,7 +184,7 @@ def sequence_logprobs(
     distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
     distribution at each position (no gradient; 0 where masked).
     """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)  # no KV cache: recomputation-safe
     logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
     rows, ents = [], []

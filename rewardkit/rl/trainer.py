@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from rewardkit.rl.freezing import freeze_parameters
+from rewardkit.rl.lora import LoRAConfig, apply_lora, is_lora, load_adapter, merged_state_dict, save_adapter
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages, group_has_signal
 from rewardkit.rl.policy import (
     PHASE_MESH,
@@ -96,6 +97,15 @@ class HiGRPOConfig:
     # parameters kept fixed: groups (vision_tower, embeddings, lm_head) or fnmatch patterns over parameter
     # names; None: the released recipe's choice (vision tower + lm_head for Qwen2.5-VL, nothing otherwise)
     freeze: list[str] | None = None
+    # LoRA adapters (PEFT) instead of full fine-tuning: {r, alpha, dropout, target_modules}; None: off
+    lora: LoRAConfig | None = None
+    # the KL reference policy: "auto" (adapter with LoRA, else copy), "copy" (a frozen copy on the
+    # training device), "cpu" (a frozen copy in host memory, its forward on the CPU), "adapter" (LoRA
+    # only: the base model with the adapters disabled, no second copy)
+    reference: str = "auto"
+    # recompute each decoder layer's activations in the backward pass (torch's checkpoint wrapper around
+    # the classes in the model's ``_no_split_modules``): activation memory of one layer instead of all
+    activation_checkpointing: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # -- prompts ---------------------------------------------------------------------------------
     prompts: list[str] = field(default_factory=list)
@@ -173,6 +183,8 @@ class HiGRPOConfig:
             d["sampling"] = SamplingConfig(**d["sampling"])
         if isinstance(d.get("warm_start"), Mapping):
             d["warm_start"] = WarmStartConfig(**d["warm_start"])
+        if isinstance(d.get("lora"), Mapping):
+            d["lora"] = LoRAConfig(**d["lora"])
         if "adam_betas" in d:
             d["adam_betas"] = tuple(d["adam_betas"])
         return cls(**d)
@@ -246,6 +258,34 @@ def master_dtype(precision: str) -> str:
     if p in ("16-true", "16", "fp16-true"):
         return "float16"
     return "float32"
+
+
+def decoder_layer_classes(model: torch.nn.Module) -> tuple[type, ...]:
+    """The transformer block classes of a Hugging Face model (its ``_no_split_modules``): the unit of
+    activation checkpointing and of FSDP auto-wrapping."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise ValueError(f"{type(model).__name__} declares no decoder layer classes (_no_split_modules)")
+    return tuple(classes)
+
+
+def checkpoint_decoder_layers(model: torch.nn.Module) -> int:
+    """Wrap every decoder layer in torch's non-reentrant activation checkpoint; returns how many. Works in
+    eval mode too (Hugging Face's own gradient checkpointing only acts in train mode, and the trainer
+    keeps the policy in eval mode so dropout cannot change the ratio)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    classes = decoder_layer_classes(model)
+    apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: isinstance(m, classes),
+    )
+    return sum(1 for m in model.modules() if type(m).__name__ == "CheckpointWrapper")
 
 
 def lr_factor_fn(cfg: "HiGRPOConfig"):
@@ -384,9 +424,21 @@ class HiGRPOTrainer:
             raise ValueError("the policy vocabulary has fewer <meshN> tokens than the shape tokenizer's codebook")
         model = self.policy.model
         self.frozen = freeze_parameters(model, cfg.freeze)
+        if cfg.activation_checkpointing:
+            checkpoint_decoder_layers(model)
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora)
+            self.policy.model = model
+        mode = cfg.reference if cfg.reference != "auto" else ("adapter" if cfg.lora is not None else "copy")
+        if mode not in ("copy", "cpu", "adapter"):
+            raise ValueError(f"reference must be auto, copy, cpu or adapter, got {cfg.reference!r}")
+        if mode == "adapter" and cfg.lora is None:
+            raise ValueError("reference: adapter needs lora (the reference is the base model with adapters disabled)")
+        self.reference_mode = None if cfg.beta == 0.0 else mode
         self.ref_model = None
-        if cfg.beta != 0.0:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.fabric.device)
+        if self.reference_mode in ("copy", "cpu"):
+            dev = self.fabric.device if mode == "copy" else torch.device("cpu")
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(dev)
         model.eval()  # dropout off: the ratio must compare the same function (see docs/hi-grpo.md)
         opt = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.adam_betas,
@@ -539,10 +591,31 @@ class HiGRPOTrainer:
         return torch.stack([a1.float(), a2.float()]), torch.stack([valid1, valid2])
 
     def _ref_logprobs(self, batches: list[RolloutBatch]) -> list[torch.Tensor | None]:
-        if self.ref_model is None:
+        """Log-probs of the KL reference: a frozen copy (device or CPU) or the adapter-disabled base."""
+        if self.reference_mode is None:
             return [None] * len(batches)
+        s = self.cfg.sampling
         with torch.no_grad(), self.fabric.autocast():
-            return [self.policy.logprobs(self.ref_model, b, self.cfg.sampling) for b in batches]
+            if self.reference_mode == "adapter":
+                with self._unwrapped().disable_adapter():
+                    return [self.policy.logprobs(self.model, b, s) for b in batches]
+            if self.reference_mode == "cpu":
+                return [self.policy.logprobs(self.ref_model, b.to("cpu"), s).to(self.fabric.device) for b in batches]
+            return [self.policy.logprobs(self.ref_model, b, s) for b in batches]
+
+    def save_policy(self, path: str | Path) -> Path:
+        """A plain Hugging Face checkpoint of the current policy (LoRA adapters merged in)."""
+        model = self._unwrapped()
+        if not is_lora(model):
+            return self.policy.save_pretrained(path, model=model)
+        base = model.get_base_model()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        base.save_pretrained(str(path), state_dict=merged_state_dict(model), safe_serialization=True)
+        self.policy.tokenizer.save_pretrained(str(path))
+        info = {"tokens_per_object": self.policy.tokens_per_object, "codebook_size": self.policy.vocab.codebook_size}
+        (path / "rewardkit_policy.json").write_text(json.dumps(info, indent=2))
+        return path
 
     def optimize(self, groups: Sequence[_Group]) -> dict[str, float]:
         cfg, fabric = self.cfg, self.fabric
@@ -715,7 +788,7 @@ class HiGRPOTrainer:
         if cfg.eval_group_size > 0:
             summary["eval_after"] = self.evaluate("samples_after")
         if self.is_main:
-            self.policy.save_pretrained(self.out / "policy", model=self._unwrapped())
+            self.save_policy(self.out / "policy")
             summary |= self._summary()
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
             self._plot()
@@ -874,7 +947,10 @@ class HiGRPOTrainer:
         (optimizer state, step; tensors only, loadable with ``weights_only=True``)."""
         d = self.out / "checkpoints" / f"step-{self.step:06d}"
         if self.is_main:
-            self.policy.save_pretrained(d / "policy", model=self._unwrapped())
+            if is_lora(self._unwrapped()):
+                save_adapter(self._unwrapped(), d / "adapter")
+            else:
+                self.policy.save_pretrained(d / "policy", model=self._unwrapped())
             torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict()}, d / "trainer_state.pt")
             (self.out / "checkpoints" / "latest").write_text(d.name)
@@ -896,10 +972,13 @@ class HiGRPOTrainer:
             path = self.out / "checkpoints" / latest.read_text().strip()
         path = Path(path)
         model = self._unwrapped()
-        # through from_pretrained, so the library's own checkpoint key conversions apply
-        saved = type(model).from_pretrained(str(path / "policy"), dtype=next(model.parameters()).dtype)
-        model.load_state_dict(saved.state_dict())
-        del saved
+        if is_lora(model):
+            load_adapter(model, path / "adapter")
+        else:
+            # through from_pretrained, so the library's own checkpoint key conversions apply
+            saved = type(model).from_pretrained(str(path / "policy"), dtype=next(model.parameters()).dtype)
+            model.load_state_dict(saved.state_dict())
+            del saved
         ts = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(ts["optimizer"])
         self.step = int(ts["step"])
