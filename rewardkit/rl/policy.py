@@ -260,6 +260,9 @@ class MeshPolicy:
         self.use_chat_template = use_chat_template
         self._allowed = self.vocab.allowed_masks()
         self._lut = self.vocab.token_to_code()
+        # sharded (FSDP) policies: every rank must run the same number of forwards while generating, so
+        # ranks that finished keep stepping until all have (Hugging Face generate's synced_gpus)
+        self.synced_generation = False
 
     @classmethod
     def from_pretrained(
@@ -359,7 +362,7 @@ class MeshPolicy:
         )
         out = gen.generate(
             input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg,
-            logits_processor=LogitsProcessorList([proc]),
+            logits_processor=LogitsProcessorList([proc]), synced_gpus=self.synced_generation,
         )
         new = out[:, L:].cpu().tolist()
         result = []

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from rewardkit.rl.freezing import freeze_parameters
+from rewardkit.rl.sharding import fsdp_strategy, full_state_dict, is_sharded
 from rewardkit.rl.lora import LoRAConfig, apply_lora, is_lora, load_adapter, merged_state_dict, save_adapter
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages, group_has_signal
 from rewardkit.rl.policy import (
@@ -379,8 +380,17 @@ class HiGRPOTrainer:
         self.cfg = config
         self.out = Path(config.output_dir)
         self.precision = resolve_precision(config.precision, checkpoint_dtype(config.policy_path), config.accelerator)
+        self.sharded = fabric is None and is_sharded(config.strategy)
+        strategy = config.strategy
+        if self.sharded:
+            backend = "gloo" if config.accelerator == "cpu" or not torch.cuda.is_available() else None
+            try:
+                world = int(config.devices) * int(config.num_nodes)
+            except (TypeError, ValueError):
+                raise ValueError(f"strategy fsdp needs devices as a number, got {config.devices!r}") from None
+            strategy = fsdp_strategy(self.precision, world, backend)
         self.fabric = fabric or Fabric(
-            accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+            accelerator=config.accelerator, devices=config.devices, strategy=strategy,
             precision=self.precision, num_nodes=config.num_nodes, loggers=build_loggers(config),
         )
         if fabric is None:
@@ -435,17 +445,30 @@ class HiGRPOTrainer:
         if mode == "adapter" and cfg.lora is None:
             raise ValueError("reference: adapter needs lora (the reference is the base model with adapters disabled)")
         self.reference_mode = None if cfg.beta == 0.0 else mode
+        if self.sharded and cfg.lora is not None:
+            raise ValueError("strategy fsdp with lora is not supported: LoRA adapters are small, use ddp")
         self.ref_model = None
         if self.reference_mode in ("copy", "cpu"):
             dev = self.fabric.device if mode == "copy" else torch.device("cpu")
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(dev)
+            if self.sharded and mode == "copy":  # sharded like the policy
+                self.ref_model = self.fabric.setup_module(self.ref_model)
         model.eval()  # dropout off: the ratio must compare the same function (see docs/hi-grpo.md)
-        opt = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.adam_betas,
-            weight_decay=cfg.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
-        self.model, self.optimizer = self.fabric.setup(model, opt)
+
+        def adamw(params: Any) -> torch.optim.Optimizer:
+            return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, betas=cfg.adam_betas,
+                                     weight_decay=cfg.weight_decay)
+
+        if self.sharded:  # the optimizer is built on the sharded parameters
+            self.model = self.fabric.setup_module(model)
+            opt = adamw(self.model.parameters())
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
+            self.optimizer = self.fabric.setup_optimizers(opt)
+        else:
+            opt = adamw(model.parameters())
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
+            self.model, self.optimizer = self.fabric.setup(model, opt)
+        self.policy.synced_generation = self.sharded and self.fabric.world_size > 1
 
     # -- warm start ------------------------------------------------------------------------------
     def _warm_start(self, final: Path) -> dict[str, Any]:
@@ -603,9 +626,21 @@ class HiGRPOTrainer:
                 return [self.policy.logprobs(self.ref_model, b.to("cpu"), s).to(self.fabric.device) for b in batches]
             return [self.policy.logprobs(self.ref_model, b, s) for b in batches]
 
-    def save_policy(self, path: str | Path) -> Path:
-        """A plain Hugging Face checkpoint of the current policy (LoRA adapters merged in)."""
+    def save_policy(self, path: str | Path) -> Path | None:
+        """A plain Hugging Face checkpoint of the current policy (LoRA adapters merged in; FSDP shards
+        consolidated: a collective then, call it on every rank; rank 0 writes)."""
         model = self._unwrapped()
+        if self.sharded:
+            sd = full_state_dict(model)
+            if self.is_main:
+                path = Path(path)
+                path.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(str(path), state_dict=sd, safe_serialization=True)
+                self.policy.tokenizer.save_pretrained(str(path))
+                info = {"tokens_per_object": self.policy.tokens_per_object, "codebook_size": self.policy.vocab.codebook_size}
+                (path / "rewardkit_policy.json").write_text(json.dumps(info, indent=2))
+            self.fabric.barrier()
+            return Path(path)
         if not is_lora(model):
             return self.policy.save_pretrained(path, model=model)
         base = model.get_base_model()
@@ -726,6 +761,8 @@ class HiGRPOTrainer:
             t = torch.tensor(n_groups, device=self.fabric.device)
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             n_groups = int(t)
+            if self.sharded:  # FSDP all-gathers per forward: every rank must run the same micro-batches
+                groups = groups[:n_groups]
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         if n_groups:
             metrics |= self.optimize(groups)
@@ -787,9 +824,13 @@ class HiGRPOTrainer:
             self.save_checkpoint()
         if cfg.eval_group_size > 0:
             summary["eval_after"] = self.evaluate("samples_after")
-        if self.is_main:
+        if self.sharded:
+            self.save_policy(self.out / "policy")  # a collective: every rank gathers, rank 0 writes
+        elif self.is_main:
             self.save_policy(self.out / "policy")
+        if self.is_main:
             summary |= self._summary()
+            summary["parameters_on_rank0"] = self._local_parameter_fraction()
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
             self._plot()
         return summary
@@ -946,13 +987,19 @@ class HiGRPOTrainer:
         """``output_dir/checkpoints/step-N/``: ``policy/`` (safetensors) + ``trainer_state.pt``
         (optimizer state, step; tensors only, loadable with ``weights_only=True``)."""
         d = self.out / "checkpoints" / f"step-{self.step:06d}"
+        if self.sharded:  # every rank writes its shards (torch distributed checkpoint)
+            self.fabric.save(d / "state", {"model": self.model, "optimizer": self.optimizer, "step": self.step,
+                                           "scheduler": self.scheduler.state_dict()})
         if self.is_main:
-            if is_lora(self._unwrapped()):
+            if self.sharded:
+                pass
+            elif is_lora(self._unwrapped()):
                 save_adapter(self._unwrapped(), d / "adapter")
             else:
                 self.policy.save_pretrained(d / "policy", model=self._unwrapped())
-            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict()}, d / "trainer_state.pt")
+            if not self.sharded:
+                torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict()}, d / "trainer_state.pt")
             (self.out / "checkpoints" / "latest").write_text(d.name)
             old = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p != d)
             import shutil
@@ -972,6 +1019,11 @@ class HiGRPOTrainer:
             path = self.out / "checkpoints" / latest.read_text().strip()
         path = Path(path)
         model = self._unwrapped()
+        if self.sharded:  # resharded to this run's devices by torch distributed checkpoint
+            rest = self.fabric.load(path / "state", {"model": self.model, "optimizer": self.optimizer})
+            self.step = int(rest["step"])
+            self.scheduler.load_state_dict(rest["scheduler"])
+            return self._reload_records()
         if is_lora(model):
             load_adapter(model, path / "adapter")
         else:
@@ -986,6 +1038,18 @@ class HiGRPOTrainer:
             self.scheduler.load_state_dict(ts["scheduler"])
         else:  # a checkpoint from before schedules: continue the schedule at this step
             self.scheduler.last_epoch = self.step
+        return self._reload_records()
+
+    def _local_parameter_fraction(self) -> float:
+        """Share of the policy's parameter elements held by this rank (1.0 unsharded, ~1/N under FSDP)."""
+        local = full = 0
+        for p in self.model.parameters():
+            full += p.numel()
+            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        return local / max(1, full)
+
+    def _reload_records(self) -> int:
+        """Keep the logged rows up to the restored step (a crash after a checkpoint logged more)."""
         jl = self.out / "metrics.jsonl"
         if jl.exists():
             self.records = [r for r in (json.loads(l) for l in jl.read_text().splitlines() if l.strip()) if r["step"] <= self.step]
