@@ -540,3 +540,34 @@ def test_fsdp_two_processes_sharded_checkpoint_resume_and_export(tmp_path):
     (tmp_path / "one" / "checkpoints" / "latest").write_text("step-000002")
     one = run("one", 3, devices=1)
     assert [r["step"] for r in one] == [1, 2, 3]
+
+
+def test_overlapped_rewards_give_the_same_step(tiny_policy, tmp_path):
+    """Step 1's rewards computed in the reward thread while step 2 generates: the same numbers as the
+    sequential path, and every reward call runs in that one thread."""
+    import threading
+
+    seen = set()
+
+    def frac_in_thread():
+        f = occupied_fraction(2)
+
+        def fn(meshes, prompts):
+            seen.add(threading.current_thread().name)
+            return f(meshes, prompts)
+
+        return StepReward([RewardTerm("occupied", fn)])
+
+    rows = []
+    for overlap in (True, False):
+        seen.clear()
+        t = HiGRPOTrainer(_config(tiny_policy, tmp_path / str(overlap), overlap_rewards=overlap),
+                          reward_high=frac_in_thread(), reward_low=frac_in_thread())
+        rows.append(t.train_step())
+        names = set(seen)
+        if overlap:
+            assert len(names) == 1 and next(iter(names)).startswith("rewardkit-rewards")
+        else:
+            assert names == {threading.current_thread().name}
+    for key in ("r_high", "r_low", "loss", "step1/kl"):
+        assert rows[0][key] == pytest.approx(rows[1][key]), key

@@ -188,6 +188,8 @@ def sequence_logprobs(
     logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
     rows, ents = [], []
+    if allowed is not None:  # once, not per row
+        text_ok, mesh_ok = (a.to(logits.device) for a in allowed)
     for b in range(logits.shape[0]):  # row by row: keeps the [L, V] float32 copy small for big vocabularies
         lg = logits[b].float()
         if reasoning_temperature is not None and reasoning_temperature != temperature:
@@ -196,7 +198,6 @@ def sequence_logprobs(
         else:
             lg = lg / temperature
         if allowed is not None:
-            text_ok, mesh_ok = (a.to(lg.device) for a in allowed)
             ph = batch.phases[b]
             neg = torch.finfo(lg.dtype).min
             lg = torch.where((ph == PHASE_TEXT)[:, None] & ~text_ok[None, : lg.shape[1]], neg, lg)
@@ -212,27 +213,36 @@ def sequence_logprobs(
 
 class _Restrict:
     """Logits processor: the text phase may not emit codes; the mesh phase emits only codes and
-    ``<mesh-end>``, exactly ``n`` codes when ``force_length``."""
+    ``<mesh-end>``, exactly ``n`` codes when ``force_length``. The masks are built once per generate call
+    on the logits' device (no host-to-device copy per token)."""
 
-    def __init__(self, vocab: MeshVocab, phase: int, prompt_len: int, n: int, force_length: bool):
+    def __init__(self, vocab: MeshVocab, phase: int, prompt_len: int, n: int, force_length: bool,
+                 device: torch.device | str = "cpu"):
         text, mesh = vocab.allowed_masks()
-        self.allowed = text if phase == PHASE_TEXT else mesh
+        codes_only = mesh.clone()
+        codes_only[vocab.mesh_end] = False
+        end_only = torch.zeros_like(mesh)
+        end_only[vocab.mesh_end] = True
+        self.masks = {k: m.to(device) for k, m in
+                      (("free", text if phase == PHASE_TEXT else mesh), ("codes", codes_only), ("end", end_only))}
+        self.blocked: dict[str, torch.Tensor] = {}
         self.phase, self.prompt_len, self.n, self.force = phase, prompt_len, n, force_length
-        self.codes_only = mesh.clone()
-        self.codes_only[vocab.mesh_end] = False
-        self.end_only = torch.zeros_like(mesh)
-        self.end_only[vocab.mesh_end] = True
+
+    def _blocked(self, key: str, width: int, device: torch.device) -> torch.Tensor:
+        b = self.blocked.get(key)
+        if b is None or b.numel() != width or b.device != device:
+            allowed = self.masks[key].to(device)
+            b = torch.ones(width, dtype=torch.bool, device=device)  # logits beyond the vocabulary: blocked
+            v = min(width, allowed.numel())
+            b[:v] = ~allowed[:v]
+            self.blocked[key] = b
+        return b
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        allowed = self.allowed
+        key = "free"
         if self.phase == PHASE_MESH and self.force:
-            done = input_ids.shape[1] - self.prompt_len
-            allowed = self.end_only if done >= self.n else self.codes_only
-        allowed = allowed.to(scores.device)
-        v = min(scores.shape[-1], allowed.numel())
-        out = torch.full_like(scores, float("-inf"))
-        out[:, :v] = torch.where(allowed[:v], scores[:, :v], out[:, :v])
-        return out
+            key = "end" if input_ids.shape[1] - self.prompt_len >= self.n else "codes"
+        return scores.masked_fill(self._blocked(key, scores.shape[-1], scores.device), float("-inf"))
 
 
 class MeshPolicy:
@@ -349,7 +359,7 @@ class MeshPolicy:
         else:
             stop = [self.vocab.mesh_end]
             temperature = s.temperature
-        proc = _Restrict(self.vocab, phase, L, self.tokens_per_object, s.force_mesh_length)
+        proc = _Restrict(self.vocab, phase, L, self.tokens_per_object, s.force_mesh_length, device)
         if generator_seed is not None:
             torch.manual_seed(generator_seed)
         gen = getattr(model, "module", model)  # generation bypasses DDP wrappers (no grad needed)

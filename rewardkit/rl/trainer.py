@@ -117,6 +117,9 @@ class HiGRPOConfig:
     rewards_high: list[dict[str, Any]] = field(default_factory=list)  # step-1 (global) terms
     rewards_low: list[dict[str, Any]] = field(default_factory=list)  # step-2 (local) terms
     reward_on_error: str = "raise"  # raise | mark
+    # decode + score step 1 in a worker thread while step 2 generates (all reward calls run in that one
+    # thread); False: everything in the calling thread, one after the other
+    overlap_rewards: bool = True
     # -- Hi-GRPO (paper values as defaults) ------------------------------------------------------
     group_size: int = 8
     prompts_per_step: int = 2  # groups per device per optimizer step
@@ -395,7 +398,10 @@ class HiGRPOTrainer:
         )
         if fabric is None:
             self.fabric.launch()
-        self.shape_tokenizer = shape_tokenizer or create_tokenizer(config.shape_tokenizer)
+        spec = dict(config.shape_tokenizer)
+        if spec.get("type") in ("shapellm_vqvae", "vqvae"):  # decode on the policy's device by default
+            spec.setdefault("device", str(self.fabric.device))
+        self.shape_tokenizer = shape_tokenizer or create_tokenizer(spec)
         res = self.shape_tokenizer.resolution
         self.reward_high = reward_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
         self.reward_low = reward_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
@@ -542,9 +548,22 @@ class HiGRPOTrainer:
         flat = [p for p in prompts for _ in range(G)]
         s1 = self.policy.rollout_step(model, [cfg.step1_template.format(prompt=p) for p in flat], cfg.sampling, seed)
         ctx2 = [cfg.step2_template.format(prompt=p, plan=s.reasoning_text) for p, s in zip(flat, s1)]
-        s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
-        m1, m2 = self._decode(s1), self._decode(s2)
-        rh, rl = self.reward_high(m1, flat), self.reward_low(m2, flat)
+
+        def score_step1() -> tuple[list[Any], Any]:
+            m = self._decode(s1)
+            return m, self.reward_high(m, flat)
+
+        if cfg.overlap_rewards:  # step 1's decode + rewards run while step 2 generates
+            fut = self._reward_pool().submit(score_step1)
+            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
+            m1, rh = fut.result()
+            m2 = self._decode(s2)
+            rl = self._reward_pool().submit(self.reward_low, m2, flat).result()
+        else:
+            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
+            m1, rh = score_step1()
+            m2 = self._decode(s2)
+            rl = self.reward_low(m2, flat)
         groups = []
         for g, p in enumerate(prompts):
             sl = slice(g * G, (g + 1) * G)
@@ -553,6 +572,15 @@ class HiGRPOTrainer:
                 {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()},
             ))
         return groups
+
+    def _reward_pool(self) -> Any:
+        """One worker thread for every reward call, so a reward's thread-bound state (a GL context of a
+        scorer's renderer) always lives in the same thread."""
+        if getattr(self, "_pool", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rewardkit-rewards")
+        return self._pool
 
     def _drop_reason(self, g: _Group) -> str | None:
         """Why dynamic sampling drops this group (``"flat"``: no reward spread in either step;
