@@ -25,11 +25,18 @@ RL_PLOTS = REPORTS_DIR / "rl"
 
 # Columns of the reward curve DVC plots (the full per-term log stays in data/rl/metrics.csv).
 CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std")
+# with rl.heldout_prompts + rl.eval_every: the held-out evaluation, empty on steps without one
+HELDOUT_COLUMNS = ("heldout/r_high", "heldout/r_low")
+
+
+def curve_columns(records: list[dict]) -> list[str]:
+    return list(CURVE_COLUMNS) + [c for c in HELDOUT_COLUMNS if any(c in r for r in records)]
 
 
 def curve_rows(records: list[dict]) -> list[dict]:
     """One row per optimizer step that produced rewards (skipped steps have no R_high)."""
-    return [{k: r.get(k) for k in CURVE_COLUMNS} for r in records if r.get("r_high") is not None]
+    cols = curve_columns(records)
+    return [{k: r.get(k) for k in cols} for r in records if r.get("r_high") is not None]
 
 
 def report(summary: dict) -> dict:
@@ -73,7 +80,7 @@ def main() -> None:
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     RL_REPORT.write_text(json.dumps(rep, indent=2) + "\n")
     with open(RL_CURVE, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CURVE_COLUMNS))
+        w = csv.DictWriter(f, fieldnames=curve_columns(records))
         w.writeheader()
         w.writerows(curve_rows(records))
     if RL_PLOTS.exists():

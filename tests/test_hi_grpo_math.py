@@ -53,6 +53,11 @@ def test_failed_samples_are_left_out_of_group_statistics():
     assert adv.tolist() == pytest.approx([-1 / (1 + EPS), 0.0, 1 / (1 + EPS)], abs=1e-12)
     # a single valid sample carries no signal
     assert group_has_signal(t([1.0, float("nan"), float("nan")]), 3).tolist() == [False]
+    # continuous rewards: a tolerance on the group's (population) std
+    near = t([1.0, 1.0 + 1e-7, 1.0 - 1e-7, 2.0, 2.1, 1.9])
+    assert group_has_signal(near, 3).tolist() == [True, True]
+    assert group_has_signal(near, 3, min_std=1e-3).tolist() == [False, True]
+    assert group_has_signal(t([0.0, 0.003, float("nan")]), 3, min_std=1e-3).tolist() == [True]  # std 0.0015
 
 
 def test_lambda_cross_step_term_by_hand():

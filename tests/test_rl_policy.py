@@ -137,3 +137,27 @@ def test_checkpoint_generation_defaults_do_not_leak_into_sampling(policy):
     finally:
         gc.top_k, gc.repetition_penalty = old
     assert len({tuple(s.codes.tolist()) for s in steps}) > 1
+
+
+def test_reasoning_tokens_are_scored_at_the_reasoning_temperature(policy):
+    """Text-phase positions were sampled at ``reasoning_temperature``: their log-probs (ratio, KL) must use
+    it, while mesh positions keep ``temperature``."""
+    s = SamplingConfig(temperature=1.0, reasoning_temperature=2.5, max_reasoning_tokens=3, constrain_logprobs=False)
+    st = policy.rollout_step(policy.model, ["plan a cube"] * 2, s, seed=2)
+    b = RolloutBatch.collate(st, policy.vocab.pad_id)
+    with torch.no_grad():
+        lp = policy.logprobs(policy.model, b, s)
+        logits = policy.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
+    targets = b.input_ids[:, 1:, None]
+    hot = torch.log_softmax(logits / 2.5, -1).gather(-1, targets)[..., 0]
+    cold = torch.log_softmax(logits / 1.0, -1).gather(-1, targets)[..., 0]
+    text = (b.phases == PHASE_TEXT) & (b.mask > 0)
+    mesh = (b.phases == PHASE_MESH) & (b.mask > 0)
+    assert text.any() and mesh.any()
+    assert torch.allclose(lp[text], hot[text], atol=1e-5)
+    assert torch.allclose(lp[mesh], cold[mesh], atol=1e-5)
+    assert not torch.allclose(lp[text], cold[text], atol=1e-3)
+
+
+def test_reasoning_budget_defaults_to_the_released_recipe():
+    assert SamplingConfig().max_reasoning_tokens == 2048  # AR3D-R1: max_completion_length 2048

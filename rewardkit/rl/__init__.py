@@ -4,7 +4,11 @@
 - :mod:`rewardkit.rl.policy`      Hugging Face causal LMs with ShapeLLM-Omni mesh tokens: two-phase sampling, log-probs
 - :mod:`rewardkit.rl.tokenizers`  shape tokenizers (tokens <-> occupancy -> mesh): voxel blocks, ShapeLLM-Omni VQVAE
 - :mod:`rewardkit.rl.rewards`     weighted reward terms per step over ``fn(meshes, prompts) -> list[float]``
-- :mod:`rewardkit.rl.trainer`     :class:`HiGRPOConfig` + :class:`HiGRPOTrainer` (Lightning Fabric)
+- :mod:`rewardkit.rl.config`      :class:`HiGRPOConfig` (every field commented), :func:`load_config`
+- :mod:`rewardkit.rl.trainer`     :class:`HiGRPOTrainer` (Lightning Fabric), assembled from
+  :mod:`~rewardkit.rl.rollout`, :mod:`~rewardkit.rl.update`, :mod:`~rewardkit.rl.checkpoint`,
+  :mod:`~rewardkit.rl.reports`; devices in :mod:`~rewardkit.rl.engine` and :mod:`~rewardkit.rl.sharding`;
+  :mod:`~rewardkit.rl.freezing`, :mod:`~rewardkit.rl.lora`; the demo's :mod:`~rewardkit.rl.warm_start`
 
 Heavy modules are imported on first attribute access.
 """
@@ -15,10 +19,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "HiGRPOConfig": "rewardkit.rl.trainer",
+    "HiGRPOConfig": "rewardkit.rl.config",
     "HiGRPOTrainer": "rewardkit.rl.trainer",
-    "WarmStartConfig": "rewardkit.rl.trainer",
-    "load_config": "rewardkit.rl.trainer",
+    "WarmStartConfig": "rewardkit.rl.config",
+    "load_config": "rewardkit.rl.config",
     "MeshPolicy": "rewardkit.rl.policy",
     "SamplingConfig": "rewardkit.rl.policy",
     "build_tiny_policy": "rewardkit.rl.policy",

@@ -64,11 +64,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     return adv.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-def group_has_signal(rewards: torch.Tensor, group_size: int, atol: float = 0.0) -> torch.Tensor:
-    """Per group: True when its valid rewards are not all equal (std > ``atol``) and >= 2 are valid.
+def group_has_signal(rewards: torch.Tensor, group_size: int, min_std: float = 0.0) -> torch.Tensor:
+    """Per group: True when >= 2 rewards are valid and they are not all equal, and (with ``min_std`` > 0)
+    their population std exceeds ``min_std``.
 
-    DAPO's dynamic-sampling rule drops groups for which this is False: their advantages are all zero,
-    so they contribute no policy gradient and only dilute the token-level average.
+    DAPO's dynamic-sampling rule drops groups for which this is False: their advantages are all zero
+    (or, with continuous rewards, normalized noise), so they contribute no policy gradient and only dilute
+    the token-level average. With continuous rewards, exact equality never happens: use ``min_std``.
     """
     r = _grouped(rewards.to(torch.float64), group_size)
     valid = ~torch.isnan(r)
@@ -76,7 +78,13 @@ def group_has_signal(rewards: torch.Tensor, group_size: int, atol: float = 0.0) 
     big, small = torch.finfo(torch.float64).max, torch.finfo(torch.float64).min
     hi = torch.where(valid, r, torch.full_like(r, small)).max(dim=1).values
     lo = torch.where(valid, r, torch.full_like(r, big)).min(dim=1).values
-    return (n >= 2) & ((hi - lo) > atol)
+    signal = (n >= 2) & (hi > lo)
+    if min_std > 0:
+        k = n.clamp(min=1).to(r.dtype)
+        mean = torch.where(valid, r, torch.zeros_like(r)).sum(dim=1) / k
+        var = torch.where(valid, (r - mean[:, None]) ** 2, torch.zeros_like(r)).sum(dim=1) / k
+        signal = signal & (var.sqrt() > min_std)
+    return signal
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     reasoning_temperature: float | None = None  # None: same as ``temperature``
-    max_reasoning_tokens: int = 64  # 0 disables the reasoning phase (direct mesh generation)
+    max_reasoning_tokens: int = 2048  # AR3D-R1's release (max_completion_length); 0: direct mesh generation
     force_mesh_length: bool = True
     constrain_logprobs: bool = True  # score actions under the same token constraints sampling used
 
@@ -172,53 +172,77 @@ def sequence_logprobs(
     batch: RolloutBatch,
     temperature: float = 1.0,
     allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
+    reasoning_temperature: float | None = None,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``[B, L-1]`` log-probabilities of ``input_ids[:, 1:]`` under ``model`` (0 where masked).
 
-    Logits are divided by the sampling temperature (as TRL does). With ``allowed`` (the text-phase and
-    mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each position is normalized over the tokens
-    sampling could choose there, so the ratio and KL refer to the distribution that was sampled.
+    Logits are divided by the temperature each position was sampled with (as TRL does): text-phase
+    positions by ``reasoning_temperature`` (``None``: ``temperature``), all others by ``temperature``.
+    With ``allowed`` (the text-phase and mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each
+    position is normalized over the tokens sampling could choose there, so the ratio and KL refer to the
+    distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
+    distribution at each position (no gradient; 0 where masked).
     """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)  # no KV cache: recomputation-safe
     logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
-    rows = []
+    rows, ents = [], []
+    if allowed is not None:  # once, not per row
+        text_ok, mesh_ok = (a.to(logits.device) for a in allowed)
     for b in range(logits.shape[0]):  # row by row: keeps the [L, V] float32 copy small for big vocabularies
-        lg = logits[b].float() / temperature
+        lg = logits[b].float()
+        if reasoning_temperature is not None and reasoning_temperature != temperature:
+            t = torch.where(batch.phases[b] == PHASE_TEXT, reasoning_temperature, temperature)
+            lg = lg / t.to(lg)[:, None]
+        else:
+            lg = lg / temperature
         if allowed is not None:
-            text_ok, mesh_ok = (a.to(lg.device) for a in allowed)
             ph = batch.phases[b]
             neg = torch.finfo(lg.dtype).min
             lg = torch.where((ph == PHASE_TEXT)[:, None] & ~text_ok[None, : lg.shape[1]], neg, lg)
             lg = torch.where((ph == PHASE_MESH)[:, None] & ~mesh_ok[None, : lg.shape[1]], neg, lg)
-        lp = torch.log_softmax(lg, dim=-1).gather(-1, targets[b].unsqueeze(-1)).squeeze(-1)
-        rows.append(lp)
-    return torch.stack(rows) * batch.mask
+        logp_all = torch.log_softmax(lg, dim=-1)
+        rows.append(logp_all.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))
+        if return_entropy:
+            with torch.no_grad():
+                ents.append(-(logp_all.exp() * logp_all.clamp_min(torch.finfo(logp_all.dtype).min)).sum(-1))
+    lp = torch.stack(rows) * batch.mask
+    return (lp, torch.stack(ents) * batch.mask) if return_entropy else lp
 
 
 class _Restrict:
     """Logits processor: the text phase may not emit codes; the mesh phase emits only codes and
-    ``<mesh-end>``, exactly ``n`` codes when ``force_length``."""
+    ``<mesh-end>``, exactly ``n`` codes when ``force_length``. The masks are built once per generate call
+    on the logits' device (no host-to-device copy per token)."""
 
-    def __init__(self, vocab: MeshVocab, phase: int, prompt_len: int, n: int, force_length: bool):
+    def __init__(self, vocab: MeshVocab, phase: int, prompt_len: int, n: int, force_length: bool,
+                 device: torch.device | str = "cpu"):
         text, mesh = vocab.allowed_masks()
-        self.allowed = text if phase == PHASE_TEXT else mesh
+        codes_only = mesh.clone()
+        codes_only[vocab.mesh_end] = False
+        end_only = torch.zeros_like(mesh)
+        end_only[vocab.mesh_end] = True
+        self.masks = {k: m.to(device) for k, m in
+                      (("free", text if phase == PHASE_TEXT else mesh), ("codes", codes_only), ("end", end_only))}
+        self.blocked: dict[str, torch.Tensor] = {}
         self.phase, self.prompt_len, self.n, self.force = phase, prompt_len, n, force_length
-        self.codes_only = mesh.clone()
-        self.codes_only[vocab.mesh_end] = False
-        self.end_only = torch.zeros_like(mesh)
-        self.end_only[vocab.mesh_end] = True
+
+    def _blocked(self, key: str, width: int, device: torch.device) -> torch.Tensor:
+        b = self.blocked.get(key)
+        if b is None or b.numel() != width or b.device != device:
+            allowed = self.masks[key].to(device)
+            b = torch.ones(width, dtype=torch.bool, device=device)  # logits beyond the vocabulary: blocked
+            v = min(width, allowed.numel())
+            b[:v] = ~allowed[:v]
+            self.blocked[key] = b
+        return b
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        allowed = self.allowed
+        key = "free"
         if self.phase == PHASE_MESH and self.force:
-            done = input_ids.shape[1] - self.prompt_len
-            allowed = self.end_only if done >= self.n else self.codes_only
-        allowed = allowed.to(scores.device)
-        v = min(scores.shape[-1], allowed.numel())
-        out = torch.full_like(scores, float("-inf"))
-        out[:, :v] = torch.where(allowed[:v], scores[:, :v], out[:, :v])
-        return out
+            key = "end" if input_ids.shape[1] - self.prompt_len >= self.n else "codes"
+        return scores.masked_fill(self._blocked(key, scores.shape[-1], scores.device), float("-inf"))
 
 
 class MeshPolicy:
@@ -246,6 +270,9 @@ class MeshPolicy:
         self.use_chat_template = use_chat_template
         self._allowed = self.vocab.allowed_masks()
         self._lut = self.vocab.token_to_code()
+        # sharded (FSDP) policies: every rank must run the same number of forwards while generating, so
+        # ranks that finished keep stepping until all have (Hugging Face generate's synced_gpus)
+        self.synced_generation = False
 
     @classmethod
     def from_pretrained(
@@ -328,11 +355,11 @@ class MeshPolicy:
             att[i, L - len(c):] = 1
         if phase == PHASE_TEXT:
             stop = [self.vocab.mesh_start] + self.vocab.eos_ids
-            temperature = s.reasoning_temperature or s.temperature
+            temperature = s.temperature if s.reasoning_temperature is None else s.reasoning_temperature
         else:
             stop = [self.vocab.mesh_end]
             temperature = s.temperature
-        proc = _Restrict(self.vocab, phase, L, self.tokens_per_object, s.force_mesh_length)
+        proc = _Restrict(self.vocab, phase, L, self.tokens_per_object, s.force_mesh_length, device)
         if generator_seed is not None:
             torch.manual_seed(generator_seed)
         gen = getattr(model, "module", model)  # generation bypasses DDP wrappers (no grad needed)
@@ -345,7 +372,7 @@ class MeshPolicy:
         )
         out = gen.generate(
             input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gcfg,
-            logits_processor=LogitsProcessorList([proc]),
+            logits_processor=LogitsProcessorList([proc]), synced_gpus=self.synced_generation,
         )
         new = out[:, L:].cpu().tolist()
         result = []
@@ -400,10 +427,14 @@ class MeshPolicy:
             )
         return steps
 
-    def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig) -> torch.Tensor:
+    def logprobs(self, model: nn.Module, batch: RolloutBatch, sampling: SamplingConfig,
+                 return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs under the distributions ``sampling`` sampled from (per-phase temperature);
+        with ``return_entropy`` also those distributions' entropies."""
         return sequence_logprobs(
             model, batch, temperature=sampling.temperature,
             allowed=self._allowed if sampling.constrain_logprobs else None,
+            reasoning_temperature=sampling.reasoning_temperature, return_entropy=return_entropy,
         )
 
 

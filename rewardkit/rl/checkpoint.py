@@ -1,0 +1,118 @@
+"""Checkpoints and exports of a Hi-GRPO run: full or LoRA-adapter checkpoints with the optimizer and
+scheduler state, torch distributed (sharded) checkpoints under FSDP, and the final Hugging Face policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from rewardkit.rl.lora import is_lora, load_adapter, merged_state_dict, save_adapter
+from rewardkit.rl.sharding import full_state_dict
+
+__all__ = ["CheckpointMixin"]
+
+log = logging.getLogger("rewardkit.rl.trainer")
+
+
+class CheckpointMixin:
+    """Saving and resuming for :class:`~rewardkit.rl.trainer.HiGRPOTrainer`."""
+
+    def _unwrapped(self) -> torch.nn.Module:
+        m = self.model
+        return getattr(m, "module", m)
+
+    def save_policy(self, path: str | Path) -> Path | None:
+        """A plain Hugging Face checkpoint of the current policy (LoRA adapters merged in; FSDP shards
+        consolidated: a collective then, call it on every rank; rank 0 writes)."""
+        model = self._unwrapped()
+        if self.sharded:
+            sd = full_state_dict(model)
+            if self.is_main:
+                path = Path(path)
+                path.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(str(path), state_dict=sd, safe_serialization=True)
+                self.policy.tokenizer.save_pretrained(str(path))
+                info = {"tokens_per_object": self.policy.tokens_per_object, "codebook_size": self.policy.vocab.codebook_size}
+                (path / "rewardkit_policy.json").write_text(json.dumps(info, indent=2))
+            self.fabric.barrier()
+            return Path(path)
+        if not is_lora(model):
+            return self.policy.save_pretrained(path, model=model)
+        base = model.get_base_model()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        base.save_pretrained(str(path), state_dict=merged_state_dict(model), safe_serialization=True)
+        self.policy.tokenizer.save_pretrained(str(path))
+        info = {"tokens_per_object": self.policy.tokens_per_object, "codebook_size": self.policy.vocab.codebook_size}
+        (path / "rewardkit_policy.json").write_text(json.dumps(info, indent=2))
+        return path
+
+    def save_checkpoint(self) -> Path | None:
+        """``output_dir/checkpoints/step-N/``: ``policy/`` (safetensors) + ``trainer_state.pt``
+        (optimizer state, step; tensors only, loadable with ``weights_only=True``)."""
+        d = self.out / "checkpoints" / f"step-{self.step:06d}"
+        if self.sharded:  # every rank writes its shards (torch distributed checkpoint)
+            self.fabric.save(d / "state", {"model": self.model, "optimizer": self.optimizer, "step": self.step,
+                                           "scheduler": self.scheduler.state_dict()})
+        if self.is_main:
+            if self.sharded:
+                pass
+            elif is_lora(self._unwrapped()):
+                save_adapter(self._unwrapped(), d / "adapter")
+            else:
+                self.policy.save_pretrained(d / "policy", model=self._unwrapped())
+            if not self.sharded:
+                torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict()}, d / "trainer_state.pt")
+            (self.out / "checkpoints" / "latest").write_text(d.name)
+            old = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p != d)
+            import shutil
+
+            for p in old[: max(0, len(old) - max(0, self.cfg.keep_checkpoints - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
+        self.fabric.barrier()
+        return d
+
+    def load_checkpoint(self, path: str | Path | None = None) -> int:
+        """Restore policy weights, optimizer state, step and logs from ``path`` (default: latest)."""
+        if path is None:
+            latest = self.out / "checkpoints" / "latest"
+            if not latest.exists():
+                log.info("no checkpoint under %s; starting fresh", self.out)
+                return 0
+            path = self.out / "checkpoints" / latest.read_text().strip()
+        path = Path(path)
+        model = self._unwrapped()
+        if self.sharded:  # resharded to this run's devices by torch distributed checkpoint
+            rest = self.fabric.load(path / "state", {"model": self.model, "optimizer": self.optimizer})
+            self.step = int(rest["step"])
+            self.scheduler.load_state_dict(rest["scheduler"])
+            return self._reload_records()
+        if is_lora(model):
+            load_adapter(model, path / "adapter")
+        else:
+            # through from_pretrained, so the library's own checkpoint key conversions apply
+            saved = type(model).from_pretrained(str(path / "policy"), dtype=next(model.parameters()).dtype)
+            model.load_state_dict(saved.state_dict())
+            del saved
+        ts = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.step = int(ts["step"])
+        if "scheduler" in ts:
+            self.scheduler.load_state_dict(ts["scheduler"])
+        else:  # a checkpoint from before schedules: continue the schedule at this step
+            self.scheduler.last_epoch = self.step
+        return self._reload_records()
+
+    def _reload_records(self) -> int:
+        """Keep the logged rows up to the restored step (a crash after a checkpoint logged more)."""
+        jl = self.out / "metrics.jsonl"
+        if jl.exists():
+            self.records = [r for r in (json.loads(l) for l in jl.read_text().splitlines() if l.strip()) if r["step"] <= self.step]
+            if self.is_main:
+                jl.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        return self.step
+

@@ -1,0 +1,214 @@
+"""What a Hi-GRPO run reports: per-step reward metrics (every term's mean and within-group std), the
+metrics log (jsonl + csv), fixed-seed evaluations with renders, held-out evaluation, the summary and plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rewardkit.rl.policy import PHASE_TEXT
+from rewardkit.rl.rewards import group_stats
+from rewardkit.rl.rollout import _Group, _step_seed
+
+__all__ = ["ReportsMixin"]
+
+log = logging.getLogger("rewardkit.rl.trainer")
+
+
+class ReportsMixin:
+    """Metrics, logs, evaluations and plots of :class:`~rewardkit.rl.trainer.HiGRPOTrainer`."""
+
+    def _reward_metrics(self, groups: Sequence[_Group]) -> dict[str, float]:
+        G = len(groups[0].r_high) if groups else self.cfg.group_size
+        out: dict[str, float] = {}
+        if not groups:
+            return out
+        rh = np.concatenate([g.r_high for g in groups])
+        rl = np.concatenate([g.r_low for g in groups])
+        for name, v in (("r_high", rh), ("r_low", rl), ("r_high_tilde", rh + self.cfg.lam * rl)):
+            out[name], out[f"{name}_group_std"] = group_stats(v, G)
+        for step, attr in (("high", "terms_high"), ("low", "terms_low")):
+            for term in getattr(groups[0], attr):
+                v = np.concatenate([getattr(g, attr)[term] for g in groups])
+                out[f"{step}/{term}"], out[f"{step}/{term}_group_std"] = group_stats(v, G)
+                if np.isnan(v).any():
+                    out[f"failed/{step}/{term}"] = float(np.isnan(v).sum())
+        out["reasoning_tokens/step1"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step1]))
+        out["reasoning_tokens/step2"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step2]))
+        out["empty_meshes"] = float(sum(m is None for g in groups for m in g.meshes1 + g.meshes2))
+        return out
+
+    def _gather_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average each metric over the devices that have it (key sets can differ, e.g. failures)."""
+        if self.fabric.world_size == 1:
+            return metrics
+        import torch.distributed as dist
+
+        gathered: list[dict[str, float] | None] = [None] * self.fabric.world_size
+        dist.all_gather_object(gathered, metrics)
+        keys = sorted({k for g in gathered for k in g})
+        return {k: float(np.mean([g[k] for g in gathered if k in g])) for k in keys}
+
+    @torch.no_grad()
+    def evaluate_heldout(self) -> dict[str, float]:
+        """Fixed-seed samples of ``heldout_prompts`` (never trained on): their reward metrics as heldout/*."""
+        cfg = self.cfg
+        groups = self.rollout(cfg.heldout_prompts, cfg.heldout_group_size,
+                              _step_seed(cfg.seed, 2 * 10**6, self.fabric.global_rank))
+        return {f"heldout/{k}": v for k, v in self._gather_mean(self._reward_metrics(groups)).items()}
+
+    @torch.no_grad()
+    def evaluate(self, name: str) -> dict[str, float]:
+        """Fixed-seed samples of the eval prompts: mean rewards, plus renders and a JSON of samples."""
+        cfg = self.cfg
+        prompts = cfg.eval_prompts or self.prompts[:6]
+        groups = self.rollout(prompts, cfg.eval_group_size, _step_seed(cfg.seed, 10**6, self.fabric.global_rank))
+        metrics = self._reward_metrics(groups)
+        metrics = self._gather_mean(metrics)
+        if self.is_main:
+            d = self.out / name
+            d.mkdir(parents=True, exist_ok=True)
+            rows = []
+            for gi, g in enumerate(groups):
+                for k in range(2):
+                    m = (g.meshes1 if k == 0 else g.meshes2)[0]
+                    if m is not None:
+                        m.export(d / f"{gi:02d}_step{k + 1}.ply")
+                rows.append({
+                    "prompt": g.prompt, "plan": g.step1[0].reasoning_text, "detail": g.step2[0].reasoning_text,
+                    "r_high": float(g.r_high[0]), "r_low": float(g.r_low[0]),
+                })
+            (d / "samples.json").write_text(json.dumps({"metrics": metrics, "samples": rows}, indent=2))
+            if cfg.render:
+                self._render(groups, d / "renders.png")
+        return metrics
+
+    @staticmethod
+    def _with_grid_frame(mesh: Any) -> Any:
+        """The mesh plus thin edges of the [-0.5, 0.5]^3 grid box, so renders (which fit each mesh to the
+        view) still show where in the grid the shape sits and how big it is."""
+        import trimesh
+
+        t, edges = 0.012, []
+        for axis in range(3):
+            for a in (-0.5, 0.5):
+                for b in (-0.5, 0.5):
+                    extents = [t, t, t]
+                    extents[axis] = 1.0 + t
+                    centre = [a, b]
+                    centre.insert(axis, 0.0)
+                    edges.append(trimesh.creation.box(extents=extents, transform=trimesh.transformations.translation_matrix(centre)))
+        parts = edges + ([mesh] if mesh is not None else [])
+        return trimesh.util.concatenate(parts)
+
+    def _render(self, groups: Sequence[_Group], path: Path) -> None:
+        """One row per prompt: step-1 and step-2 meshes of its first sample, 3 views each, in the grid box."""
+        from PIL import ImageDraw
+
+        try:
+            from rewardkit.render import Renderer, get_protocol, make_grid
+
+            protocol = get_protocol("0:25,120:25,240:25", size=self.cfg.render_size)
+            tiles = []
+            with Renderer(size=self.cfg.render_size) as r:
+                for g in groups:
+                    for m in (g.meshes1[0], g.meshes2[0]):
+                        tiles += list(r.render(self._with_grid_frame(m), protocol, modes=("geometry",))["geometry"])
+            grid = make_grid(tiles, cols=6)
+        except Exception as exc:  # noqa: BLE001 - renders are a report artifact; the run goes on
+            log.warning("rendering samples failed (%s); writing a voxel plot instead", exc)
+            grid = self._voxel_plot(groups)
+        draw = ImageDraw.Draw(grid)
+        h = grid.size[1] / max(1, len(groups))
+        for i, g in enumerate(groups):
+            draw.text((4, i * h + 2), f"{g.prompt}  R_high={g.r_high[0]:.2f}  R_low={g.r_low[0]:.2f}", fill=(200, 0, 0))
+        grid.save(path)
+
+    def _voxel_plot(self, groups: Sequence[_Group]) -> Any:  # a PIL image
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        fig = plt.figure(figsize=(4, 2 * len(groups)))
+        for i, g in enumerate(groups):
+            for k, m in enumerate((g.meshes1[0], g.meshes2[0])):
+                ax = fig.add_subplot(len(groups), 2, 2 * i + k + 1, projection="3d")
+                if m is not None:
+                    ax.voxels(np.asarray(m.metadata["occupancy"]).transpose(0, 2, 1))
+                ax.set_axis_off()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    def _write_logs(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(self.records[-1]) + "\n")
+        keys: list[str] = []
+        for r in self.records:
+            keys += [k for k in r if k not in keys]
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.records)
+
+    def _summary(self) -> dict[str, Any]:
+        recs = [r for r in self.records if "r_high" in r]
+        if not recs:
+            return {}
+        k = max(1, min(5, len(recs) // 4))
+        first = {n: float(np.mean([r[n] for r in recs[:k]])) for n in ("r_high", "r_low")}
+        last = {n: float(np.mean([r[n] for r in recs[-k:]])) for n in ("r_high", "r_low")}
+        return {
+            "steps": self.step,
+            "window": k,
+            "r_high_first": first["r_high"], "r_high_last": last["r_high"],
+            "r_low_first": first["r_low"], "r_low_last": last["r_low"],
+            "r_high_rose": last["r_high"] > first["r_high"], "r_low_rose": last["r_low"] > first["r_low"],
+        }
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        recs = [r for r in self.records if "r_high" in r]
+        if not recs:
+            return
+        steps = [r["step"] for r in recs]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, name, title in ((axes[0], "r_high", "R_high (step 1, global)"), (axes[1], "r_low", "R_low (step 2, local)")):
+            y = np.array([r[name] for r in recs])
+            s = np.array([r.get(f"{name}_group_std", 0.0) for r in recs])
+            ax.plot(steps, y, label="batch mean")
+            ax.fill_between(steps, y - s, y + s, alpha=0.2, label="± within-group std")
+            if len(y) >= 5:
+                kern = np.ones(5) / 5
+                ax.plot(steps[2:-2], np.convolve(y, kern, mode="valid"), label="5-step mean")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(self.out / "reward_curve.png", dpi=100)
+        plt.close(fig)
+
+    def _local_parameter_fraction(self) -> float:
+        """Share of the policy's parameter elements held by this rank (1.0 unsharded, ~1/N under FSDP)."""
+        local = full = 0
+        for p in self.model.parameters():
+            full += p.numel()
+            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        return local / max(1, full)
+

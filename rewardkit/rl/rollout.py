@@ -1,0 +1,140 @@
+"""Rollouts of one Hi-GRPO step: two-step samples per prompt group, decoded and scored (step 1's rewards
+overlapping step 2's generation), and dynamic sampling (drop groups without signal, refill)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rewardkit.rl.hi_grpo import combine_step_rewards, group_has_signal
+from rewardkit.rl.policy import StepRollout
+
+__all__ = ["RolloutMixin"]
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _step_seed(seed: int, step: int, rank: int, extra: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, extra]).generate_state(1)[0])
+
+
+@dataclass
+class _Group:
+    prompt: str
+    step1: list[StepRollout]
+    step2: list[StepRollout]
+    meshes1: list[Any]
+    meshes2: list[Any]
+    r_high: np.ndarray
+    r_low: np.ndarray
+    terms_high: dict[str, np.ndarray]
+    terms_low: dict[str, np.ndarray]  # raw term values; NaN where the term failed for that sample
+
+
+
+class RolloutMixin:
+    """Sampling and scoring for :class:`~rewardkit.rl.trainer.HiGRPOTrainer` (uses its ``cfg``, ``policy``,
+    ``model``, ``shape_tokenizer``, ``reward_high``/``reward_low``, ``prompts`` and ``fabric``)."""
+
+    def _decode(self, steps: Sequence[StepRollout]) -> list[Any]:
+        occ = self.shape_tokenizer.decode(np.stack([s.codes for s in steps]))
+        return [self.shape_tokenizer.to_mesh(o) for o in occ]
+
+    def rollout(self, prompts: Sequence[str], group_size: int, seed: int) -> list[_Group]:
+        """G two-step samples for each prompt, decoded and scored."""
+        cfg, G = self.cfg, group_size
+        model = self.model
+        flat = [p for p in prompts for _ in range(G)]
+        s1 = self.policy.rollout_step(model, [cfg.step1_template.format(prompt=p) for p in flat], cfg.sampling, seed)
+        ctx2 = [cfg.step2_template.format(prompt=p, plan=s.reasoning_text) for p, s in zip(flat, s1)]
+
+        def score_step1() -> tuple[list[Any], Any]:
+            m = self._decode(s1)
+            return m, self.reward_high(m, flat)
+
+        if cfg.overlap_rewards:  # step 1's decode + rewards run while step 2 generates
+            fut = self._reward_pool().submit(score_step1)
+            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
+            m1, rh = fut.result()
+            m2 = self._decode(s2)
+            rl = self._reward_pool().submit(self.reward_low, m2, flat).result()
+        else:
+            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
+            m1, rh = score_step1()
+            m2 = self._decode(s2)
+            rl = self.reward_low(m2, flat)
+        groups = []
+        for g, p in enumerate(prompts):
+            sl = slice(g * G, (g + 1) * G)
+            groups.append(_Group(
+                p, s1[sl], s2[sl], m1[sl], m2[sl], rh.total[sl], rl.total[sl],
+                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()},
+            ))
+        return groups
+
+    def _reward_pool(self) -> Any:
+        """One worker thread for every reward call, so a reward's thread-bound state (a GL context of a
+        scorer's renderer) always lives in the same thread."""
+        if getattr(self, "_pool", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rewardkit-rewards")
+        return self._pool
+
+    def _drop_reason(self, g: _Group) -> str | None:
+        """Why dynamic sampling drops this group (``"flat"``: no reward spread in either step;
+        ``"range"``: mean R~_high outside ``dynamic_sampling_reward_range``), or None to keep it."""
+        cfg = self.cfg
+        G, tol = cfg.group_size, cfg.dynamic_sampling_min_std
+        rt = combine_step_rewards(torch.from_numpy(g.r_high), torch.from_numpy(g.r_low), cfg.lam)
+        if not bool(group_has_signal(rt, G, tol)[0] or group_has_signal(torch.from_numpy(g.r_low), G, tol)[0]):
+            return "flat"
+        if cfg.dynamic_sampling_reward_range is not None:
+            lo, hi = cfg.dynamic_sampling_reward_range
+            vals = rt.numpy()
+            mean = float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else math.nan
+            if not lo <= mean <= hi:
+                return "range"
+        return None
+
+    def collect(self, step: int) -> tuple[list[_Group], dict[str, Any]]:
+        """Rollouts for one optimizer step, with dynamic sampling (drop groups without reward signal or
+        outside the reward range, refill with new prompts, at most ``max_sampling_rounds`` rounds)."""
+        cfg = self.cfg
+        kept: list[_Group] = []
+        sampled: list[_Group] = []
+        dropped = {"flat": 0, "range": 0}
+        refilled = 0
+        rounds = 0
+        rng = np.random.default_rng(_step_seed(cfg.seed, step, self.fabric.global_rank, 1))
+        while len(kept) < cfg.prompts_per_step and rounds < max(1, cfg.max_sampling_rounds):
+            need = cfg.prompts_per_step - len(kept)
+            n = min(need, len(self.prompts))
+            prompts = [self.prompts[i] for i in rng.choice(len(self.prompts), size=n, replace=False)]
+            groups = self.rollout(prompts, cfg.group_size, _step_seed(cfg.seed, step, self.fabric.global_rank, 100 + rounds))
+            sampled += groups
+            for g in groups:
+                why = self._drop_reason(g) if cfg.dynamic_sampling else None
+                if why is None:
+                    kept.append(g)
+                    refilled += rounds > 0
+                else:
+                    dropped[why] += 1
+            rounds += 1
+            if not cfg.dynamic_sampling:
+                break
+        stats = {"groups_sampled": len(sampled), "groups_kept": len(kept), "groups_dropped": len(sampled) - len(kept),
+                 "groups_dropped_flat": dropped["flat"], "groups_dropped_range": dropped["range"],
+                 "groups_refilled": refilled, "sampling_rounds": rounds}
+        return kept[: cfg.prompts_per_step], {"sampled": sampled, **stats}
+

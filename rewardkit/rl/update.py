@@ -1,0 +1,105 @@
+"""One Hi-GRPO optimizer update: group advantages of both steps, reference log-probs (frozen copy, CPU copy
+or adapter-disabled base), the clipped token-level loss over micro-batches, ``mu`` updates."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages
+from rewardkit.rl.policy import RolloutBatch
+from rewardkit.rl.rollout import _Group
+
+__all__ = ["UpdateMixin"]
+
+
+class UpdateMixin:
+    """The loss and optimizer step of :class:`~rewardkit.rl.trainer.HiGRPOTrainer`."""
+
+    def _advantages(self, groups: Sequence[_Group]) -> tuple[torch.Tensor, torch.Tensor]:
+        G = self.cfg.group_size
+        rh = torch.from_numpy(np.concatenate([g.r_high for g in groups]))
+        rl = torch.from_numpy(np.concatenate([g.r_low for g in groups]))
+        a1 = group_advantages(combine_step_rewards(rh, rl, self.cfg.lam), G, self.cfg.adv_eps)
+        a2 = group_advantages(rl, G, self.cfg.adv_eps)
+        # samples whose reward failed (NaN) train on nothing in that step
+        valid1 = torch.isfinite(combine_step_rewards(rh, rl, self.cfg.lam)).float()
+        valid2 = torch.isfinite(rl).float()
+        return torch.stack([a1.float(), a2.float()]), torch.stack([valid1, valid2])
+
+    def _ref_logprobs(self, batches: list[RolloutBatch]) -> list[torch.Tensor | None]:
+        """Log-probs of the KL reference: a frozen copy (device or CPU) or the adapter-disabled base."""
+        if self.reference_mode is None:
+            return [None] * len(batches)
+        s = self.cfg.sampling
+        with torch.no_grad(), self.fabric.autocast():
+            if self.reference_mode == "adapter":
+                with self._unwrapped().disable_adapter():
+                    return [self.policy.logprobs(self.model, b, s) for b in batches]
+            if self.reference_mode == "cpu":
+                return [self.policy.logprobs(self.ref_model, b.to("cpu"), s).to(self.fabric.device) for b in batches]
+            return [self.policy.logprobs(self.ref_model, b, s) for b in batches]
+
+    def optimize(self, groups: Sequence[_Group]) -> dict[str, float]:
+        cfg, fabric = self.cfg, self.fabric
+        adv, valid = self._advantages(groups)
+        mb = max(1, cfg.micro_batch_size)
+        step_data = []
+        for k in range(2):
+            seqs = [s for g in groups for s in (g.step1 if k == 0 else g.step2)]
+            batches, advs = [], []
+            for i in range(0, len(seqs), mb):
+                b = RolloutBatch.collate(seqs[i : i + mb], self.policy.vocab.pad_id)
+                b.mask = b.mask * valid[k, i : i + mb, None]
+                batches.append(b.to(fabric.device))
+                advs.append(adv[k, i : i + mb].to(fabric.device))
+            n_tok = torch.tensor(float(sum(b.mask.sum() for b in batches)), device=fabric.device)
+            n_tok = fabric.all_reduce(n_tok, reduce_op="sum") if fabric.world_size > 1 else n_tok
+            step_data.append((batches, advs, self._ref_logprobs(batches), n_tok))
+        old: dict[tuple[int, int], torch.Tensor] = {}
+        metrics: dict[str, list[float]] = {}
+        micro = [(k, j) for k, (batches, *_rest) in enumerate(step_data) for j in range(len(batches))]
+        for epoch in range(max(1, cfg.mu)):
+            self.optimizer.zero_grad(set_to_none=True)
+            for idx, (k, j) in enumerate(micro):
+                batches, advs, refs, n_tok = step_data[k]
+                b, a, ref = batches[j], advs[j], refs[j]
+                # one gradient all-reduce per update on every device, however many micro-batches each has
+                with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1):
+                    if epoch == 0:
+                        lp, ent = self.policy.logprobs(self.model, b, cfg.sampling, return_entropy=True)
+                        tok = float(b.mask.sum())
+                        metrics.setdefault(f"step{k + 1}/entropy", []).append((float(ent.sum()), tok))
+                    else:
+                        lp = self.policy.logprobs(self.model, b, cfg.sampling)
+                    out = clipped_token_loss(
+                        lp, old.get((k, j)), ref, a, b.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                        beta=cfg.beta, num_tokens=n_tok,
+                    )
+                    fabric.backward(out.loss * fabric.world_size)
+                if epoch == 0 and cfg.mu > 1:
+                    old[(k, j)] = lp.detach()
+                w = float(out.num_tokens)
+                for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
+                    metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
+                metrics.setdefault(f"step{k + 1}/clip_frac", []).append(
+                    ((float(out.clip_low_frac) + float(out.clip_high_frac)) * w, w))
+                metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
+            grad_norm = fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else None
+            self.optimizer.step()
+            if grad_norm is not None:
+                metrics.setdefault("grad_norm", []).append((float(grad_norm), 1.0))
+        result = {}
+        for name, vals in metrics.items():
+            if name.endswith("/loss"):  # summed over micro-batches, averaged over the mu epochs
+                result[name] = sum(v for v, _ in vals) / max(1, cfg.mu)
+            else:
+                tot = sum(w for _, w in vals)
+                result[name] = sum(v for v, _ in vals) / tot if tot else 0.0
+        result["loss"] = result.get("step1/loss", 0.0) + result.get("step2/loss", 0.0)
+        result["tokens/step1"] = float(step_data[0][3])
+        result["tokens/step2"] = float(step_data[1][3])
+        return result
+
