@@ -87,7 +87,8 @@ def main() -> None:
 
     curve = pl.DataFrame(rows) if rows else pl.DataFrame(schema={"epoch": pl.Int64, "train_loss": pl.Float64,
                                                                    "val_pairwise_accuracy": pl.Float64})
-    curve = curve.with_columns((pl.col("epoch") == report["selected_epoch"]).fill_null(False).alias("selected"))
+    sel = pl.lit(report["selected_epoch"], dtype=pl.Int64)
+    curve = curve.with_columns((pl.col("epoch") == sel).fill_null(False).alias("selected"))
     curve.write_csv(REPORTS_DIR / f"learning_curve_{stage}.csv")
     print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()))
 
