@@ -196,3 +196,13 @@ def test_a_large_hostile_export_keeps_every_valid_answer():
     assert res.preferences.filter(pl.col("annotator").str.starts_with("first-"))["annotator"].str.ends_with("\ufffd").sum() == 2 * valid_first
     str(res.summary()).encode("utf-8")
 
+
+
+def test_pull_and_status_count_the_same_annotations_even_on_broken_tasks():
+    tasks = [_task(1, [_ann("u")]),
+             {**_task(2, [_ann("v"), _ann("w", cancelled=True), _ann("x", cancelled="??")]), "data": {"pair_id": "gone"}},
+             {"id": 3, "annotations": [_ann("y")]}]  # no data
+    res, prog = convert_export(tasks, PAIRS), progress(tasks)
+    assert (res.counts["answered"], res.counts["skipped"], res.counts["malformed"], res.counts["annotations"]) == \
+        (prog["answered"], prog["skipped"], prog["malformed"], prog["annotations"]) == (3, 1, 1, 5)
+    assert res.preferences.height == 2 and sorted(p.task for p in res.problems) == [2, 3]

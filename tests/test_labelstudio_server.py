@@ -384,3 +384,33 @@ def test_up_prints_progress_on_the_way(label_studio):
                  "creating or updating project 'rewardkit' (3 annotator(s) per task)",
                  "registering " + str(label_studio.renders)):
         assert line in out, (line, out)
+
+
+def test_pull_lists_broken_tasks_with_their_ids_and_exits_1(label_studio, client, tmp_path):
+    """A project holding a task for a pair that is not in the pairs table (and a good one): the good rows
+    are written, the broken task is named on stderr and in --problems-out, exit code 1."""
+    from rewardkit.annotation import ensure_project
+
+    env = label_studio
+    xml = (Path(__file__).resolve().parents[1] / "annotation" / "label_config.xml").read_text()
+    info = ensure_project(client, xml, title="rewardkit broken rows")
+    [good] = build_tasks(env.pairs.head(1), env.items, env.document_root)
+    pid = good["pair_id"]
+    answer = [{"type": "choices", "from_name": "global", "to_name": "a_geometry", "value": {"choices": ["A"]}}]
+    resp = client.projects.import_tasks(id=info.id, return_task_ids=True, request=[
+        {"data": good, "annotations": [{"result": answer}]},
+        {"data": {**good, "pair_id": "p-gone"}, "annotations": [{"result": answer}]},
+    ])
+    gone_id = int(resp.task_ids[1])
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    out = tmp_path / "prefs.parquet"
+    r = CliRunner().invoke(cli, ["annotate", "pull", "--project", str(info.id), "--pairs", str(tmp_path / "pairs.parquet"),
+                                 "--out", str(out), "--problems-out", str(tmp_path / "problems.jsonl"), *env.cli_args()])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert f"unknown_pair: task {gone_id}: pair_id p-gone is not in the pairs table" in r.stderr
+    assert "1 preference rows from 2 answered annotations (0 skipped) on 2 tasks" in r.stdout
+    assert read_preferences(out)["pair_id"].to_list() == [pid]
+    problems = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
+    assert problems == [{"kind": "unknown_pair", "task": gone_id, "annotation": None,
+                         "detail": "pair_id p-gone is not in the pairs table", "row_kept": False}]

@@ -302,6 +302,14 @@ def convert_export(
     for ti, task in enumerate(tasks):
         counts["tasks"] += 1
         tid = task.get("id", f"#{ti}") if isinstance(task, dict) else f"#{ti}"
+        # every annotation is counted (answered / skipped / ...) as `status` counts it, even on a broken task
+        all_anns = task_annotations(task) if isinstance(task, dict) else None
+        for ann in all_anns if isinstance(all_anns, list) else []:
+            state = annotation_state(ann)
+            counts["annotations"] += 1
+            counts[state] += 1
+            if state == "skipped":
+                counts["cancelled"] += 1
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             problem("malformed_task", tid, "no data object")
             continue
@@ -333,28 +341,19 @@ def convert_export(
             problem("malformed_task", tid, "annotations is not a list")
             continue
         for ai, ann in enumerate(anns):
-            counts["annotations"] += 1
             if not isinstance(ann, dict):
-                counts["malformed"] += 1
                 problem("malformed_annotation", tid, "not an object", f"#{ai}")
                 continue
             aid = ann.get("id", f"#{ai}")
             state = annotation_state(ann)
-            if state == "skipped":
-                counts["skipped"] += 1
-                counts["cancelled"] += 1
-                continue
-            if state == "empty":
-                counts["empty"] += 1
+            if state in ("skipped", "empty"):
                 continue
             if state == "malformed":
-                counts["malformed"] += 1
                 if parse_bool(ann.get("was_cancelled")) is None:
                     problem("malformed_annotation", tid, f"was_cancelled {_show(ann.get('was_cancelled'))} is not a boolean", aid)
                 else:
                     problem("malformed_annotation", tid, "result is not a list", aid)
                 continue
-            counts["answered"] += 1
             annotator = _annotator(ann.get("completed_by"), users)
             if annotator is None:
                 problem("malformed_annotation", tid, "no completed_by", aid)

@@ -78,7 +78,7 @@ def _errors(doing: str = "", url: str | None = None):
               f"{exc.__class__.__name__}{f': {exc}' if str(exc) else ''}")
     except (TableError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
-    except Exception as exc:  # noqa: BLE001 - only the SDK's ApiError is handled here, the rest re-raised
+    except Exception as exc:  # only the SDK's ApiError is handled here, the rest is re-raised
         api = sys.modules.get("label_studio_sdk.core.api_error")
         if api is not None and isinstance(exc, api.ApiError):
             _fail(LabelStudioApiError.from_sdk(exc, step.doing, step.url))
@@ -166,7 +166,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
        label_studio_bin, timeout, url, credentials) -> None:
     """Start Label Studio (127.0.0.1), create or update the project, register the renders folder."""
     from rewardkit.annotation import (
-        AnnotationError, LabelStudioServer, ServerConfig, connect, ensure_local_storage, ensure_project,
+        AnnotationError, ServerConfig, connect, ensure_local_storage, ensure_project,
         load_credentials, read_state, save_credentials,
     )
     from rewardkit.annotation.credentials import credentials_path
