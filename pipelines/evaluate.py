@@ -6,7 +6,9 @@
   stage owns (global: geometry, local: texture; should be high), over those of the other stage (should
   sit near chance: 0.5, equal scores counting half) and per degradation type.
 - ``reports/accuracy_by_degradation.csv`` (``dvc plots show``) and ``reports/plots/``: accuracy per
-  degradation type (PNG), both learning curves (PNG) and grids of held-out candidates with their scores.
+  degradation type with the number of held-out pairs behind each figure (types without pairs marked),
+  both learning curves with the exported checkpoint's epoch marked (PNG), and grids of held-out
+  candidates with their scores.
 - ``reports/holdout_scores.csv``: every held-out candidate's score per stage.
 """
 
@@ -86,59 +88,138 @@ def stage_report(stage: str, rows: pl.DataFrame, train_report: dict[str, Any]) -
     }
 
 
-def plot_accuracy(report: dict[str, Any], degradations: list[str], path: Path) -> None:
+def accuracy_table(per_stage_rows: dict[str, pl.DataFrame], degradations: list[str]) -> pl.DataFrame:
+    """One row per stage x degradation type: ``degradation`` (the plot's label: stage, type and the number
+    of pairs, or "no pairs"), ``stage``, ``type``, ``accuracy`` (null without pairs) and ``pairs`` (the
+    held-out clean-vs-degraded pairs behind it). ``reports/accuracy_by_degradation.csv``."""
+    out = []
+    for stage in ("global", "local"):
+        rows = per_stage_rows[stage]
+        for d in degradations:
+            g = rows.filter(pl.col("degradation") == d) if rows.height else rows
+            n = int(g.height)
+            acc = round(float(g["credit"].mean()), 4) if n else None
+            label = f"{stage}: {d} (n={n})" if n else f"{stage}: {d} (no pairs)"
+            out.append({"degradation": label, "stage": stage, "type": d, "accuracy": acc, "pairs": n})
+    return pl.DataFrame(out, schema={"degradation": pl.Utf8, "stage": pl.Utf8, "type": pl.Utf8,
+                                     "accuracy": pl.Float64, "pairs": pl.Int64})
+
+
+def plot_accuracy(table: pl.DataFrame, path: Path) -> list[str]:
+    """Horizontal bars of held-out accuracy per degradation type and stage, each with its number of pairs;
+    types without pairs are marked "no pairs" (not drawn as an empty bar). Returns the bar annotations."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(degradations) + 1.5))
-    if not degradations:
+    types = table["type"].unique(maintain_order=True).to_list()
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(types) + 1.8))
+    notes: list[str] = []
+    if not types:
         ax.text(0.5, 0.5, "no recorded degradations among the held-out candidates", ha="center", va="center")
         ax.set_axis_off()
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        return
-    y = np.arange(len(degradations))
+        return notes
+    y = np.arange(len(types))
+    colours = {"global": "tab:blue", "local": "tab:orange"}
+    empty_rows = []
     for j, stage in enumerate(("global", "local")):
-        acc = [report[stage]["accuracy_by_degradation"].get(d, np.nan) for d in degradations]
-        ax.barh(y + (j - 0.5) * 0.4, acc, height=0.4, label=f"{stage} scorer")
+        sub = {r["type"]: r for r in table.filter(pl.col("stage") == stage).iter_rows(named=True)}
+        acc = [sub[t]["accuracy"] if t in sub and sub[t]["pairs"] else np.nan for t in types]
+        yy = y + (j - 0.5) * 0.4
+        ax.barh(yy, acc, height=0.4, color=colours[stage], label=f"{stage} scorer")
+        for k, t in enumerate(types):
+            r = sub.get(t)
+            if r is None or not r["pairs"]:
+                continue
+            note = f"{r['accuracy']:.2f}  n={r['pairs']}"
+            ax.text(min(r["accuracy"], 1.0) + 0.01, yy[k], note, va="center", fontsize=7.5, color="0.15")
+            notes.append(f"{stage}: {t}: {note}")
+    for k, t in enumerate(types):
+        if all(not r["pairs"] for r in table.filter(pl.col("type") == t).iter_rows(named=True)):
+            empty_rows.append(k)
+            ax.axhspan(k - 0.45, k + 0.45, color="0.92", zorder=0)
+            ax.text(0.02, k, "no pairs among the held-out candidates", va="center", fontsize=7.5, color="0.35",
+                    style="italic")
+            notes.append(f"{t}: no pairs")
     ax.axvline(0.5, color="grey", ls="--", lw=1, label="chance")
-    ax.set_yticks(y, degradations)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("held-out accuracy: clean ranked above the degraded candidate")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(y, types)
+    for k in empty_rows:
+        ax.get_yticklabels()[k].set_color("0.5")
+    ax.set_xlim(0, 1.22)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("held-out accuracy: how often the clean candidate is ranked above the degraded one\n"
+                  "(next to each bar: accuracy and n, the number of held-out pairs behind it)", fontsize=9)
+    ax.set_title("accuracy by degradation type", fontsize=10, pad=24)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return notes
 
 
-def plot_learning_curves(path: Path) -> None:
+def selected_epochs(reports_dir: Path = REPORTS_DIR) -> dict[str, int]:
+    """The epoch whose checkpoint each stage exported (``selected_epoch`` of ``train_<stage>.json``)."""
+    out = {}
+    for stage in ("global", "local"):
+        f = reports_dir / f"train_{stage}.json"
+        if f.exists():
+            e = json.loads(f.read_text()).get("selected_epoch")
+            if isinstance(e, int):
+                out[stage] = e
+    return out
+
+
+def plot_learning_curves(path: Path, reports_dir: Path = REPORTS_DIR) -> dict[str, int]:
+    """Train loss and validation accuracy per epoch of both stages, with the exported checkpoint's epoch
+    marked (a ring and a label). Returns the marked epoch per stage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    selected = selected_epochs(reports_dir)
+    marked: dict[str, int] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    colours = {"global": "tab:blue", "local": "tab:orange"}
     for stage in ("global", "local"):
-        csv = REPORTS_DIR / f"learning_curve_{stage}.csv"
+        csv = reports_dir / f"learning_curve_{stage}.csv"
         if not csv.exists():
             continue
         df = pl.read_csv(csv)
         if df.height == 0:
             continue
         for ax, col in zip(axes, ("train_loss", "val_pairwise_accuracy")):
-            if col in df.columns:
-                s = df.select("epoch", col).drop_nulls()
-                ax.plot(s["epoch"].to_numpy(), s[col].to_numpy(), marker="o", label=stage)
+            if col not in df.columns:
+                continue
+            s = df.select("epoch", col).drop_nulls()
+            ax.plot(s["epoch"].to_numpy(), s[col].to_numpy(), marker="o", ms=4, color=colours[stage], label=stage)
+            e = selected.get(stage)
+            hit = s.filter(pl.col("epoch") == e) if e is not None else s.clear()
+            if hit.height:
+                v = float(hit[col][0])
+                ax.plot([e], [v], marker="o", ms=13, mfc="none", mec="crimson", mew=2, ls="none",
+                        label="exported checkpoint")
+                ax.annotate(f"{stage}: epoch {e}" + (f"\n{v:.2f}" if col.startswith("val") else ""), (e, v),
+                            textcoords="offset points", xytext=(8, -16 if stage == "global" else 10), fontsize=8,
+                            color="crimson")
+                marked[stage] = e
     axes[0].set_title("train loss (Bradley-Terry)"), axes[1].set_title("validation pairwise accuracy")
-    axes[1].set_ylim(0, 1.02)
+    axes[1].set_ylim(0, 1.05)
     for ax in axes:
-        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend()
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
+        if uniq:
+            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    fig.suptitle("learning curves; ring: the epoch whose checkpoint was exported (best by the monitored metric)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return marked
 
 
 def plot_grid(prompt: str, rows: pl.DataFrame, path: Path) -> None:
@@ -201,16 +282,14 @@ def main() -> None:
         scored.select("item_id", "prompt_id", "prompt", "degradation", "kind", "global", "local").write_csv(
             REPORTS_DIR / "holdout_scores.csv")
         order = [d for d in cands["degradation"].unique(maintain_order=True).to_list() if d not in ("clean", "unknown")]
-        pl.DataFrame([
-            {"degradation": f"{stage}: {d}", "stage": stage, "accuracy": report[stage]["accuracy_by_degradation"].get(d)}
-            for stage in ("global", "local") for d in order
-        ]).write_csv(REPORTS_DIR / "accuracy_by_degradation.csv")
+        acc_table = accuracy_table(per_stage_rows, order)
+        acc_table.write_csv(REPORTS_DIR / "accuracy_by_degradation.csv")
 
         plots = REPORTS_DIR / "plots"
         if plots.exists():
             shutil.rmtree(plots)
         plots.mkdir(parents=True)
-        plot_accuracy(report, order, plots / "accuracy_by_degradation.png")
+        plot_accuracy(acc_table, plots / "accuracy_by_degradation.png")
         plot_learning_curves(plots / "learning_curves.png")
         for k, (pid,) in enumerate(hold.select("prompt_id").unique(maintain_order=True).head(int(p["grids"])).rows()):
             sub = scored.filter(pl.col("prompt_id") == pid)

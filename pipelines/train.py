@@ -2,7 +2,9 @@
 
 The run's TrainConfig is ``train.common`` of params.yaml, overridden by ``train.<stage>``, with the data
 paths of this pipeline. Writes the run under ``data/models/<stage>/`` (model, checkpoints, logs) and a
-small report for DVC: ``reports/train_<stage>.json`` (metrics) and ``reports/learning_curve_<stage>.csv``.
+small report for DVC: ``reports/train_<stage>.json`` (metrics, with ``selected_epoch``: the epoch whose
+checkpoint was exported) and ``reports/learning_curve_<stage>.csv`` (one row per epoch; ``selected`` marks
+that epoch).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main() -> None:
         "disentanglement_accuracy": dis.get("accuracy"),
         "disentanglement_pairs": dis.get("n_pairs"),
         "epochs": m.get("epochs"),
+        "selected_epoch": m.get("selected_epoch"),  # the epoch whose checkpoint was exported (best by monitor)
+        "selected_weights": m.get("weights"),
         "fit_seconds": m.get("fit_seconds"),
     }
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,8 @@ def main() -> None:
 
     curve = pl.DataFrame(rows) if rows else pl.DataFrame(schema={"epoch": pl.Int64, "train_loss": pl.Float64,
                                                                    "val_pairwise_accuracy": pl.Float64})
+    sel = pl.lit(report["selected_epoch"], dtype=pl.Int64)
+    curve = curve.with_columns((pl.col("epoch") == sel).fill_null(False).alias("selected"))
     curve.write_csv(REPORTS_DIR / f"learning_curve_{stage}.csv")
     print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()))
 

@@ -59,7 +59,10 @@ def test_recorded_real_export_row_by_row():
     ])
     assert res.counts["tasks"] == 4 and res.counts["annotations"] == 6
     assert res.skipped == {"cancelled": 1}
-    assert res.counts["ignored_result"] == 1  # the comment TextArea
+    assert res.counts["comments"] == 1 and res.counts.get("ignored_result", 0) == 0  # the comment TextArea
+    commented = res.preferences.filter(pl.col("comment").is_not_null())
+    assert commented.select("pair_id", "annotator").unique().rows() == [("p-34249a0dd06c6d16", "ann1@example.com")]
+    assert commented["comment"].to_list() == ["the duck lost its beak"] * 2  # on both questions of that answer
     assert set(res.preferences["source"]) == {"labelstudio"}
     assert all(c.endswith("Z") for c in res.preferences["created_at"])
 
@@ -67,8 +70,13 @@ def test_recorded_real_export_row_by_row():
 def test_recorded_export_progress():
     users = {int(k): v for k, v in RECORDED["users"].items()}
     p = progress(RECORDED["export"], users)
-    assert (p["tasks"], p["tasks_done"], p["annotations"], p["cancelled"]) == (4, 3, 5, 1)
-    assert p["per_annotator"]["ann2@example.com"] == {"submitted": 1, "cancelled": 1}
+    assert (p["tasks"], p["tasks_answered"], p["tasks_skipped"], p["tasks_left"]) == (4, 3, 0, 1)
+    assert (p["annotations"], p["answered"], p["skipped"]) == (6, 5, 1)
+    assert p["per_annotator"]["ann2@example.com"] == {"answered": 1, "skipped": 1}
+    # pull counts the same annotations with the same words
+    res = convert_export(RECORDED["export"], pl.DataFrame(RECORDED["pairs"]), users=users)
+    assert (res.counts["answered"], res.counts["skipped"], res.counts["tasks"]) == (5, 1, 4)
+    assert res.summary() == "10 preference rows from 5 answered annotations (1 skipped) on 4 tasks"
 
 
 def test_choices_labels_all_four_and_spellings():
@@ -164,8 +172,9 @@ def test_malformed_rows_are_skipped_counted_and_never_fatal():
         "malformed_task": 6, "unknown_pair": 1, "malformed_annotation": 3, "malformed_result": 5,
         "conflicting_result": 1, "unknown_question": 1,
     }
-    assert len(res.problems) == sum(res.skipped.values())
-    assert any("task 5" in p and "left_item" in p for p in res.problems)
+    assert len(res.problems) == sum(res.skipped.values()) == sum(res.failed.values())
+    assert any("task 5" in str(p) and "left_item" in str(p) for p in res.problems)
+    assert {p.task for p in res.problems} == {"#0", 2, 3, 4, 5, 8, 6, 7}
 
 
 def test_same_annotator_twice_keeps_the_latest_answer():

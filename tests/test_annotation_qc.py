@@ -6,6 +6,7 @@ import io
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -193,6 +194,33 @@ def test_joined_table_and_hf_dataset(tmp_path, small_tables):
     assert ds[0]["b_grid_geometry"].size == (12, 8)
 
 
+def test_hf_dataset_paths_are_absolute_and_comments_carried(tmp_path, small_tables, monkeypatch):
+    import datasets
+
+    items, pairs, pr = small_tables
+    rel = items.with_columns(pl.col("render_dir").str.replace(str(tmp_path) + "/", "", literal=True))
+    assert not rel["render_dir"][0].startswith("/")
+    pr = pr.with_columns(pl.when(pl.col("annotator") == "u2").then(pl.lit("the mug has no handle")).otherwise(None).alias("comment"))
+    # relative render folders are taken from render_root, else from the working directory (as `push` does)
+    j = preferences_table_joined(pr, pairs, rel, render_root=tmp_path)
+    assert set(j["a_grid_rgb"]) == {str(tmp_path / "renders" / "x" / "grid_rgb.png"), str(tmp_path / "renders" / "z" / "grid_rgb.png")}
+    monkeypatch.chdir(tmp_path)
+    ds = datasets.load_from_disk(str(save_hf_dataset(pr, pairs, rel, tmp_path / "hf")))
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in ds["b_grid_geometry"])
+    assert sorted(c for c in ds["comment"] if c) == ["the mug has no handle"] and ds["comment"].count(None) == 2
+
+
+def test_old_preferences_tables_without_comment_still_read(tmp_path):
+    from rewardkit.data import read_preferences
+
+    old = pl.DataFrame({"pair_id": ["p1"], "question": ["global"], "label": ["a"], "annotator": ["u"],
+                        "lead_time_s": [1.0], "created_at": ["2026-01-01T00:00:00Z"], "source": ["labelstudio"]})
+    old.write_parquet(tmp_path / "old.parquet")  # written before the comment column existed
+    got = read_preferences(tmp_path / "old.parquet")
+    assert got.columns[-1] == "comment" and got["comment"].to_list() == [None]
+    assert qc_report(got)["n_rows"] == 1
+
+
 def test_hf_rejects_unknown_pairs(small_tables):
     from rewardkit.data import TableError
 
@@ -226,3 +254,20 @@ def test_qc_leave_one_out_majority_ignores_tied_others():
     s = qc_report(prefs(rows), min_overlap=3)["annotator_stats"]
     assert s["alice"]["agreement_with_majority"] is None and s["alice"]["overlap_units"] == 0
     assert s["mallory"]["agreement_with_majority"] == 0.0 and s["mallory"]["overlap_units"] == 6
+
+
+def test_qc_in_a_log_prints_full_width_and_says_when_agreement_cannot_be_measured(tmp_path):
+    # the quick path: one annotator per task, long e-mail addresses, output to a file (not a terminal)
+    names = [f"annotator-number-{i}@computer-graphics-lab.some-university.example.org" for i in range(3)]
+    df = prefs([(f"p{i}", q, "a", names[i % 3], 5.0) for i in range(9) for q in ("global", "local")])
+    write_table(df, tmp_path / "prefs.parquet", "preferences")
+    r = CliRunner().invoke(cli, ["annotate", "qc", "--preferences", str(tmp_path / "prefs.parquet"), "--json", str(tmp_path / "qc.json")])
+    assert r.exit_code == 0, r.output
+    for n in names:
+        assert n in r.output  # not cut to 80 columns ("annotator-number-0@computer-gr…")
+    assert "…" not in r.output and max(len(line) for line in r.output.splitlines()) > 80
+    assert "no pair was answered by two or more annotators" in r.output and "--annotators-per-task 3" in r.output
+    report = json.loads((tmp_path / "qc.json").read_text())
+    assert report["notes"] and "cannot be measured" in report["notes"][0]
+    # with overlap there is no such note
+    assert qc_report(three_annotators())["notes"] == []

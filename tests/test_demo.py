@@ -160,7 +160,8 @@ def test_annotator_rules_per_question():
     }
     assert got == expected
     assert set(prefs["source"]) == {"synthetic"}
-    assert prefs.columns == ["pair_id", "question", "label", "annotator", "lead_time_s", "created_at", "source"]
+    assert prefs.columns == ["pair_id", "question", "label", "annotator", "lead_time_s", "created_at", "source", "comment"]
+    assert prefs["comment"].null_count() == prefs.height  # synthetic labels carry no comment
 
 
 def test_annotator_noise_rate_and_determinism():

@@ -184,9 +184,13 @@ def test_pull_gives_preferences_row_by_row(label_studio, client, annotated):
     assert set(result.preferences["source"].to_list()) == {"labelstudio"}
     assert all(result.preferences["created_at"].to_list())
     assert result.counts["cancelled"] == 1
-    assert result.counts["ignored_result"] == 1  # the comment
+    assert result.counts["comments"] == 1 and result.counts.get("ignored_result", 0) == 0
     assert result.skipped == {"cancelled": 1}
     assert len(raw) == 4
+    # the comment typed in the page reaches the table, on both rows of that answer
+    commented = result.preferences.filter(pl.col("comment").is_not_null())
+    assert set(commented["annotator"]) == {"ann1@example.com"} and commented.height == 2
+    assert set(commented["comment"]) == {"the duck lost its beak"}
 
 
 def test_pull_cli_writes_the_table_and_status_shows_progress(label_studio, annotated, tmp_path):
@@ -197,26 +201,40 @@ def test_pull_cli_writes_the_table_and_status_shows_progress(label_studio, annot
     out = tmp_path / "prefs.parquet"
     r = CliRunner().invoke(cli, ["annotate", "pull", "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(out),
                                  "--raw-out", str(tmp_path / "raw.json"), "--items", str(tmp_path / "items.parquet"),
-                                 "--hf-out", str(tmp_path / "hf"), *env.cli_args()])
+                                 "--hf-out", str(tmp_path / "hf"), "--hf-embed-images", *env.cli_args()])
     assert r.exit_code == 0, r.output
     assert "skipped: cancelled=1" in r.output
+    # the same words and numbers as `status` below: 5 answered annotations, 1 skipped
+    assert "10 preference rows from 5 answered annotations (1 skipped) on 4 tasks" in r.output
     prefs = read_preferences(out)
     assert prefs.height == len(expected)
+    assert prefs.filter(pl.col("comment") == "the duck lost its beak").height == 2
     assert json.loads((tmp_path / "raw.json").read_text())[0]["data"]["pair_id"]
     import datasets
 
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
-    assert len(ds) == len(expected) and Path(ds[0]["a_grid_rgb"]).is_file()
+    assert len(ds) == len(expected)
+    assert isinstance(ds.features["a_grid_rgb"], datasets.Image)  # the pixels, not a path
+    from PIL import Image
+
+    row = ds[0]
+    assert row["a_grid_rgb"].size == Image.open(env.renders / row["item_a"] / "grid_rgb.png").size
+    assert "the duck lost its beak" in ds["comment"]
 
     r = CliRunner().invoke(cli, ["annotate", "status", "--json", *env.cli_args()])
     assert r.exit_code == 0, r.output
-    st = json.loads(r.output)
-    assert (st["tasks"], st["tasks_done"], st["annotations"], st["cancelled"]) == (4, 3, 5, 1)
+    st = json.loads(r.stdout)
+    assert (st["tasks"], st["tasks_answered"], st["tasks_skipped"], st["tasks_left"]) == (4, 3, 0, 1)
+    assert (st["annotations"], st["answered"], st["skipped"]) == (6, 5, 1)
+    assert st["annotators_per_task"] == 3 and st["tasks_below_overlap"] == 4
     assert st["per_annotator"] == {
-        "admin@example.com": {"submitted": 2, "cancelled": 0},
-        "ann1@example.com": {"submitted": 2, "cancelled": 0},
-        "ann2@example.com": {"submitted": 1, "cancelled": 1},
+        "admin@example.com": {"answered": 2, "skipped": 0},
+        "ann1@example.com": {"answered": 2, "skipped": 0},
+        "ann2@example.com": {"answered": 1, "skipped": 1},
     }
+    r = CliRunner().invoke(cli, ["annotate", "status", *env.cli_args()])
+    assert r.exit_code == 0, r.output
+    assert "4 tasks: 3 answered, 0 skipped, 1 left; 6 annotations: 5 answered, 1 skipped" in r.output
     report = qc_report(prefs, min_overlap=1)
     assert report["questions"]["global"]["units_with_2plus"] == 2
     r = CliRunner().invoke(cli, ["annotate", "qc", "--preferences", str(out), "--json", str(tmp_path / "qc.json")])
@@ -319,3 +337,80 @@ def test_personal_access_token_works_too(label_studio, client):
     pat_client = connect(env.url, pat)
     assert pat_client.users.whoami().email == env.username
     assert pat_client.projects.get(id=env.project_id).id == env.project_id
+
+
+def _one_line_error(r, code: int = 2) -> str:
+    """The CLI failed with ``code``, one ``Error:`` line at the end of stderr (after progress lines) and no
+    traceback."""
+    assert r.exit_code == code, (r.exit_code, r.output, r.exception)
+    assert isinstance(r.exception, SystemExit), repr(r.exception)  # not an uncaught exception
+    assert "Traceback" not in r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    return errors[0]
+
+
+def test_sdk_and_server_errors_are_one_line_messages(label_studio, pushed, tmp_path):
+    env = label_studio
+    write_table(env.items, tmp_path / "items.parquet", "items")
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    # a project id that does not exist: status, push and pull
+    for cmd in (["status"], ["push", "--items", str(tmp_path / "items.parquet"), "--pairs", str(tmp_path / "pairs.parquet")],
+                ["pull", "--pairs", str(tmp_path / "pairs.parquet"), "--out", str(tmp_path / "p.parquet")]):
+        r = CliRunner().invoke(cli, ["annotate", *cmd, "--project", "99999", *env.cli_args()])
+        msg = _one_line_error(r)
+        assert "no project with id 99999" in msg and env.url in msg and "HTTP 404" in msg
+    assert not (tmp_path / "p.parquet").exists()
+    # a wrong API key
+    r = CliRunner().invoke(cli, ["annotate", "status", *env.cli_args()], env={"LABEL_STUDIO_API_KEY": "0" * 40})
+    msg = _one_line_error(r)
+    assert "rejected the API token" in msg and "HTTP 401" in msg
+    # `up` against the running server with a document root it does not serve: Label Studio refuses the
+    # local-files storage (an SDK ApiError): its HTTP status and detail, on one line
+    other = tmp_path / "elsewhere"
+    (other / "renders").mkdir(parents=True)
+    r = CliRunner().invoke(cli, ["annotate", "up", "--url", env.url, "--renders", str(other / "renders"),
+                                 "--document-root", str(other), "--data-dir", str(tmp_path / "state"),
+                                 "--credentials", str(env.credentials), "--title", "rewardkit wrong root"])
+    msg = _one_line_error(r)
+    assert "answered HTTP 400 while registering" in msg and "LOCAL_FILES_DOCUMENT_ROOT" in msg.upper()
+
+
+def test_up_prints_progress_on_the_way(label_studio):
+    """The first `up` takes ~40 s: it says what it is doing (starting, waiting, project, storage)."""
+    out = label_studio.up_log.read_text()
+    for line in ("starting Label Studio", "waiting for Label Studio to answer at", "Label Studio answers at",
+                 "creating or updating project 'rewardkit' (3 annotator(s) per task)",
+                 "registering " + str(label_studio.renders)):
+        assert line in out, (line, out)
+
+
+def test_pull_lists_broken_tasks_with_their_ids_and_exits_1(label_studio, client, tmp_path):
+    """A project holding a task for a pair that is not in the pairs table (and a good one): the good rows
+    are written, the broken task is named on stderr and in --problems-out, exit code 1."""
+    from rewardkit.annotation import ensure_project
+
+    env = label_studio
+    xml = (Path(__file__).resolve().parents[1] / "annotation" / "label_config.xml").read_text()
+    info = ensure_project(client, xml, title="rewardkit broken rows")
+    [good] = build_tasks(env.pairs.head(1), env.items, env.document_root)
+    pid = good["pair_id"]
+    answer = [{"type": "choices", "from_name": "global", "to_name": "a_geometry", "value": {"choices": ["A"]}}]
+    resp = client.projects.import_tasks(id=info.id, return_task_ids=True, request=[
+        {"data": good, "annotations": [{"result": answer}]},
+        {"data": {**good, "pair_id": "p-gone"}, "annotations": [{"result": answer}]},
+    ])
+    gone_id = int(resp.task_ids[1])
+    write_table(env.pairs, tmp_path / "pairs.parquet", "pairs")
+    out = tmp_path / "prefs.parquet"
+    r = CliRunner().invoke(cli, ["annotate", "pull", "--project", str(info.id), "--pairs", str(tmp_path / "pairs.parquet"),
+                                 "--out", str(out), "--problems-out", str(tmp_path / "problems.jsonl"), *env.cli_args()])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert f"unknown_pair: task {gone_id}: pair_id p-gone is not in the pairs table" in r.stderr
+    assert "1 preference rows from 2 answered annotations (0 skipped) on 2 tasks" in r.stdout
+    assert read_preferences(out)["pair_id"].to_list() == [pid]
+    problems = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
+    assert problems == [{"kind": "unknown_pair", "task": gone_id, "annotation": None,
+                         "detail": "pair_id p-gone is not in the pairs table", "row_kept": False}]

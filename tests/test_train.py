@@ -222,6 +222,15 @@ def test_global_stage_learns_smooth_over_noisy_geometry(dataset, tmp_path):
     assert (out / "logs" / "csv" / "version_0" / "metrics.csv").exists()
     assert list((out / "logs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "last.ckpt").exists()
+    # the exported weights are the best epoch by the monitor (first maximum of val/pairwise_accuracy),
+    # recorded for the learning-curve plots
+    import polars as pl
+
+    log = pl.read_csv(out / "logs" / "csv" / "version_0" / "metrics.csv").select("epoch", "step", "val/pairwise_accuracy").drop_nulls()
+    best = log.row(int(log["val/pairwise_accuracy"].arg_max()), named=True)
+    assert m["weights"] == "best" and m["selected_epoch"] == best["epoch"] and on_disk["selected_epoch"] == best["epoch"]
+    assert f"best-{best['epoch']:03d}-" in Path(m["checkpoint"]).name
+    assert m["selected_step"] == int(Path(m["checkpoint"]).stem.split("-")[2])  # best-<epoch>-<step>.ckpt
     # the exported model reproduces the validation deltas
     model = StageRewardModel.from_pretrained(out / "model")
     d1, t1, _ = predict_deltas(result.module.model, result.datamodule.val_dataloader())

@@ -9,7 +9,9 @@ Per question (``global`` / ``local``):
 - per annotator: answers, units shared with others, agreement with the majority of the *other*
   annotators of each unit (leave-one-out; units where the others tie are left out), median lead time;
 - flags: annotators whose agreement with the majority is below ``threshold`` (on at least
-  ``min_overlap`` units), and annotators whose median lead time is below ``min_lead_time_s``.
+  ``min_overlap`` units), and annotators whose median lead time is below ``min_lead_time_s``;
+- notes: e.g. that no unit has two annotators, so agreement cannot be measured (one annotator per
+  task is the default of ``rewardkit annotate up``; ``--annotators-per-task 3`` asks for overlap).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def qc_report(
         "questions": {},
         "annotator_stats": {},
         "flags": [],
+        "notes": [],
     }
     per_ann: dict[str, dict] = defaultdict(lambda: {"answers": 0, "overlap_units": 0, "agree": 0, "lead_times": []})
     for q in QUESTIONS:
@@ -119,7 +122,28 @@ def qc_report(
                 {"annotator": ann, "reason": "fast", "value": med,
                  "detail": f"median lead time {med:.1f} s (< {min_lead_time_s:.1f} s)"}
             )
+    if prefs.height and not any(q["units_with_2plus"] for q in report["questions"].values()):
+        report["notes"].append(NO_OVERLAP_NOTE)
     return report
+
+
+NO_OVERLAP_NOTE = (
+    "no pair was answered by two or more annotators, so agreement (pairwise, Krippendorff's alpha, agreement "
+    "with the majority) cannot be measured and no annotator can be flagged for it. Ask for overlap: "
+    "`rewardkit annotate up --renders <folder> --annotators-per-task 3` sets the project's maximum_annotations, "
+    "and Label Studio then serves each task until it has 3 answers."
+)
+
+
+def report_console(file=None):
+    """A rich Console for reports: the terminal's width on a terminal; on a pipe or a log file, wide enough
+    that tables are never cut or wrapped (rich would use 80 columns)."""
+    from rich.console import Console
+
+    console = Console(file=file)
+    if console.is_terminal:
+        return console
+    return Console(file=file, width=1000, no_color=True, highlight=False)
 
 
 def write_report(report: dict, path: str | Path) -> Path:
@@ -139,10 +163,10 @@ def _fmt(v, pct: bool = False) -> str:
 
 def print_report(report: dict, console=None) -> None:
     """Readable tables on the terminal (rich)."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    console = console or report_console()
     t = Table(title=f"Preferences QC: {report['n_rows']} answers, {report['n_pairs']} pairs, {len(report['annotators'])} annotators")
     t.add_column("question")
     for lab in LABELS:
@@ -162,10 +186,12 @@ def print_report(report: dict, console=None) -> None:
         a.add_column(col, justify="left" if col in ("annotator", "flag") else "right")
     for ann, s in report["annotator_stats"].items():
         a.add_row(
-            ann, str(s["answers"]), str(s["overlap_units"]), _fmt(s["agreement_with_majority"], True),
+            escape(ann), str(s["answers"]), str(s["overlap_units"]), _fmt(s["agreement_with_majority"], True),
             "-" if s["median_lead_time_s"] is None else f"{s['median_lead_time_s']:.1f} s",
             "[red]FLAG[/red]" if ann in flagged else "",
         )
     console.print(a)
     for f in report["flags"]:
-        console.print(f"[red]flag[/red] {f['annotator']}: {f['detail']}")
+        console.print(f"[red]flag[/red] {escape(f['annotator'])}: {escape(f['detail'])}")
+    for n in report.get("notes", []):
+        console.print(f"[yellow]note[/yellow]: {n}", soft_wrap=True, highlight=False)

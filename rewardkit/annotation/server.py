@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -129,10 +130,15 @@ def _tail(path: Path, n: int = 40) -> str:
 class LabelStudioServer:
     """A Label Studio server process. Use as a context manager or call ``start()`` / ``stop()``."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, progress: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
+        self.progress = progress  # called with one line per phase of start() (the CLI prints them on stderr)
+
+    def _say(self, msg: str) -> None:
+        if self.progress is not None:
+            self.progress(msg)
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -190,7 +196,11 @@ class LabelStudioServer:
             if not explicit_port:
                 cfg.port = find_free_port(cfg.host)
             try:
+                first = not (self.data_dir / "label_studio.sqlite3").exists()
+                self._say(f"starting Label Studio ({binary}) on {cfg.host}:{cfg.port}, data in {self.data_dir}")
                 self._spawn(binary)
+                self._say(f"waiting for Label Studio to answer at {self.url}"
+                          + (" (first start: creating its database and the admin user, about a minute)" if first else ""))
                 self._wait_healthy()
                 break
             except ServerStartError as exc:
@@ -198,6 +208,7 @@ class LabelStudioServer:
                 in_use = "already in use" in str(exc).lower() or "address in use" in str(exc).lower()
                 if explicit_port or not in_use or attempt == 2:
                     raise
+        self._say(f"Label Studio answers at {self.url}")
         if cfg.token:
             check_token(self.url, cfg.token)
         self._write_state()
@@ -223,9 +234,14 @@ class LabelStudioServer:
         self.pid = self.proc.pid
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout_s
+        t0 = time.monotonic()
+        deadline = t0 + self.config.startup_timeout_s
+        next_note = t0 + 10.0
         assert self.proc is not None
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_note:
+                self._say(f"  still waiting for {self.url} ({time.monotonic() - t0:.0f} s; log: {self.log_path})")
+                next_note += 10.0
             if self.proc.poll() is not None:
                 raise ServerStartError(
                     f"Label Studio exited with code {self.proc.returncode} before answering at {self.url}; "
@@ -347,9 +363,10 @@ def stop_from_state(data_dir: str | Path, timeout: float = 15.0) -> bool:
     return running
 
 
-def start_detached(config: ServerConfig) -> LabelStudioServer:
-    """Start a server that outlives this Python process (``rewardkit annotate up``)."""
-    server = LabelStudioServer(config)
+def start_detached(config: ServerConfig, progress: Callable[[str], None] | None = None) -> LabelStudioServer:
+    """Start a server that outlives this Python process (``rewardkit annotate up``); ``progress``
+    receives one line per phase (starting, waiting, answering)."""
+    server = LabelStudioServer(config, progress=progress)
     server.start()
     # forget the Popen handle so that exiting this process does not wait for or kill the server
     server.proc = None

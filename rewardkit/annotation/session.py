@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from rewardkit.annotation.credentials import Credentials, load_credentials
-from rewardkit.annotation.errors import AnnotationError
+from rewardkit.annotation.errors import AnnotationError, LabelStudioApiError
 from rewardkit.annotation.project import DEFAULT_TITLE, connect, find_project
 from rewardkit.annotation.server import read_state
 
@@ -24,10 +24,19 @@ DEFAULT_DATA_DIR = Path(".labelstudio")
 
 @dataclass
 class Session:
+    """A connected client, the server's URL and the project the CLI and pipelines work on."""
+
     client: object
     url: str
     project_id: int
     state: dict
+    project: object = None  # the SDK's project object (title, maximum_annotations, ...)
+
+    @property
+    def annotators_per_task(self) -> int | None:
+        """The project's overlap: annotations wanted per task (Label Studio's ``maximum_annotations``)."""
+        v = getattr(self.project, "maximum_annotations", None)
+        return int(v) if isinstance(v, int) else None
 
     @property
     def document_root(self) -> str | None:
@@ -51,25 +60,36 @@ def open_session(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     credentials: str | Path | None = None,
 ) -> Session:
+    from label_studio_sdk.core.api_error import ApiError
+
     creds = load_credentials(credentials)
     resolved, state = resolve_url(url, data_dir, creds)
     client = connect(resolved, creds.token)
     pid: int | None = None
-    if isinstance(project, int) or (isinstance(project, str) and project.isdigit()):
-        pid = int(project)
-    elif project:
-        p = find_project(client, str(project))
-        if p is None:
-            raise AnnotationError(f"no project titled {project!r} on {resolved}; create it with `rewardkit annotate up`")
-        pid = int(p.id)
-    elif state.get("project_id") and state.get("url", "").rstrip("/") == resolved:
-        pid = int(state["project_id"])
-    else:
-        p = find_project(client, DEFAULT_TITLE)
-        if p is None:
-            raise AnnotationError(f"no project titled {DEFAULT_TITLE!r} on {resolved}; pass --project or run `rewardkit annotate up`")
-        pid = int(p.id)
-    return Session(client=client, url=resolved, project_id=pid, state=state)
+    try:
+        if isinstance(project, int) or (isinstance(project, str) and project.isdigit()):
+            pid = int(project)
+        elif project:
+            p = find_project(client, str(project))
+            if p is None:
+                raise AnnotationError(f"no project titled {project!r} on {resolved}; create it with `rewardkit annotate up`")
+            pid = int(p.id)
+        elif state.get("project_id") and state.get("url", "").rstrip("/") == resolved:
+            pid = int(state["project_id"])
+        else:
+            p = find_project(client, DEFAULT_TITLE)
+            if p is None:
+                raise AnnotationError(f"no project titled {DEFAULT_TITLE!r} on {resolved}; pass --project or run `rewardkit annotate up`")
+            pid = int(p.id)
+        proj = client.projects.get(id=pid)
+    except ApiError as exc:
+        if exc.status_code == 404 and pid is not None:
+            raise AnnotationError(
+                f"no project with id {pid} on {resolved} (HTTP 404); pass --project with an existing id or title, "
+                "or run `rewardkit annotate up`"
+            ) from None
+        raise LabelStudioApiError.from_sdk(exc, f"looking up project {project or pid or DEFAULT_TITLE!r}", resolved) from None
+    return Session(client=client, url=resolved, project_id=pid, state=state, project=proj)
 
 
 def pull_preferences(
@@ -87,6 +107,8 @@ def pull_preferences(
 
     s = open_session(url=url, project=project, data_dir=data_dir, credentials=credentials)
     result, _ = pull(s.client, s.project_id, pairs)
-    if result.skipped:
-        print(f"  pull: skipped {result.skipped}", file=sys.stderr)
+    if result.skipped or result.warnings:
+        print(f"  pull: {result.summary()}; skipped {result.skipped}", file=sys.stderr)
+        for p in result.problems[:20] + result.warnings[:20]:
+            print(f"    {p}", file=sys.stderr)
     return result.preferences

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -31,19 +32,75 @@ CREDS = click.option(
     help="Credentials file (default: $REWARDKIT_LS_CREDENTIALS or ./.rewardkit-credentials.json).",
 )
 
+EXIT_SOME_FAILED = 1  # some inputs failed, the rest were processed (e.g. broken rows in an export)
+EXIT_USAGE = 2  # usage, configuration or server error: nothing was done
 
-def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc))
+
+class AnnotateError(click.ClickException):
+    """A one-line error (``Error: ...`` on stderr) with the exit code of its kind."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fail(exc: Exception | str, exit_code: int = EXIT_USAGE) -> None:
+    raise AnnotateError(str(exc), exit_code)
+
+
+class _Doing:
+    """What a command is doing right now, for the error message (``while <doing>``)."""
+
+    def __init__(self, doing: str = "", url: str | None = None) -> None:
+        self.doing, self.url = doing, url
+
+
+@contextmanager
+def _errors(doing: str = "", url: str | None = None):
+    """Turn the errors of the annotation layer, of Label Studio's SDK (``ApiError``: HTTP status and the
+    server's detail) and of the connection into one-line messages with exit code 2; never a traceback."""
+    import httpx
+
+    from rewardkit.annotation import AnnotationError
+    from rewardkit.annotation.errors import LabelStudioApiError
+    from rewardkit.data import TableError
+
+    step = _Doing(doing, url)
+    try:
+        yield step
+    except click.ClickException:
+        raise
+    except AnnotationError as exc:
+        _fail(exc)
+    except httpx.HTTPError as exc:
+        where = f" at {step.url}" if step.url else ""
+        _fail(f"lost the connection to Label Studio{where}{f' while {step.doing}' if step.doing else ''}: "
+              f"{exc.__class__.__name__}{f': {exc}' if str(exc) else ''}")
+    except (TableError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    except Exception as exc:  # only the SDK's ApiError is handled here, the rest is re-raised
+        api = sys.modules.get("label_studio_sdk.core.api_error")
+        if api is not None and isinstance(exc, api.ApiError):
+            _fail(LabelStudioApiError.from_sdk(exc, step.doing, step.url))
+        raise
+
+
+def _say(msg: str) -> None:
+    """Progress on stderr (stdout keeps the results)."""
+    click.echo(msg, err=True)
 
 
 def _session(url, project, data_dir, credentials):
-    from rewardkit.annotation import AnnotationError
     from rewardkit.annotation.session import open_session
 
-    try:
+    with _errors("connecting", url):
         return open_session(url=url, project=project, data_dir=data_dir, credentials=credentials)
-    except AnnotationError as exc:
-        _fail(exc)
+
+
+def _console():
+    from rewardkit.annotation.qc import report_console
+
+    return report_console()
 
 
 @click.group()
@@ -96,7 +153,9 @@ def pairs_cmd(items_path, renders, prompts, out_items, out, strategy, k, seed) -
               help="Labeling interface (default: annotation/label_config.xml).")
 @click.option("--guidelines", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Annotator guidelines shown as instructions (default: annotation/guidelines.md).")
-@click.option("--annotators-per-task", type=int, default=1, show_default=True, help="Overlap: annotations wanted per task.")
+@click.option("--annotators-per-task", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Overlap: answers wanted per task (Label Studio's maximum_annotations). qc measures agreement only "
+                   "on tasks with 2 or more; running `up` again with another value updates the project.")
 @click.option("--label-studio-bin", type=click.Path(path_type=Path), default=None, help="label-studio executable (default: .venv-ls).")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--url", default=None,
@@ -107,7 +166,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
        label_studio_bin, timeout, url, credentials) -> None:
     """Start Label Studio (127.0.0.1), create or update the project, register the renders folder."""
     from rewardkit.annotation import (
-        AnnotationError, LabelStudioServer, ServerConfig, connect, ensure_local_storage, ensure_project,
+        AnnotationError, ServerConfig, connect, ensure_local_storage, ensure_project,
         load_credentials, read_state, save_credentials,
     )
     from rewardkit.annotation.credentials import credentials_path
@@ -117,7 +176,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
     renders = renders.resolve()
     document_root = (document_root or renders.parent).resolve()
     title = title or DEFAULT_TITLE
-    try:
+    with _errors("starting", url) as step:
         cpath = credentials_path(credentials)
         state = read_state(data_dir)
         external = url is not None
@@ -136,14 +195,15 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
             try:
                 check_reachable(state["url"], timeout=3)
                 url = state["url"]
+            except AnnotationError:
+                state = None
+            if url is not None:
                 click.echo(f"Label Studio already running at {url} (data {data_dir})")
                 if state.get("document_root") and Path(state["document_root"]) != document_root:
                     raise AnnotationError(
                         f"the server at {url} serves local files from {state['document_root']}, not {document_root}; "
                         f"run `rewardkit annotate down --data-dir {data_dir}` first"
                     )
-            except AnnotationError:
-                state = None
         if url is None:
             if port:
                 try:
@@ -159,23 +219,30 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
                 label_studio_bin=label_studio_bin, startup_timeout_s=timeout,
             )
             click.echo(f"starting Label Studio (data {data_dir}, document root {document_root}) ...")
-            server = start_detached(cfg)
+            server = start_detached(cfg, progress=_say)
             url = server.url
+        step.url = url
         if not external:
             creds.url = url
             save_credentials(creds, cpath)
+        step.doing = "connecting"
+        _say(f"connecting to {url} (checking the API token)")
         client = connect(url, creds.token)
         xml = (label_config or default_label_config_path()).read_text()
         gpath = guidelines or default_guidelines_path()
+        step.doing = f"creating or updating project {title!r}"
+        _say(f"creating or updating project {title!r} ({annotators_per_task} annotator(s) per task)")
         info = ensure_project(client, xml, title=title, guidelines=gpath.read_text() if gpath else None,
                               annotators_per_task=annotators_per_task)
+        step.doing = f"registering {renders} as local-files storage of project {info.id}"
+        _say(f"registering {renders} as the project's local-files storage")
         ensure_local_storage(client, info.id, renders, document_root)
-    except (AnnotationError, FileNotFoundError) as exc:
-        _fail(exc)
     st = read_state(data_dir) or {}
     st.update({"project_id": info.id, "project_title": title, "renders": str(renders)})
     (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(st, indent=2))
-    click.echo(f"project {title!r} (id {info.id}) {'created' if info.created else 'updated'}")
+    click.echo(f"project {title!r} (id {info.id}) {'created' if info.created else 'updated'}; "
+               f"{annotators_per_task} annotator(s) per task"
+               + ("" if annotators_per_task > 1 else " (qc needs 2 or more to measure agreement: --annotators-per-task 3)"))
     click.echo(f"open {url}/projects/{info.id}/data" + (f"  and log in as {creds.username}" if creds.username else ""))
     if not external:
         click.echo(f"password and API token are in {cpath} (mode 600); annotators can sign up at {url}/user/signup/")
@@ -196,18 +263,16 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
 @CREDS
 def push(items_path, pairs_path, display, seed, document_root, data_dir, url, project, credentials) -> None:
     """Import a task for every pair that has none yet (running it twice imports nothing twice)."""
-    from rewardkit.annotation import AnnotationError, build_tasks, push_tasks
+    from rewardkit.annotation import build_tasks, push_tasks
     from rewardkit.data import read_items, read_pairs
 
     s = _session(url, project, data_dir, credentials)
     root = document_root or s.document_root
     if not root:
-        _fail(AnnotationError("unknown local-files document root: pass --document-root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"))
-    try:
+        _fail("unknown local-files document root: pass --document-root (the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+    with _errors(f"importing tasks into project {s.project_id}", s.url):
         tasks = build_tasks(read_pairs(pairs_path), read_items(items_path), root, display=display, seed=seed)
         res = push_tasks(s.client, s.project_id, tasks)
-    except (AnnotationError, ValueError) as exc:
-        _fail(exc)
     click.echo(f"imported {res.imported} new task(s); {res.skipped_existing} pair(s) already had a task (project {s.project_id} at {s.url})")
 
 
@@ -217,35 +282,70 @@ def push(items_path, pairs_path, display, seed, document_root, data_dir, url, pr
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/preferences.parquet"), show_default=True)
 @click.option("--raw-out", type=click.Path(path_type=Path), default=None, help="Also save the raw Label Studio JSON export here.")
 @click.option("--hf-out", type=click.Path(path_type=Path), default=None,
-              help="Also save a Hugging Face dataset (save_to_disk) here; needs --items.")
+              help="Also save a Hugging Face dataset (save_to_disk) here; needs --items. Grid paths in it are absolute "
+                   "(relative render_dir values of the items table are taken from the working directory).")
+@click.option("--hf-embed-images", is_flag=True,
+              help="With --hf-out: store the grid images themselves (datasets.Image), not their paths, so the dataset "
+                   "can be shared (push_to_hub).")
 @click.option("--items", "items_path", type=click.Path(path_type=Path), default=None)
+@click.option("--problems-out", type=click.Path(path_type=Path), default=None,
+              help="Write every problem and repair of the conversion here (JSON lines: kind, task, annotation, detail).")
 @DATA_DIR
 @URL
 @PROJECT
 @CREDS
-def pull(pairs_path, out, raw_out, hf_out, items_path, data_dir, url, project, credentials) -> None:
-    """Export the annotations into the preferences table (skipped rows are counted, never fatal)."""
+def pull(pairs_path, out, raw_out, hf_out, hf_embed_images, items_path, problems_out, data_dir, url, project, credentials) -> None:
+    """Export the annotations into the preferences table.
+
+    Skipped (cancelled) answers are counted; broken tasks or answers give no row and are listed with their
+    task id (exit code 1; the good rows are written)."""
     from rewardkit.annotation import pull as do_pull
     from rewardkit.data import read_items, read_pairs, save_hf_dataset, write_table
 
+    if hf_embed_images and not hf_out:
+        raise click.UsageError("--hf-embed-images needs --hf-out")
+    if hf_out and not items_path:
+        raise click.UsageError("--hf-out needs --items")
+    with _errors("reading the tables"):
+        pairs = read_pairs(pairs_path)
+        items = read_items(items_path) if hf_out else None
     s = _session(url, project, data_dir, credentials)
-    pairs = read_pairs(pairs_path)
-    result, raw = do_pull(s.client, s.project_id, pairs)
+    with _errors(f"exporting project {s.project_id}", s.url):
+        result, raw = do_pull(s.client, s.project_id, pairs)
     write_table(result.preferences, out, "preferences")
     if raw_out:
         Path(raw_out).parent.mkdir(parents=True, exist_ok=True)
         Path(raw_out).write_text(json.dumps(raw, indent=1))
-    c = result.counts
-    click.echo(f"{result.preferences.height} preference rows from {c.get('annotations', 0)} annotations on {c.get('tasks', 0)} tasks -> {out}")
+    click.echo(f"{result.summary()} -> {out}")
     if result.skipped:
         click.echo("skipped: " + ", ".join(f"{k}={v}" for k, v in result.skipped.items()))
-        for p in result.problems[:10]:
-            click.echo(f"  {p}", err=True)
+    if result.warnings:
+        click.echo("repaired (row kept): " + ", ".join(f"{k}={v}" for k, v in sorted(_kinds(result.warnings).items())))
+    if problems_out:
+        Path(problems_out).parent.mkdir(parents=True, exist_ok=True)
+        with open(problems_out, "w") as f:
+            for p in result.problems + result.warnings:
+                f.write(json.dumps({"kind": p.kind, "task": p.task, "annotation": p.annotation, "detail": p.detail,
+                                    "row_kept": p in result.warnings}, default=str) + "\n")
+    shown = result.problems[:20] + result.warnings[: max(0, 20 - len(result.problems))]
+    for p in shown:
+        _say(f"  {p}")
+    more = len(result.problems) + len(result.warnings) - len(shown)
+    if more > 0:
+        _say(f"  ... and {more} more" + (f" (all in {problems_out})" if problems_out else " (--problems-out FILE lists them all)"))
     if hf_out:
-        if not items_path:
-            raise click.UsageError("--hf-out needs --items")
-        save_hf_dataset(result.preferences, pairs, read_items(items_path), hf_out)
-        click.echo(f"Hugging Face dataset -> {hf_out}")
+        with _errors("writing the Hugging Face dataset"):
+            save_hf_dataset(result.preferences, pairs, items, hf_out, embed_images=hf_embed_images)
+        click.echo(f"Hugging Face dataset -> {hf_out}" + (" (images embedded)" if hf_embed_images else " (grid image paths)"))
+    if result.problems:
+        _say(f"{len(result.problems)} broken task(s) or answer(s) gave no row (listed above); the other rows were written")
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _kinds(problems) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(p.kind for p in problems))
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -256,27 +356,29 @@ def pull(pairs_path, out, raw_out, hf_out, items_path, data_dir, url, project, c
 @PROJECT
 @CREDS
 def status(as_json, data_dir, url, project, credentials) -> None:
-    """Progress: tasks, tasks done, annotations per annotator."""
+    """Progress: tasks answered / skipped / left, annotations answered / skipped, per annotator."""
     from rewardkit.annotation import export_tasks, progress, user_map
+    from rewardkit.annotation.status import progress_line
 
     s = _session(url, project, data_dir, credentials)
-    prog = progress(export_tasks(s.client, s.project_id), user_map(s.client))
+    with _errors(f"exporting project {s.project_id}", s.url):
+        prog = progress(export_tasks(s.client, s.project_id), user_map(s.client), annotators_per_task=s.annotators_per_task)
     prog = {"url": s.url, "project_id": s.project_id, **prog}
     if as_json:
         click.echo(json.dumps(prog, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
-    con.print(f"{s.url}  project {s.project_id}: {prog['tasks_done']}/{prog['tasks']} tasks done, "
-              f"{prog['annotations']} annotations, {prog['cancelled']} skipped")
+    con = _console()
+    con.print(f"{s.url}  project {s.project_id}: {progress_line(prog)}", markup=False, highlight=False)
     t = Table(title="per annotator")
     t.add_column("annotator")
-    t.add_column("submitted", justify="right")
+    t.add_column("answered", justify="right")
     t.add_column("skipped", justify="right")
+    from rich.markup import escape
+
     for who, c in prog["per_annotator"].items():
-        t.add_row(who, str(c["submitted"]), str(c["cancelled"]))
+        t.add_row(escape(who), str(c["answered"]), str(c["skipped"]))
     con.print(t)
 
 
@@ -292,8 +394,10 @@ def qc(prefs_path, threshold, min_overlap, min_lead_time, json_out) -> None:
     from rewardkit.annotation import print_report, qc_report, write_report
     from rewardkit.data import read_preferences
 
-    report = qc_report(read_preferences(prefs_path), threshold=threshold, min_overlap=min_overlap, min_lead_time_s=min_lead_time)
-    print_report(report)
+    with _errors("reading the preferences"):
+        prefs = read_preferences(prefs_path)
+    report = qc_report(prefs, threshold=threshold, min_overlap=min_overlap, min_lead_time_s=min_lead_time)
+    print_report(report, _console())
     if json_out:
         write_report(report, json_out)
         click.echo(f"report -> {json_out}")

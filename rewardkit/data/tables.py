@@ -41,12 +41,15 @@ PREFERENCES_SCHEMA: dict[str, pl.DataType] = {
     "lead_time_s": pl.Float64,
     "created_at": pl.Utf8,  # ISO 8601
     "source": pl.Utf8,  # "labelstudio" | "synthetic" | ...
+    "comment": pl.Utf8,  # the annotator's free-text comment on the task (null when none)
 }
 
 QUESTIONS = ("global", "local")
 LABELS = ("a", "b", "tie", "both_bad")
 
 SCHEMAS = {"items": ITEMS_SCHEMA, "pairs": PAIRS_SCHEMA, "preferences": PREFERENCES_SCHEMA}
+# Columns added after a table's first version: a table written before them reads with nulls there.
+OPTIONAL_COLUMNS = {"items": (), "pairs": (), "preferences": ("comment",)}
 
 
 class TableError(ValueError):
@@ -58,8 +61,12 @@ def _where(path: str | Path | None) -> str:
 
 
 def conform(df: pl.DataFrame, table: str, path: str | Path | None = None) -> pl.DataFrame:
-    """Check ``df`` against the named schema; return it with exactly the schema's columns, in order and cast."""
+    """Check ``df`` against the named schema; return it with exactly the schema's columns, in order and cast.
+    Optional columns (``OPTIONAL_COLUMNS``, e.g. the preferences' ``comment``) that ``df`` lacks are null."""
     schema = SCHEMAS[table]
+    absent = [c for c in OPTIONAL_COLUMNS[table] if c not in df.columns]
+    if absent:
+        df = df.with_columns([pl.lit(None, dtype=schema[c]).alias(c) for c in absent])
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise TableError(f"{_where(path)}{table} table is missing columns {missing} (has {df.columns})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ import torch
 from rewardkit.rl.policy import PHASE_TEXT
 from rewardkit.rl.rewards import group_stats
 from rewardkit.rl.rollout import _Group, _step_seed
+from rewardkit.rl.sample_grid import plot_sample_grid, sample_cells
 
 __all__ = ["ReportsMixin"]
 
@@ -84,72 +86,24 @@ class ReportsMixin:
                     "prompt": g.prompt, "plan": g.step1[0].reasoning_text, "detail": g.step2[0].reasoning_text,
                     "r_high": float(g.r_high[0]), "r_low": float(g.r_low[0]),
                 })
-            (d / "samples.json").write_text(json.dumps({"metrics": metrics, "samples": rows}, indent=2))
+            grid = sample_cells(groups, 4, self._term_weights())
+            (d / "samples.json").write_text(json.dumps({"metrics": metrics, "samples": rows, "grid": grid}, indent=2))
             if cfg.render:
-                self._render(groups, d / "renders.png")
+                when = {"samples_before": "before training", "samples_after": f"after {self.step} steps"}.get(name, name)
+                self._render(groups, d / "renders.png",
+                             title=f"Hi-GRPO samples {when}: mean R_high {metrics.get('r_high', math.nan):+.2f}, "
+                                   f"mean R_low {metrics.get('r_low', math.nan):+.2f} (fixed seed)")
         return metrics
 
-    @staticmethod
-    def _with_grid_frame(mesh: Any) -> Any:
-        """The mesh plus thin edges of the [-0.5, 0.5]^3 grid box, so renders (which fit each mesh to the
-        view) still show where in the grid the shape sits and how big it is."""
-        import trimesh
+    def _render(self, groups: Sequence[_Group], path: Path, title: str = "") -> dict:
+        """The sample grid (:mod:`rewardkit.rl.sample_grid`): per eval prompt, its first samples' step-1 and
+        step-2 meshes with their rewards and reward terms."""
+        return plot_sample_grid(groups, path, max_samples=4, render_size=self.cfg.render_size,
+                                weights=self._term_weights(), title=title, render=True)
 
-        t, edges = 0.012, []
-        for axis in range(3):
-            for a in (-0.5, 0.5):
-                for b in (-0.5, 0.5):
-                    extents = [t, t, t]
-                    extents[axis] = 1.0 + t
-                    centre = [a, b]
-                    centre.insert(axis, 0.0)
-                    edges.append(trimesh.creation.box(extents=extents, transform=trimesh.transformations.translation_matrix(centre)))
-        parts = edges + ([mesh] if mesh is not None else [])
-        return trimesh.util.concatenate(parts)
-
-    def _render(self, groups: Sequence[_Group], path: Path) -> None:
-        """One row per prompt: step-1 and step-2 meshes of its first sample, 3 views each, in the grid box."""
-        from PIL import ImageDraw
-
-        try:
-            from rewardkit.render import Renderer, get_protocol, make_grid
-
-            protocol = get_protocol("0:25,120:25,240:25", size=self.cfg.render_size)
-            tiles = []
-            with Renderer(size=self.cfg.render_size) as r:
-                for g in groups:
-                    for m in (g.meshes1[0], g.meshes2[0]):
-                        tiles += list(r.render(self._with_grid_frame(m), protocol, modes=("geometry",))["geometry"])
-            grid = make_grid(tiles, cols=6)
-        except Exception as exc:  # noqa: BLE001 - renders are a report artifact; the run goes on
-            log.warning("rendering samples failed (%s); writing a voxel plot instead", exc)
-            grid = self._voxel_plot(groups)
-        draw = ImageDraw.Draw(grid)
-        h = grid.size[1] / max(1, len(groups))
-        for i, g in enumerate(groups):
-            draw.text((4, i * h + 2), f"{g.prompt}  R_high={g.r_high[0]:.2f}  R_low={g.r_low[0]:.2f}", fill=(200, 0, 0))
-        grid.save(path)
-
-    def _voxel_plot(self, groups: Sequence[_Group]) -> Any:  # a PIL image
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from PIL import Image
-
-        fig = plt.figure(figsize=(4, 2 * len(groups)))
-        for i, g in enumerate(groups):
-            for k, m in enumerate((g.meshes1[0], g.meshes2[0])):
-                ax = fig.add_subplot(len(groups), 2, 2 * i + k + 1, projection="3d")
-                if m is not None:
-                    ax.voxels(np.asarray(m.metadata["occupancy"]).transpose(0, 2, 1))
-                ax.set_axis_off()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    def _term_weights(self) -> dict[str, dict[str, float]]:
+        return {step: {t.name: t.weight for t in getattr(rew, "terms", [])}
+                for step, rew in (("high", self.reward_high), ("low", self.reward_low))}
 
     def _write_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

@@ -192,8 +192,10 @@ def read_metrics_log(out_dir: str | Path):
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "") -> Path | None:
-    """Train loss per step, train/val loss and validation accuracy per epoch, from the run's CSV logs."""
+def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "", *,
+                        selected_step: int | None = None, selected_label: str = "selected checkpoint") -> Path | None:
+    """Train loss per step, train/val loss and validation accuracy per epoch, from the run's CSV logs;
+    a dashed line at ``selected_step`` marks the checkpoint that was evaluated and exported."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +223,10 @@ def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "
         x, y = series(col)
         if x is not None:
             ax2.plot(x, y, label=label, marker="o", ms=3)
-    ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_ylim(0, 1.02), ax2.legend(), ax2.grid(alpha=0.3)
+    if selected_step is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(selected_step, color="crimson", ls="--", lw=1.2, label=selected_label if ax is ax2 else None)
+    ax2.set_xlabel("step"), ax2.set_ylabel("accuracy"), ax2.set_ylim(0, 1.02), ax2.legend(fontsize=8), ax2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -251,10 +256,13 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     last = ckpt.last_model_path or None
     model = module.model
     used = "last"
+    # the epoch and step of the weights that are evaluated and exported (marked on the learning curves)
+    selected_epoch, selected_step = max(int(trainer.current_epoch) - 1, 0), int(trainer.global_step)
     if cfg.use_best_checkpoint and best and Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        ck = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(ck["state_dict"])
         used = "best"
+        selected_epoch, selected_step = int(ck.get("epoch", selected_epoch)), int(ck.get("global_step", selected_step))
     model = module.model.cpu()
     metrics = evaluate(model, dm, ece_bins=cfg.ece_bins, margin=cfg.margin)
     metrics.update({
@@ -263,6 +271,8 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
         "backbone": cfg.model.backbone.to_dict(),
         "weights": used,
         "checkpoint": best if used == "best" else last,
+        "selected_epoch": selected_epoch,
+        "selected_step": selected_step,
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "fit_seconds": round(fit_s, 2),
@@ -272,7 +282,9 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     })
     metrics = _finite(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    plot_learning_curve(out_dir, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage")
+    plot_learning_curve(out_dir, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage",
+                        selected_step=selected_step,
+                        selected_label=f"exported: {used} checkpoint (epoch {selected_epoch}, step {selected_step})")
     model_dir = None
     if cfg.export:
         model_dir = model.save_pretrained(out_dir / "model", extra={
