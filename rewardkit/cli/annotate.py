@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from rewardkit.cli.errors import CommandGroup, UserError
+
 DATA_DIR = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=Path(".labelstudio"), show_default=True,
     help="Label Studio data folder (database, log, server state).",
@@ -33,7 +35,7 @@ CREDS = click.option(
 
 
 def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc))
+    raise UserError(str(exc))  # a server, project or table problem the user must fix: one line, exit 2
 
 
 def _session(url, project, data_dir, credentials):
@@ -46,7 +48,7 @@ def _session(url, project, data_dir, credentials):
         _fail(exc)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def annotate() -> None:
     """Collect pairwise preferences in Label Studio (see docs/annotation.md)."""
 

@@ -26,11 +26,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from rewardkit import config as _config
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages, group_has_signal
 from rewardkit.rl.policy import (
     PHASE_MESH,
@@ -82,6 +83,9 @@ class WarmStartConfig:
 
 @dataclass
 class HiGRPOConfig:
+    """Every setting of a Hi-GRPO run (policy, prompts, reward terms, GRPO hyper-parameters, engine).
+    Build it with :meth:`from_dict` or :func:`load_config` (strict, typed: :mod:`rewardkit.config`)."""
+
     # -- policy ----------------------------------------------------------------------------------
     policy_path: str = ""  # local Hugging Face checkpoint directory; "{output_dir}" is substituted
     tokens_per_object: int = 1024  # ShapeLLM-Omni: 1024
@@ -98,7 +102,7 @@ class HiGRPOConfig:
     # -- rewards ---------------------------------------------------------------------------------
     rewards_high: list[dict[str, Any]] = field(default_factory=list)  # step-1 (global) terms
     rewards_low: list[dict[str, Any]] = field(default_factory=list)  # step-2 (local) terms
-    reward_on_error: str = "raise"  # raise | mark
+    reward_on_error: Literal["raise", "mark"] = "raise"
     # -- Hi-GRPO (paper values as defaults) ------------------------------------------------------
     group_size: int = 8
     prompts_per_step: int = 2  # groups per device per optimizer step
@@ -126,8 +130,8 @@ class HiGRPOConfig:
     render: bool = True
     render_size: int = 160
     # -- engine (Lightning Fabric) ---------------------------------------------------------------
-    accelerator: str = "auto"
-    devices: int | str = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # Lightning's names (gpu = cuda)
+    devices: int | str | list[int] = 1
     strategy: str = "auto"
     precision: str = "32-true"
     num_nodes: int = 1
@@ -137,17 +141,9 @@ class HiGRPOConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HiGRPOConfig":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown Hi-GRPO config keys: {sorted(unknown)}")
-        if isinstance(d.get("sampling"), Mapping):
-            d["sampling"] = SamplingConfig(**d["sampling"])
-        if isinstance(d.get("warm_start"), Mapping):
-            d["warm_start"] = WarmStartConfig(**d["warm_start"])
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
+        """A HiGRPOConfig from plain data, strictly typed, nested sections included
+        (:func:`rewardkit.config.from_dict`)."""
+        return _config.from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,24 +151,26 @@ class HiGRPOConfig:
     def resolve_prompts(self) -> list[str]:
         prompts = list(self.prompts)
         if self.prompts_file:
-            text = Path(self.prompts_file).read_text()
-            prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
+            try:
+                text = Path(self.prompts_file).read_text()
+                prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
+            except (OSError, ValueError) as exc:
+                raise _config.ConfigError(f"prompts_file {self.prompts_file}: {getattr(exc, 'strerror', None) or exc}") from exc
         if not prompts:
-            raise ValueError("no training prompts: set prompts or prompts_file")
+            raise _config.ConfigError("no training prompts: set prompts or prompts_file")
         return prompts
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> HiGRPOConfig:
+def load_config(path: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None) -> HiGRPOConfig:
     """A config from YAML/JSON. A top-level ``rl:`` section is used if present (params.yaml style);
-    relative paths (``policy_path``, ``output_dir``, ``prompts_file``) stay relative to the CWD."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    relative paths (``policy_path``, ``output_dir``, ``prompts_file``) stay relative to the CWD.
+    ``overrides``: ``key.sub=value`` strings (values parsed as YAML) or a mapping of (dotted) keys to
+    values. Errors are one-line :class:`rewardkit.config.ConfigError` s."""
+    data = _config.load_file(path)
     if "rl" in data and isinstance(data["rl"], Mapping):
         data = data["rl"]
     data = dict(data)
-    for k, v in (overrides or {}).items():
-        data[k] = v
+    _config.apply_overrides(data, overrides or {}, HiGRPOConfig)
     return HiGRPOConfig.from_dict(data)
 
 
