@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -57,6 +56,13 @@ def reward_line(rep: dict) -> str | None:
             f"{rep['r_low_last']:.3f} over {rep['steps']} Hi-GRPO steps (first vs last {rep['window']}-step means)")
 
 
+def progress_to_stdout() -> None:
+    """The trainer's one line per step, on stdout (next to the stage's own lines), printed once."""
+    from rewardkit.progress import log_progress
+
+    log_progress(sys.stdout, "  %(message)s")
+
+
 def main() -> None:
     chdir_root()
     p = dict(params("rl"))
@@ -64,10 +70,7 @@ def main() -> None:
         raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
     from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
-    handler = logging.StreamHandler(sys.stdout)  # progress: the trainer logs one line per step
-    handler.setFormatter(logging.Formatter("  %(message)s"))
-    logging.getLogger("rewardkit").addHandler(handler)
-    logging.getLogger("rewardkit").setLevel(logging.INFO)
+    progress_to_stdout()
     p["output_dir"] = str(RL_DIR)
     cfg = HiGRPOConfig.from_dict(p)
     if RL_DIR.exists():

@@ -270,7 +270,7 @@ def test_cli_reports_config_errors(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["lr"] == 0.01
     res = CliRunner().invoke(main, ["train", "--stage", "global", "--set", f"items={tmp_path}/none.parquet",
                                     "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "not found" in res.output
+    assert res.exit_code == 2 and "not found" in res.output  # a missing input table: a configuration error
 
 
 # ------------------------------------------------------------------------------------------------- #

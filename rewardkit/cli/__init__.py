@@ -3,6 +3,9 @@
 Each sub-command lives in its own module under ``rewardkit.cli`` and is imported only when it is
 invoked, so ``rewardkit render`` never pays for importing torch, and a broken optional dependency of one
 command cannot break the others.
+
+Exit codes (:mod:`rewardkit.cli.errors`): 0 all done; 1 some inputs failed and the rest were processed;
+2 usage or configuration error, printed as one line ``rewardkit <cmd>: error: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib
 import click
 
 from rewardkit import __version__
+from rewardkit.cli.errors import CommandGroup, UserError, user_errors
 
 # command name -> "module:attribute"; one module per command group.
 COMMANDS: dict[str, str] = {
@@ -25,7 +29,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(CommandGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if importlib.util.find_spec(COMMANDS[name].split(":")[0]))
 
@@ -38,8 +42,14 @@ class LazyGroup(click.Group):
             return None
         return getattr(importlib.import_module(module_name), attr)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except user_errors() as exc:  # a config or device mistake from the library: one line, exit 2
+            raise UserError(str(exc)) from None
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group("rewardkit", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rewardkit")
 def main() -> None:
     """rewardkit: render 3D candidates, collect preferences, train and serve per-stage reward models."""

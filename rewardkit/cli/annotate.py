@@ -21,6 +21,8 @@ from pathlib import Path
 
 import click
 
+from rewardkit.cli.errors import CommandGroup, UserError
+
 DATA_DIR = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=Path(".labelstudio"), show_default=True,
     help="Label Studio data folder (database, log, server state).",
@@ -36,8 +38,8 @@ EXIT_SOME_FAILED = 1  # some inputs failed, the rest were processed (e.g. broken
 EXIT_USAGE = 2  # usage, configuration or server error: nothing was done
 
 
-class AnnotateError(click.ClickException):
-    """A one-line error (``Error: ...`` on stderr) with the exit code of its kind."""
+class AnnotateError(UserError):
+    """A one-line error (``rewardkit annotate <cmd>: error: ...`` on stderr) with the exit code of its kind."""
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
@@ -103,7 +105,7 @@ def _console():
     return report_console()
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def annotate() -> None:
     """Collect pairwise preferences in Label Studio (see docs/annotation.md)."""
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rewardkit.cli.errors import CommandGroup, UserError
+
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
@@ -13,7 +15,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def demo() -> None:
     """Generate the bundled demo (prompted objects + degradations) and label it with rules."""
 
@@ -43,7 +45,7 @@ def generate_cmd(out, prompts_per_category, holdout_per_category, categories, ge
             texture=_csv(texture) if texture is not None else TEXTURE, mixed=mixed, seed=seed,
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from None
     with Progress() as bar:
         task = bar.add_task("generate", total=None)
         items, cands = generate(cfg, out, progress=lambda n, t: bar.update(task, completed=n, total=t))

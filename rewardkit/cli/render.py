@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
+
+from rewardkit.cli.errors import UserError
 
 from rewardkit.render.renderer import MODES
 
@@ -41,6 +42,10 @@ def render(meshes, out, protocol, size, modes, up, workers, background) -> None:
         assert len(bg) == 3 and all(0 <= x <= 255 for x in bg)
     except (ValueError, AssertionError):
         raise click.BadParameter(f"expected R,G,B with values 0-255, got {background!r}", param_hint="--background")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the output folder: {exc.strerror or exc}") from None
     try:
         summary = render_batch(
             meshes, out, protocol, modes, size=size, workers=workers, up=up, config=RenderConfig(background=bg)

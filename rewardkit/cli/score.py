@@ -1,7 +1,8 @@
 """``rewardkit score``: score meshes against a prompt with exported scorers (and baselines).
 
 Exit codes: 0 all scored; 1 some meshes could not be scored (the rest are); 2 usage error, bad scorer
-directory or version mismatch.
+directory, version mismatch or a device this machine does not have. Progress goes to stderr (a bar on
+a terminal, a line every ~10 % otherwise), so ``--json`` keeps stdout one JSON document.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from rewardkit.cli.errors import UserError
 
 BASELINE_PREFIXES = ("clip-multiview:", "hps-multiview:")
 
@@ -72,10 +75,12 @@ def _fmt(x: float | None) -> str:
 @click.option("--render-size", type=int, default=None,
               help="Override the render resolution recorded in the scorers (default: as trained).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... or auto.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr (a bar on a terminal, else a line every ~10 %% of the meshes).")
 @click.option("--baseline-arch", default=None, help="open_clip architecture (or JSON config) for baseline weights.")
 @click.option("--up", default="+y", show_default=True, type=click.Choice(["+x", "-x", "+y", "-y", "+z", "-z"]))
-def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, render_size, device, baseline_arch,
-          up) -> None:
+def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, render_size, device, progress,
+          baseline_arch, up) -> None:
     """Score MESHES against --prompt with each scorer (e.g. the global and local stage models).
 
     Each mesh is rendered once with the camera protocol the scorers were trained on. A mesh that cannot
@@ -98,24 +103,25 @@ def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, ren
     if batch_size < 1:
         raise click.UsageError("--batch-size must be >= 1")
 
-    import torch
-
+    from rewardkit.devices import resolve_device
+    from rewardkit.progress import progress_bar
     from rewardkit.scoring.api import score_meshes
     from rewardkit.scoring.export import ScorerError
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device, what="--device")  # DeviceError: one line, exit 2
     try:
         scorer_set = _load_scorers(scorers, baseline_arch, device)
-    except ScorerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    except ScorerError as exc:  # bad scorer directory or version mismatch
+        raise UserError(str(exc)) from None
     for s in scorer_set.scorers.values():
         for w in s.load_warnings:
             click.echo(f"warning: {s.source}: {w}", err=True)
 
-    results = score_meshes([m for m, _ in pairs], [p for _, p in pairs], scorer_set, batch_size=batch_size,
-                           per_view=verbose, render_size=render_size, up=up)
+    with progress_bar("score", disable=not progress) as bar:
+        task = bar.add_task("", total=len(pairs))
+        results = score_meshes([m for m, _ in pairs], [p for _, p in pairs], scorer_set, batch_size=batch_size,
+                               per_view=verbose, render_size=render_size, up=up,
+                               progress=lambda done, total: bar.update(task, completed=done))
     names = scorer_set.names()
     failed = [r for r in results if not r.ok]
     if as_json:

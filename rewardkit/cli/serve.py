@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
+
+from rewardkit.cli.errors import UserError
 
 
 @click.command()
@@ -26,19 +27,16 @@ def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, ma
           max_image_side, log_level) -> None:
     """Serve exported scorers over HTTP: POST /score (JSON, base64 PNG views), POST /score_mesh (upload),
     GET /health. Concurrent requests are batched into one forward per scorer."""
-    import torch
-
+    from rewardkit.devices import resolve_device
     from rewardkit.scoring.api import as_scorer_set
     from rewardkit.scoring.export import ScorerError
     from rewardkit.scoring.service import ServiceLimits, serve as run
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device, what="--device")  # DeviceError: one line, exit 2
     try:
         scorer_set = as_scorer_set(list(scorers), device=device)
-    except ScorerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    except ScorerError as exc:  # bad scorer directory or version mismatch
+        raise UserError(str(exc)) from None
     limits = ServiceLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_items=max_items,
                            max_views=max_views, max_image_side=max_image_side,
                            max_mesh_bytes=int(max_request_mb * 1024 * 1024))

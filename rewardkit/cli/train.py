@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
+
+from rewardkit.cli.errors import UserError
 
 
 @click.command("train")
@@ -14,7 +15,8 @@ import click
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML or JSON file of TrainConfig fields (see docs/reward-models.md).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config field; dotted keys for nested ones (model.backbone.name=ViT-B-32). Repeatable.")
+              help="Override any config field; dotted keys for nested ones (model.backbone.name=ViT-B-32), "
+                   "values parsed as YAML. Repeatable.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (config `out_dir`).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
 def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...], out_dir: str | None,
@@ -23,25 +25,25 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
 
     Writes checkpoints, CSV/TensorBoard logs, metrics.json, learning_curve.png and the trained model
     (model/config.json + model/model.safetensors) under the output folder; prints the validation metrics.
+    Progress goes to stderr (config `progress_bar`): a bar on a terminal, else one line per epoch.
+    Exit code 2 for a bad config, override, device or input table.
     """
     from rewardkit.train.config import load_train_config
 
-    try:
-        cfg = load_train_config(config_path, overrides, stage=stage, out_dir=out_dir)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        raise click.UsageError(str(exc)) from exc
+    cfg = load_train_config(config_path, overrides, stage=stage, out_dir=out_dir)  # ConfigError: exit 2
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return
     from rewardkit.data.tables import TableError
+    from rewardkit.devices import check_accelerator
     from rewardkit.models.backbone import BackboneError
     from rewardkit.train.trainer import train as run
 
+    check_accelerator(cfg.accelerator)
     try:
         result = run(cfg)
-    except (TableError, BackboneError, FileNotFoundError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    except (TableError, BackboneError, FileNotFoundError) as exc:  # the inputs named by the config
+        raise UserError(str(exc)) from None
     m = result.metrics
     val = m.get("val") or {}
     lines = [f"stage {cfg.stage} ({', '.join(m['modes'])}) on {cfg.model.backbone.name}: "

@@ -23,15 +23,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rewardkit import __version__
+from rewardkit import config as _config
 from rewardkit.models.backbone import (
     BackboneConfig,
     create_backbone,
@@ -52,16 +53,17 @@ CONFIG_FILE = "config.json"
 class StageModelConfig:
     """Architecture and freezing options of one stage's reward model."""
 
-    stage: str = "global"
-    # Render modes the model consumes; None -> the stage's default (global: geometry, local: rgb).
-    modes: list[str] | None = None
+    stage: Literal["global", "local"] = "global"
+    # Render modes the model consumes (a list, or "geometry,normal"); None -> the stage's default
+    # (global: geometry, local: rgb).
+    modes: list[str] | str | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # Freezing (HPS: --lock-text --lock-image-unlocked-groups N).
     lock_text: bool = True
     unlocked_text_layers: int = 0
     unlocked_image_blocks: int | None = None  # None: whole image tower trains; N: only the last N blocks
     # Fusion.
-    fusion: str = "attention"  # "attention" | "mean"
+    fusion: Literal["attention", "mean"] = "attention"
     fusion_heads: int = 1
     max_views: int = 32
     view_dropout: float = 0.0
@@ -99,11 +101,8 @@ class StageModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StageModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown StageModelConfig fields: {sorted(unknown)}")
-        return cls(**dict(d))
+        """A StageModelConfig from plain data, strictly typed (:func:`rewardkit.config.from_dict`)."""
+        return _config.from_dict(cls, d)
 
 
 class StageRewardModel(nn.Module):

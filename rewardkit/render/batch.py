@@ -112,10 +112,9 @@ def render_batch(
     summary = BatchSummary(protocol=protocol.to_dict(), modes=list(modes))
     results: dict[str, tuple[RenderResult | None, str | None]] = {}
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rewardkit.progress import progress_bar
 
-    columns = (TextColumn("[bold]render"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar("render", disable=not progress) as bar:  # stderr: a bar on a terminal, else lines
         task = bar.add_task("", total=len(jobs))
         if workers <= 1:
             # one process: render mesh i+1 while mesh i's PNGs are written in a background thread

@@ -7,9 +7,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 
+from rewardkit import config as _config
 from rewardkit.rl.lora import LoRAConfig
 from rewardkit.rl.policy import SamplingConfig
 from rewardkit.rl.shapes import DEMO_SHAPES
@@ -77,7 +78,7 @@ class HiGRPOConfig:
     # the KL reference policy: "auto" (adapter with LoRA, else copy), "copy" (a frozen copy on the
     # training device), "cpu" (a frozen copy in host memory, its forward on the CPU), "adapter" (LoRA
     # only: the base model with the adapters disabled, no second copy)
-    reference: str = "auto"
+    reference: Literal["auto", "copy", "cpu", "adapter"] = "auto"
     # recompute each decoder layer's activations in the backward pass (torch's checkpoint wrapper around
     # the classes in the model's ``_no_split_modules``): activation memory of one layer instead of all
     activation_checkpointing: bool = False
@@ -90,7 +91,7 @@ class HiGRPOConfig:
     # -- rewards ---------------------------------------------------------------------------------
     rewards_high: list[dict[str, Any]] = field(default_factory=list)  # step-1 (global) terms
     rewards_low: list[dict[str, Any]] = field(default_factory=list)  # step-2 (local) terms
-    reward_on_error: str = "raise"  # raise, or mark: a failed reward is NaN and its sample trains on nothing
+    reward_on_error: Literal["raise", "mark"] = "raise"  # raise, or mark: a failed reward is NaN and its sample trains on nothing
     # decode + score step 1 in a worker thread while step 2 generates (all reward calls run in that one
     # thread); False: everything in the calling thread, one after the other
     overlap_rewards: bool = True
@@ -112,7 +113,7 @@ class HiGRPOConfig:
     # all-failed groups; OpenRLHF's dynamic_filtering_reward_range); None keeps every level
     dynamic_sampling_reward_range: list[float] | None = None
     lr: float = 1e-6  # AdamW peak learning rate
-    lr_schedule: str = "constant"  # constant | cosine | linear: decay after the warmup, over ``steps``
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # constant | cosine | linear: decay after the warmup, over ``steps``
     lr_warmup_steps: int = 0  # linear warmup from lr / warmup to lr over this many optimizer steps
     lr_min_ratio: float = 0.0  # cosine / linear decay ends at lr * lr_min_ratio
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -140,8 +141,8 @@ class HiGRPOConfig:
     render: bool = True  # render the before/after samples as PNG grids
     render_size: int = 160  # pixels per rendered view
     # -- engine (Lightning Fabric) ---------------------------------------------------------------
-    accelerator: str = "auto"  # Fabric accelerator: auto, cpu, cuda, ...
-    devices: int | str = 1  # devices per node
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # Lightning's names (gpu = cuda)
+    devices: int | str | list[int] = 1  # devices per node (or a list of device indices)
     strategy: str = "auto"  # auto / ddp (replicas) / fsdp (PyTorch FSDP2 full shard, rewardkit.rl.sharding)
     # "auto": bf16-mixed for a bf16 checkpoint (16-mixed for fp16 on CUDA), else 32-true; or any
     # Lightning precision ("32-true", "bf16-mixed", "bf16-true", ...)
@@ -153,19 +154,9 @@ class HiGRPOConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HiGRPOConfig":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown Hi-GRPO config keys: {sorted(unknown)}")
-        if isinstance(d.get("sampling"), Mapping):
-            d["sampling"] = SamplingConfig(**d["sampling"])
-        if isinstance(d.get("warm_start"), Mapping):
-            d["warm_start"] = WarmStartConfig(**d["warm_start"])
-        if isinstance(d.get("lora"), Mapping):
-            d["lora"] = LoRAConfig(**d["lora"])
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
+        """A HiGRPOConfig from plain data, strictly typed, nested sections included
+        (:func:`rewardkit.config.from_dict`)."""
+        return _config.from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,26 +164,27 @@ class HiGRPOConfig:
     def resolve_prompts(self) -> list[str]:
         prompts = list(self.prompts)
         if self.prompts_file:
-            text = Path(self.prompts_file).read_text()
-            prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
+            try:
+                text = Path(self.prompts_file).read_text()
+                prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
+            except (OSError, ValueError) as exc:
+                raise _config.ConfigError(f"prompts_file {self.prompts_file}: {getattr(exc, 'strerror', None) or exc}") from exc
         if not prompts:
-            raise ValueError("no training prompts: set prompts or prompts_file")
+            raise _config.ConfigError("no training prompts: set prompts or prompts_file")
         overlap = sorted(set(prompts) & set(self.heldout_prompts))
         if overlap:
-            raise ValueError(f"heldout_prompts must never be trained on, but these are also training prompts: {overlap}")
+            raise _config.ConfigError(f"heldout_prompts must never be trained on, but these are also training prompts: {overlap}")
         return prompts
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> HiGRPOConfig:
+def load_config(path: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None) -> HiGRPOConfig:
     """A config from YAML/JSON. A top-level ``rl:`` section is used if present (params.yaml style);
-    relative paths (``policy_path``, ``output_dir``, ``prompts_file``) stay relative to the CWD."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    relative paths (``policy_path``, ``output_dir``, ``prompts_file``) stay relative to the CWD.
+    ``overrides``: ``key.sub=value`` strings (values parsed as YAML) or a mapping of (dotted) keys to
+    values. Errors are one-line :class:`rewardkit.config.ConfigError` s."""
+    data = _config.load_file(path)
     if "rl" in data and isinstance(data["rl"], Mapping):
         data = data["rl"]
     data = dict(data)
-    for k, v in (overrides or {}).items():
-        data[k] = v
+    _config.apply_overrides(data, overrides or {}, HiGRPOConfig)
     return HiGRPOConfig.from_dict(data)
-

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from rewardkit import config as _config
 from rewardkit.rl.checkpoint import CheckpointMixin
 from rewardkit.rl.config import STEP1_TEMPLATE, STEP2_TEMPLATE, HiGRPOConfig, WarmStartConfig, load_config
 from rewardkit.rl.engine import (
@@ -107,8 +108,14 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             spec.setdefault("device", str(self.fabric.device))
         self.shape_tokenizer = shape_tokenizer or create_tokenizer(spec)
         res = self.shape_tokenizer.resolution
-        self.reward_high = reward_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
-        self.reward_low = reward_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
+        try:
+            self.reward_high = reward_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
+        except ValueError as exc:  # a bad term in the config: a one-line ConfigError naming the section
+            raise _config.ConfigError(f"rewards_high: {exc}") from exc
+        try:
+            self.reward_low = reward_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
+        except ValueError as exc:
+            raise _config.ConfigError(f"rewards_low: {exc}") from exc
         self.prompts = config.resolve_prompts()
         self.step = 0
         self.records: list[dict[str, Any]] = []

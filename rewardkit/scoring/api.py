@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -291,6 +291,7 @@ def score_meshes(
     prefetch: bool = True,
     on_error: str = "record",
     timings: ScoringTimings | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[MeshScore]:
     """Score meshes (paths, trimesh objects or loaded meshes) against their prompts with every scorer.
 
@@ -298,6 +299,7 @@ def score_meshes(
     a list/dict of them, or scorer directories. ``render_size`` overrides the scorers' recorded render
     resolution (the models resize internally; use the recorded size to reproduce training conditions).
     ``on_error``: ``"record"`` (default) or ``"raise"``. Pass a :class:`ScoringTimings` to get a breakdown.
+    ``progress(done, total)`` is called as meshes finish (scored or failed).
     """
     import trimesh
 
@@ -334,6 +336,14 @@ def score_meshes(
 
     submit_more()
     batch: list[_Item] = []
+    done = 0
+
+    def finished(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None and n:
+            progress(done, len(meshes))
+
     while pending:
         item = pending.popleft().result()
         if prefetch:
@@ -345,15 +355,18 @@ def score_meshes(
             if on_error == "raise":
                 raise RuntimeError(f"{item.name}: {item.error}")
             results[item.index].error = item.error
+            finished(1)
             continue
         batch.append(item)
         if len(batch) >= batch_size:
             _score_batch(batch, scorer_set, groups, per_view, timings, results)
+            finished(len(batch))
             batch = []
         if not prefetch:
             submit_more()
     if batch:
         _score_batch(batch, scorer_set, groups, per_view, timings, results)
+        finished(len(batch))
     timings.total += time.perf_counter() - t_start
     timings.n_meshes += len(meshes)
     return results

@@ -2,27 +2,30 @@
 
 Read from YAML or JSON (``load_train_config``); any field, nested ones included, can be overridden with
 ``key=value`` strings (``model.backbone.name=ViT-B-32``, ``lr=3e-4``, ``model.modes=[geometry,normal]``);
-values are parsed as YAML scalars/lists. Unknown keys are errors that name the key.
+values are parsed as YAML scalars/lists. Files, sections and overrides are checked by
+:mod:`rewardkit.config`: unknown keys, wrong types and invalid choices are :class:`ConfigError` s that
+name the dotted key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-
+from rewardkit import config as _config
+from rewardkit.config import ConfigError
 from rewardkit.models.stage import StageModelConfig
 
 
 @dataclass
 class TrainConfig:
+    """Every setting of one stage's reward-model training run (data, model, optimisation, Lightning,
+    evaluation/export). Build it with :meth:`from_dict` or :func:`load_train_config` (strict, typed)."""
+
     # -- what to train on ---------------------------------------------------------------------------
-    stage: str = "global"  # "global" | "local": the preferences question and the model's stage
+    stage: Literal["global", "local"] = "global"  # "global" | "local": the preferences question and the model's stage
     items: str = "data/items.parquet"
     pairs: str = "data/pairs.parquet"
     preferences: str = "data/preferences.parquet"
@@ -52,13 +55,13 @@ class TrainConfig:
     backbone_lr: float | None = None  # None: same as lr
     weight_decay: float = 0.05
     warmup_steps: int = 0
-    lr_schedule: str = "cosine"  # "cosine" | "constant"
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # "cosine" | "constant"
     margin: float = 0.0
     tie_offset: bool = True
     gradient_clip_val: float | None = 1.0
     accumulate_grad_batches: int = 1
     # -- Lightning ----------------------------------------------------------------------------------
-    accelerator: str = "cpu"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "cpu"  # Lightning's names (gpu = cuda)
     devices: Any = 1  # int, list or "auto"; multi-GPU: accelerator=gpu devices=4 strategy=ddp
     strategy: str = "auto"
     precision: str = "32-true"
@@ -69,7 +72,9 @@ class TrainConfig:
     save_top_k: int = 1
     monitor: str = "val/pairwise_accuracy"
     tensorboard: bool = True  # in addition to CSV, when tensorboard is installed
-    progress_bar: bool = False
+    # Progress on stderr: "auto"/true: a bar on a terminal, else one line per epoch with the validation
+    # figures (logs, dvc); "bar" / "lines" force one of them; false: none.
+    progress_bar: bool | Literal["auto", "bar", "lines"] = "auto"
     # -- evaluation / export ------------------------------------------------------------------------
     ece_bins: int = 10
     use_best_checkpoint: bool = True  # evaluate/export the best checkpoint by `monitor` (else the last weights)
@@ -105,72 +110,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """A TrainConfig from plain data, strictly typed (:func:`rewardkit.config.from_dict`)."""
         d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        v = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(v, str):
-        try:
-            return float(v) if any(c in v for c in ".eE") else int(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _check_key(path: Sequence[str]) -> None:
-    """Raise if ``path`` names no field of TrainConfig (walking nested dataclasses)."""
-    cls: Any = TrainConfig
-    for i, key in enumerate(path):
-        if not dataclasses.is_dataclass(cls):
-            raise ValueError(f"cannot set {'.'.join(path)}: {'.'.join(path[:i])} is not a section")
-        fmap = {f.name: f for f in fields(cls)}
-        if key not in fmap:
-            where = ".".join(path[:i]) or "the top level"
-            raise ValueError(f"unknown config key {'.'.join(path)!r}: {where} has {sorted(fmap)}")
-        f = fmap[key]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        cls = type(default) if dataclasses.is_dataclass(default) else None
+        if isinstance(d.get("model"), Mapping):  # the model section takes the run's stage unless it names one
+            d["model"] = {"stage": d.get("stage", "global"), **d["model"]}
+        return _config.from_dict(cls, d)
 
 
 def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (dotted keys for nested sections) to a config dict, in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        path = [k for k in key.strip().split(".") if k]
-        if not path:
-            raise ValueError(f"override {item!r} has an empty key")
-        _check_key(path)
-        node = d
-        for k in path[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[path[-1]] = _parse_value(text.strip())
-    return d
+    """Apply ``key=value`` overrides (dotted keys for nested sections) to a config dict, in place; a key
+    that names no TrainConfig field is a :class:`ConfigError`."""
+    return _config.apply_overrides(d, overrides, TrainConfig)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of TrainConfig fields")
-    return data
+    """The mapping in a YAML/JSON config file (a one-line :class:`ConfigError` if missing or malformed)."""
+    return _config.load_file(path)
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = (), **fixed: Any) -> TrainConfig:
@@ -180,9 +135,7 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] =
     for k, v in fixed.items():
         if v is not None:
             d[k] = v
-    if isinstance(d.get("model"), dict):
-        d["model"].setdefault("stage", d.get("stage", "global"))
     return TrainConfig.from_dict(d)
 
 
-__all__ = ["TrainConfig", "apply_overrides", "load_config_file", "load_train_config"]
+__all__ = ["ConfigError", "TrainConfig", "apply_overrides", "load_config_file", "load_train_config"]

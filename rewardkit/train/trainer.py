@@ -29,12 +29,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from rewardkit import __version__
+from rewardkit.devices import check_accelerator
 from rewardkit.eval.metrics import chance_credit_accuracy, preference_metrics
 from rewardkit.models.stage import StageRewardModel
 from rewardkit.train.augment import Augment
 from rewardkit.train.config import TrainConfig
 from rewardkit.train.data import PreferenceDataModule
 from rewardkit.train.module import RewardModelModule
+from rewardkit.train.progress import EpochLines, progress_mode
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
                            save_top_k=cfg.save_top_k, save_last=True, auto_insert_metric_name=False)
     # One log version per run (version_0, version_1 after a resume, ...): a resumed run keeps the earlier log.
     version = len(metrics_csv_paths(out_dir))
+    progress = progress_mode(cfg.progress_bar)  # stderr: a bar on a terminal, one line per epoch otherwise
+    if progress == "lines":
+        callbacks = [*(callbacks or []), EpochLines()]
     loggers: list = [CSVLogger(out_dir / "logs", name="csv", version=version)]
     if cfg.tensorboard and (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
         loggers.append(TensorBoardLogger(out_dir / "logs", name="tensorboard", version=version, default_hp_metric=False))
@@ -96,7 +101,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         callbacks=[ckpt, *(callbacks or [])], log_every_n_steps=cfg.log_every_n_steps,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch, deterministic=cfg.deterministic,
         gradient_clip_val=cfg.gradient_clip_val, accumulate_grad_batches=cfg.accumulate_grad_batches,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=progress == "bar", enable_model_summary=False, num_sanity_val_steps=0,
     )
     return trainer, ckpt
 
@@ -237,6 +242,7 @@ def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "
 
 def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     """Fit the stage model of ``cfg`` and write every output under ``cfg.out_dir``."""
+    check_accelerator(cfg.accelerator)  # a one-line DeviceError before any work, not Lightning's traceback
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
