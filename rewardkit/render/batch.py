@@ -1,7 +1,10 @@
 """Rendering many meshes: one renderer per worker process, progress, and failures that stop nothing.
 
 A mesh that fails to load or render is recorded with its reason in the batch summary; the others are
-rendered anyway. ``summary.json`` in the output root lists both.
+rendered anyway. ``summary.json`` in the output root lists both, and is written even when the batch is
+interrupted (the meshes not reached are listed as failed). Meshes are loaded in an
+:class:`~rewardkit.io.IsolatedLoader` (per-mesh time limit and memory cap, :class:`~rewardkit.io.MeshLimits`),
+so a mesh that would hang or exhaust memory fails alone.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rewardkit.io import MeshError, load_mesh
+from rewardkit.io import IsolatedLoader, MeshError, MeshLimits
 from rewardkit.render.folder import RenderResult, render_to_dir, write_views
 from rewardkit.render.protocol import CameraProtocol, get_protocol
 from rewardkit.render.renderer import RenderConfig, Renderer
@@ -55,18 +58,21 @@ def output_names(mesh_paths: Sequence[str | Path]) -> list[str]:
 
 # one renderer per worker process, created lazily by the worker itself
 _worker_renderer: Renderer | None = None
+_worker_loader: IsolatedLoader | None = None
 
 
-def _worker_init(size: int, config: RenderConfig) -> None:
-    global _worker_renderer
+def _worker_init(size: int, config: RenderConfig, limits: MeshLimits) -> None:
+    global _worker_renderer, _worker_loader
     _worker_renderer = Renderer(size=size, config=config)
+    _worker_loader = IsolatedLoader(limits)
 
 
 def _render_one(job: tuple[str, str, CameraProtocol, tuple[str, ...], str]) -> tuple[str, RenderResult | None, str | None, float]:
     mesh_path, out_dir, protocol, modes, up = job
     before = _worker_renderer.render_seconds
     try:
-        result, error = render_to_dir(mesh_path, out_dir, protocol, modes, renderer=_worker_renderer, up=up), None
+        loaded = _worker_loader.load(mesh_path, up=up)
+        result, error = render_to_dir(loaded, out_dir, protocol, modes, renderer=_worker_renderer, up=up), None
     except MeshError as exc:
         result, error = None, exc.reason
     except Exception as exc:  # one broken mesh must not stop the batch
@@ -94,12 +100,15 @@ def render_batch(
     config: RenderConfig | None = None,
     names: Sequence[str] | None = None,
     progress: bool = True,
+    limits: MeshLimits | None = None,
 ) -> BatchSummary:
     """Render each mesh into ``out_root/<name>/``; write and return the batch summary.
 
     ``names`` overrides the folder names (default: file stems, de-duplicated). ``workers > 1`` renders
-    in that many processes, each with its own OpenGL context.
+    in that many processes, each with its own OpenGL context. ``limits``: what reading one mesh may cost
+    (default :meth:`MeshLimits.from_env`).
     """
+    limits = limits or MeshLimits.from_env()
     mesh_paths = [str(p) for p in mesh_paths]
     protocol = get_protocol(protocol, size=size)
     config = config or RenderConfig()
@@ -114,48 +123,68 @@ def render_batch(
 
     from rewardkit.progress import progress_bar
 
-    with progress_bar("render", disable=not progress) as bar:  # stderr: a bar on a terminal, else lines
-        task = bar.add_task("", total=len(jobs))
-        if workers <= 1:
-            # one process: render mesh i+1 while mesh i's PNGs are written in a background thread
-            with Renderer(size=protocol.size, config=config) as renderer, ThreadPoolExecutor(1) as writer:
-                pending: tuple[str, Future] | None = None
+    try:
+        with progress_bar("render", disable=not progress) as bar:  # stderr: a bar on a terminal, else lines
+            task = bar.add_task("", total=len(jobs))
+            if workers <= 1:
+                _render_serial(jobs, protocol, config, limits, results, summary, lambda name: bar.update(
+                    task, advance=1, description=name))
+            else:
+                ctx = mp.get_context("spawn")  # a forked GL context is not safe to reuse
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                         initargs=(protocol.size, config, limits)) as pool:
+                    for path, result, error, seconds in pool.map(_render_one, jobs):
+                        results[path] = (result, error)
+                        summary.render_seconds += seconds
+                        bar.update(task, advance=1, description=Path(path).name)
+    except BaseException as exc:  # the summary is written even when the batch stops early
+        for path, *_ in jobs:
+            results.setdefault(path, (None, f"not rendered: the batch stopped ({type(exc).__name__}: {exc})"))
+        _write_summary(summary, jobs, results, out_root)
+        raise
+    _write_summary(summary, jobs, results, out_root)
+    return summary
 
-                def finish(item: tuple[str, Future]) -> None:
-                    path, future = item
-                    try:
-                        results[path] = (future.result(), None)
-                    except Exception as exc:
-                        results[path] = (None, f"{type(exc).__name__}: {exc}")
-                    bar.update(task, advance=1, description=Path(path).name)
 
-                for mesh_path, out_dir, proto, job_modes, job_up in jobs:
-                    try:
-                        loaded = load_mesh(mesh_path, up=job_up)
-                        views = renderer.render(loaded, proto, job_modes)
-                    except Exception as exc:  # one broken mesh must not stop the batch
-                        results[mesh_path] = (None, exc.reason if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}")
-                        bar.update(task, advance=1, description=Path(mesh_path).name)
-                        continue
-                    if pending is not None:
-                        finish(pending)
-                    pending = (mesh_path, writer.submit(_write, views, out_dir, loaded, proto, renderer.config.to_dict()))
+def _render_serial(jobs, protocol: CameraProtocol, config: RenderConfig, limits: MeshLimits, results: dict,
+                   summary: BatchSummary, advance) -> None:
+    """One process: render mesh i+1 while mesh i's PNGs are written in a background thread."""
+    with Renderer(size=protocol.size, config=config) as renderer, ThreadPoolExecutor(1) as writer, \
+            IsolatedLoader(limits) as loader:
+        pending: tuple[str, Future] | None = None
+
+        def finish(item: tuple[str, Future]) -> None:
+            path, future = item
+            try:
+                results[path] = (future.result(), None)
+            except Exception as exc:
+                results[path] = (None, f"{type(exc).__name__}: {exc}")
+            advance(Path(path).name)
+
+        try:
+            for mesh_path, out_dir, proto, job_modes, job_up in jobs:
+                try:
+                    loaded = loader.load(mesh_path, up=job_up)
+                    views = renderer.render(loaded, proto, job_modes)
+                except Exception as exc:  # one broken mesh must not stop the batch
+                    results[mesh_path] = (None, exc.reason if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}")
+                    advance(Path(mesh_path).name)
+                    continue
                 if pending is not None:
                     finish(pending)
-                summary.render_seconds = renderer.render_seconds
-        else:
-            ctx = mp.get_context("spawn")  # a forked GL context is not safe to reuse
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(protocol.size, config)) as pool:
-                for path, result, error, seconds in pool.map(_render_one, jobs):
-                    results[path] = (result, error)
-                    summary.render_seconds += seconds
-                    bar.update(task, advance=1, description=Path(path).name)
+                pending = (mesh_path, writer.submit(_write, views, out_dir, loaded, proto, renderer.config.to_dict()))
+        finally:
+            if pending is not None:
+                finish(pending)
+            summary.render_seconds = renderer.render_seconds
 
-    for path, _, _, _, _ in jobs:
+
+def _write_summary(summary: BatchSummary, jobs, results: dict, out_root: Path) -> None:
+    summary.rendered, summary.failed = [], []
+    for path, *_ in jobs:
         result, error = results[path]
         if result is not None:
             summary.rendered.append(asdict(result))
         else:
             summary.failed.append({"mesh_path": path, "error": error})
     (out_root / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    return summary

@@ -155,10 +155,19 @@ def obj_text_to_mesh(text: str) -> Any:
 
     import trimesh
 
-    body = "\n".join(ln.strip() for ln in text.splitlines() if ln.strip()[:2] in ("v ", "f ", "vn", "vt"))
-    mesh = trimesh.load(io.BytesIO(body.encode()), file_type="obj", force="mesh", process=False)
+    from rewardkit.io import MeshLimits, from_trimesh
+
+    limits = MeshLimits.from_env()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()[:2] in ("v ", "f ", "vn", "vt")]
+    n_f = sum(ln.startswith("f ") for ln in lines)
+    n_v = sum(ln.startswith("v ") for ln in lines)
+    if n_f > limits.max_faces or n_v > limits.max_vertices:  # refused before any geometry is built
+        raise ValueError(f"the completion's OBJ text has {n_f} faces and {n_v} vertices, more than the limits "
+                         f"of {limits.max_faces} faces / {limits.max_vertices} vertices (MeshLimits)")
+    mesh = trimesh.load(io.BytesIO("\n".join(lines).encode()), file_type="obj", force="mesh", process=False)
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise ValueError("the completion's OBJ text has no faces")
+    from_trimesh(mesh, name="<completion OBJ text>")  # degenerate meshes (one point, absurd or bad indices) fail here
     return mesh
 
 

@@ -17,7 +17,9 @@ under ``torch.no_grad()`` in eval mode; results do not depend on the order or th
 beyond float rounding.
 
 A mesh that cannot be loaded or rendered gets a :class:`MeshScore` with ``error`` set and no scores; the
-others are scored anyway (``on_error="raise"`` raises instead).
+others are scored anyway (``on_error="raise"`` raises instead). Mesh files are loaded in the process-wide
+:class:`~rewardkit.io.IsolatedLoader` (per-mesh time limit and memory cap, :class:`~rewardkit.io.MeshLimits`
+from ``limits=`` or the ``REWARDKIT_MESH_*`` environment), so one hostile file cannot hang the render thread.
 """
 
 from __future__ import annotations
@@ -165,16 +167,16 @@ def _mesh_name(mesh: MeshLike, i: int) -> str:
     return f"<mesh {i}>"
 
 
-def _load(mesh: MeshLike, up: str):
+def _load(mesh: MeshLike, up: str, limits: Any = None):
     import trimesh
 
-    from rewardkit.io import LoadedMesh, from_trimesh, load_mesh
+    from rewardkit.io import LoadedMesh, MeshLimits, default_loader, from_trimesh
 
     if isinstance(mesh, LoadedMesh):
         return mesh
     if isinstance(mesh, (trimesh.Trimesh, trimesh.Scene)):
         return from_trimesh(mesh, up=up)
-    return load_mesh(mesh, up=up)
+    return default_loader().load(mesh, up=up, limits=limits or MeshLimits.from_env())
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -239,12 +241,12 @@ def close_renderers() -> None:
 
 
 def _render_one(index: int, mesh: MeshLike, prompt: str, groups: list[_RenderGroup], up: str,
-                renderer: Any = None) -> _Item:
+                renderer: Any = None, limits: Any = None) -> _Item:
     """Load and render one mesh once per render group (runs in the render thread unless a renderer is given)."""
     item = _Item(index, _mesh_name(mesh, index), prompt)
     try:
         t0 = time.perf_counter()
-        loaded = _load(mesh, up)
+        loaded = _load(mesh, up, limits)
         item.load_s = time.perf_counter() - t0
         item.warnings = list(getattr(loaded, "warnings", []) or [])
         for gi, g in enumerate(groups):
@@ -292,6 +294,7 @@ def score_meshes(
     on_error: str = "record",
     timings: ScoringTimings | None = None,
     progress: Callable[[int, int], None] | None = None,
+    limits: Any = None,
 ) -> list[MeshScore]:
     """Score meshes (paths, trimesh objects or loaded meshes) against their prompts with every scorer.
 
@@ -300,6 +303,7 @@ def score_meshes(
     resolution (the models resize internally; use the recorded size to reproduce training conditions).
     ``on_error``: ``"record"`` (default) or ``"raise"``. Pass a :class:`ScoringTimings` to get a breakdown.
     ``progress(done, total)`` is called as meshes finish (scored or failed).
+    ``limits``: a :class:`rewardkit.io.MeshLimits` for reading mesh files (default: from the environment).
     """
     import trimesh
 
@@ -332,7 +336,7 @@ def score_meshes(
             if nxt is None:
                 return
             i, (m, p) = nxt
-            pending.append(pool.submit(_render_one, i, m, p, groups, up))
+            pending.append(pool.submit(_render_one, i, m, p, groups, up, None, limits))
 
     submit_more()
     batch: list[_Item] = []

@@ -33,6 +33,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -224,17 +225,23 @@ class MicroBatcher:
 # mesh rendering (one GL context, in its own thread)
 # ---------------------------------------------------------------------------------------------------- #
 class _MeshRenderer:
-    def __init__(self, scorers: ScorerSet) -> None:
+    """Uploaded meshes are loaded in an IsolatedLoader (a worker process with a time limit and a memory cap,
+    MeshLimits), so no upload can block this render thread or grow the service's memory while parsing."""
+
+    def __init__(self, scorers: ScorerSet, mesh_limits: Any = None) -> None:
+        from rewardkit.io import IsolatedLoader, MeshLimits
+
         self.groups = render_groups(scorers)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-render")
         self._renderers: dict[int, Any] = {}
+        self.mesh_limits = mesh_limits or MeshLimits.from_env()
+        self.loader = IsolatedLoader(self.mesh_limits)
 
     def render(self, path: str) -> tuple[list[tuple[list[str], dict[str, torch.Tensor]]], list[str]]:
         """-> [(scorer names of a render group, {mode: uint8 [V, 3, H, W]})], load warnings."""
-        from rewardkit.io import load_mesh
         from rewardkit.render import Renderer
 
-        loaded = load_mesh(path)
+        loaded = self.loader.load(path)
         out_groups = []
         for gi, g in enumerate(self.groups):
             r = self._renderers.get(gi)
@@ -255,6 +262,21 @@ class _MeshRenderer:
         except Exception:  # pragma: no cover
             pass
         self.executor.shutdown(wait=False)
+        self.loader.close()
+
+
+def _upload_name(filename: str | None, suffix: str) -> str:
+    """The uploaded file's own name, reduced to safe characters (messages name it, never a server path)."""
+    stem = Path((filename or "").replace("\\", "/")).stem
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:80] or "mesh"
+    return stem + suffix
+
+
+def _scrub(message: str, folder: str) -> str:
+    """Drop the server's temporary folder from a message about an upload."""
+    for form in (folder + os.sep, folder):
+        message = message.replace(form, "")
+    return message
 
 
 # ---------------------------------------------------------------------------------------------------- #
@@ -310,15 +332,18 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
 
 
 def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: int = 32,
-               batch_window_ms: float = 5.0, device: str | torch.device | None = None) -> Any:
-    """The FastAPI app serving ``scorers`` (a ScorerSet, a scorer, or scorer directories)."""
+               batch_window_ms: float = 5.0, device: str | torch.device | None = None,
+               mesh_limits: Any = None) -> Any:
+    """The FastAPI app serving ``scorers`` (a ScorerSet, a scorer, or scorer directories). ``mesh_limits``
+    (a :class:`rewardkit.io.MeshLimits`, default from the ``REWARDKIT_MESH_*`` environment) bounds what
+    reading one uploaded mesh may cost."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     scorer_set = as_scorer_set(scorers, device=device)
     limits = limits or ServiceLimits()
     batcher = MicroBatcher(scorer_set, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
-    mesh_renderer = _MeshRenderer(scorer_set)
+    mesh_renderer = _MeshRenderer(scorer_set, mesh_limits)
     started = time.time()
 
     @asynccontextmanager
@@ -452,16 +477,19 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
         if not data:
             raise RequestError(400, "mesh file is empty")
         with tempfile.TemporaryDirectory(prefix="rewardkit-upload-") as tmp:
-            path = os.path.join(tmp, "mesh" + suffix)
+            # the upload's folder holds only the upload: it can name no other file the server would read
+            name = _upload_name(file.filename, suffix)
+            path = os.path.join(tmp, name)
             with open(path, "wb") as fh:
                 fh.write(data)
             loop = asyncio.get_running_loop()
             try:
                 groups, warnings = await loop.run_in_executor(mesh_renderer.executor, mesh_renderer.render, path)
             except MeshError as exc:
-                raise RequestError(400, f"cannot read mesh {file.filename!r}: {exc.reason if hasattr(exc, 'reason') else exc}")
+                raise RequestError(400, f"cannot read mesh {name!r}: {_scrub(exc.reason, tmp)}")
             except Exception as exc:
-                raise RequestError(500, f"cannot render mesh {file.filename!r}: {type(exc).__name__}: {exc}")
+                raise RequestError(500, f"cannot render mesh {name!r}: {type(exc).__name__}: {_scrub(str(exc), tmp)}")
+            warnings = [_scrub(w, tmp) for w in warnings]
         all_modes = {m for _, views in groups for m in views}
         chosen = _select(scorers, all_modes, "request")
         # one job per render group (scorers trained on different protocols/sizes get their own views)
