@@ -6,6 +6,14 @@ import os
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
+# Loading triton's LLVM after Mesa's software EGL has loaded its own (an EGL context exists) segfaults
+# the process; torch._dynamo (pulled in by Lightning and open_clip) imports triton. Load it first, once,
+# before any test renders, whatever order the tests run in.
+try:
+    import triton  # noqa: F401
+except ImportError:  # a torch build without triton
+    pass
+
 
 # ---------------------------------------------------------------------------------------------------
 # Label Studio (issue 4): ONE real server per test session, started through `rewardkit annotate up`
