@@ -139,6 +139,45 @@ def test_checkpoint_generation_defaults_do_not_leak_into_sampling(policy):
     assert len({tuple(s.codes.tolist()) for s in steps}) > 1
 
 
+def _processors_run(policy, seed: int) -> list[str]:
+    """Class names of the logits processors Hugging Face's generate ran in a rollout (both phases)."""
+    model, seen = policy.model, []
+    inner = model._get_logits_processor
+
+    def record(*a, **k):
+        procs = inner(*a, **k)
+        seen.extend(type(p).__name__ for p in procs)
+        return procs
+
+    model._get_logits_processor = record
+    try:
+        policy.rollout_step(model, ["a cube"] * 2, SamplingConfig(max_reasoning_tokens=2), seed=seed)
+    finally:
+        del model._get_logits_processor
+    return seen
+
+
+def test_neutral_sampling_knobs_add_no_per_token_warpers(policy):
+    """With temperature 1, top_p 1, top_k 0 the only per-token logits work is the mesh constraint: a neutral
+    knob must not add a warper (min_p=0.0 added a softmax over the vocabulary per token)."""
+    run = _processors_run(policy, 1)
+    assert "_Restrict" in run
+    assert not [p for p in run if p.endswith("Warper")], run
+
+
+def test_checkpoint_min_p_does_not_leak_into_sampling(policy):
+    """A checkpoint's min_p (0.99: nearly greedy) is overridden to off, not inherited."""
+    gc = policy.model.generation_config
+    old = gc.min_p
+    gc.min_p = 0.99
+    try:
+        steps = policy.rollout_step(policy.model, ["a cube"] * 8, SamplingConfig(max_reasoning_tokens=0), seed=5)
+        assert "MinPLogitsWarper" in _processors_run(policy, 1)  # present, but neutral (min_p=0.0)
+    finally:
+        gc.min_p = old
+    assert len({tuple(s.codes.tolist()) for s in steps}) > 1
+
+
 def test_reasoning_tokens_are_scored_at_the_reasoning_temperature(policy):
     """Text-phase positions were sampled at ``reasoning_temperature``: their log-probs (ratio, KL) must use
     it, while mesh positions keep ``temperature``."""

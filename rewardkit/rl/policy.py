@@ -365,8 +365,12 @@ class MeshPolicy:
         gen = getattr(model, "module", model)  # generation bypasses DDP wrappers (no grad needed)
         # every sampling knob explicit: unset ones would be filled from the checkpoint's
         # generation_config (e.g. top_k=50, repetition_penalty) and silently change the distribution
+        # min_p: any value, 0.0 included, adds a min-p warper (a softmax over the vocabulary per token, about a
+        # tenth of a tiny policy's generate time); None is off, but None is filled from the checkpoint's
+        # generation_config, so 0.0 only where the checkpoint sets a min_p
+        min_p = 0.0 if getattr(getattr(gen, "generation_config", None), "min_p", None) is not None else None
         gcfg = GenerationConfig(
-            do_sample=True, temperature=temperature, top_p=s.top_p, top_k=max(0, s.top_k), min_p=0.0, typical_p=1.0,
+            do_sample=True, temperature=temperature, top_p=s.top_p, top_k=max(0, s.top_k), min_p=min_p, typical_p=1.0,
             epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
             no_repeat_ngram_size=0, max_new_tokens=max_new, min_new_tokens=0, eos_token_id=stop, pad_token_id=pad,
         )
