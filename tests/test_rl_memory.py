@@ -71,3 +71,6 @@ def test_layer_activation_formula_matches_autograd(tmp_path, kv_heads):
     att[2, 35:] = 0
     per_token = saved_bytes_per_layer(model, ids, att) / ids.numel()
     assert per_token == pytest.approx(layer_activation_bytes(count_model(model), a=4, r=4, seq_len=40), rel=0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed over fp32 master weights (DDP)
+        per_token = saved_bytes_per_layer(model, ids, att) / ids.numel()
+    assert per_token == pytest.approx(layer_activation_bytes(count_model(model), a=2, r=4, seq_len=40), rel=0.02)

@@ -25,8 +25,9 @@ training forward/backward, on top of the persistent part
                 bf16 weight copies saved for the backward
     saved acts  b * L * [N * s + 4H + 2rH + aH + 2r d_head] + b * L * L  (final norm, embeddings, RoPE
                 cos/sin, bool mask), s per layer and token:
-                s = 2(4H + 4 + rH + aH) + 4aH + 4 n_heads + aL + 4aI
-                    (two RMSNorms: fp32 input, rsqrt, normalized, the next linear's input; q, k, v
+                s = 2(4H + 4 + rH) + 2aH (5aH when autocast casts an fp32 residual per linear)
+                    + 4aH + 4 n_heads + aL + 4aI
+                    (two RMSNorms: fp32 input, rsqrt, normalized, the linears' inputs; q, k, v
                     (repeat_kv'd to H wide for GQA under a padding mask), output and logsumexp of
                     memory-efficient attention; sdpa's float copy of the [L, L] mask; SwiGLU MLP;
                     MHA: 2aH + 2aHkv instead of 4aH). Checked against autograd's saved tensors.
@@ -254,7 +255,10 @@ def layer_activation_bytes(c: ModelCounts, a: int, r: int, seq_len: int, lora_r:
     """Bytes per token autograd saves inside one decoder layer (no checkpointing); checked against
     :func:`saved_bytes_per_layer` in the tests."""
     H, I, Hkv = c.hidden, c.intermediate, c.kv_dim
-    norms = 2 * (4 * H + 4 + r * H + a * H)  # fp32 input, rsqrt, normalized, the next linear's input
+    norms = 2 * (4 * H + 4 + r * H)  # fp32 input, rsqrt, normalized
+    # the linears' inputs: one shared tensor per norm, or (autocast over an fp32 residual) one bf16 cast
+    # per linear: q, k, v and gate, up
+    norms += (5 if r != a else 2) * a * H
     # RoPE saves only cos/sin (shared by all layers: counted outside); memory-efficient attention saves
     # q, k, v, its output (the o_proj input shares it) and the logsumexp, plus the float copy of the
     # padding mask sdpa makes per call ([b, 1, L, L]: a * L per token)
@@ -401,7 +405,7 @@ def saved_bytes_per_layer(model: nn.Module, input_ids: torch.Tensor, attention_m
         try:
             st = t.untyped_storage()
             key = st.data_ptr()
-            if key not in seen:
+            if key not in seen and not (t.dim() == 2 and tuple(t.shape) in shapes and t.dtype != torch.float32):
                 seen.add(key)
                 total[0] += st.nbytes()
         except (RuntimeError, NotImplementedError):
@@ -413,6 +417,8 @@ def saved_bytes_per_layer(model: nn.Module, input_ids: torch.Tensor, attention_m
     if len(layers) < 2:
         raise ValueError("needs at least two decoder layers (the first one also sees the shared attention mask)")
     seen.update(p.untyped_storage().data_ptr() for p in model.parameters())  # weights are not activations
+    shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}  # nor their autocast copies
+    shapes |= {s[::-1] for s in shapes}
     marks = []
     hooks = [layers[1].register_forward_pre_hook(lambda m, a: marks.append(total[0])),
              layers[-1].register_forward_hook(lambda m, a, o: marks.append(total[0]))]
