@@ -455,12 +455,14 @@ def build_tiny_policy(
     num_heads: int = 4,
     max_positions: int = 512,
     seed: int = 0,
+    num_kv_heads: int | None = None,
 ) -> Path:
     """Write a random-init tiny causal LM + word-level tokenizer with the mesh tokens to ``path``.
 
     Vocabulary: ``<pad> <unk> <eos>``, the given words, ``<mesh0>..<mesh{K-1}>``, ``<mesh-start>``,
     ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama``, ``gpt2`` or
     ``qwen2_5_vl`` (ShapeLLM-Omni's architecture, a tiny vision tower included, used text-only).
+    ``num_kv_heads`` (llama, qwen2_5_vl): grouped-query attention's key/value heads (None: ``num_heads``).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, normalizers, decoders
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig
@@ -485,7 +487,7 @@ def build_tiny_policy(
     if arch == "llama":
         cfg = LlamaConfig(
             vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
             pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None, tie_word_embeddings=False,
         )
     elif arch == "gpt2":
@@ -502,7 +504,7 @@ def build_tiny_policy(
         cfg = Qwen2_5_VLConfig(
             text_config=dict(
                 vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
-                num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=max_positions,
+                num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
                 rope_scaling={"type": "mrope", "mrope_section": [head // 2 - 2 * third, third, third]},
             ),
             vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,

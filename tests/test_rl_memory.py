@@ -1,0 +1,76 @@
+"""The memory plan of Hi-GRPO runs (rewardkit.rl.memory) and the shipped 8 x 80 GB config of the paper's
+experiment: exact parameter counts on the meta device, the activation formula against autograd's saved
+tensors of a real small Qwen2.5-VL, and the plan of the shipped config."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardkit.rl.memory import (
+    GB, SHAPELLM_OMNI_VOCAB, build_meta_model, count_model, layer_activation_bytes, plan_for_config,
+    saved_bytes_per_layer, shapellm_omni_config,
+)
+from rewardkit.rl.trainer import load_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "rewardkit" / "rl" / "configs" / "ar3d_r1_8x80gb.yaml"
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return count_model(build_meta_model(shapellm_omni_config()))
+
+
+def test_shapellm_omni_counts_on_meta(counts):
+    H, I, kv, V = 3584, 18944, 512, SHAPELLM_OMNI_VOCAB
+    layer = (H * H + H) + 2 * (H * kv + kv) + H * H + 3 * H * I + 2 * H  # q/k/v (bias), o, SwiGLU, 2 norms
+    assert counts.vocab == 159_859
+    assert counts.layer == layer
+    assert counts.lm_head == counts.embeddings == V * H  # untied
+    assert counts.total == 28 * layer + 2 * V * H + H + counts.vision
+    assert counts.trainable == counts.total - counts.vision - counts.lm_head  # default freeze
+    assert 8.3e9 < counts.total < 8.4e9  # "8B" (the AR3D-R1 model card)
+
+
+def test_shipped_config_loads_and_fits_8x80gb(counts):
+    cfg = load_config(CONFIG)
+    assert (cfg.strategy, cfg.devices, cfg.group_size, cfg.prompts_per_step) == ("fsdp", 8, 8, 2)
+    assert cfg.sampling.max_reasoning_tokens == 2048 and cfg.tokens_per_object == 1024
+    assert cfg.activation_checkpointing and cfg.shape_tokenizer["type"] == "shapellm_vqvae"
+    plan = plan_for_config(cfg, counts)
+    assert plan.settings["seq_len"] == 100 + 2048 + 2048 + 1026  # step 2 holds the step-1 plan
+    assert plan.fits(80 * GB, overhead=3 * GB), f"{plan.peak / GB:.1f} GB"
+    # the same batch without sharding or without checkpointing does not fit: the plan discriminates
+    assert not plan_for_config(cfg, counts, strategy="ddp").fits(80 * GB)
+    cfg.activation_checkpointing = False
+    assert not plan_for_config(cfg, counts).fits(80 * GB, overhead=3 * GB)
+
+
+def test_lora_count_matches_peft(tmp_path):
+    pytest.importorskip("peft")
+    from rewardkit.rl.lora import LoRAConfig, apply_lora
+    from rewardkit.rl.policy import MeshPolicy, build_tiny_policy
+
+    build_tiny_policy(tmp_path / "p", ["a", "cube"], 16, 8, arch="qwen2_5_vl", hidden_size=64, num_heads=4, num_kv_heads=2)
+    model = MeshPolicy.from_pretrained(tmp_path / "p").model
+    c = count_model(model, lora_r=8)
+    peft_model = apply_lora(model, LoRAConfig(r=8))
+    assert c.lora_trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_layer_activation_formula_matches_autograd(tmp_path, kv_heads):
+    from rewardkit.rl.policy import MeshPolicy, build_tiny_policy
+
+    build_tiny_policy(tmp_path / "p", ["a", "cube", "ball"], 16, 8, arch="qwen2_5_vl", hidden_size=128,
+                      num_layers=2, num_heads=4, num_kv_heads=kv_heads)
+    model = MeshPolicy.from_pretrained(tmp_path / "p").model
+    ids = torch.randint(3, 20, (3, 40))
+    att = torch.ones_like(ids)
+    att[1, 30:] = 0  # padding, as in real micro-batches
+    att[2, 35:] = 0
+    per_token = saved_bytes_per_layer(model, ids, att) / ids.numel()
+    assert per_token == pytest.approx(layer_activation_bytes(count_model(model), a=4, r=4, seq_len=40), rel=0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed over fp32 master weights (DDP)
+        per_token = saved_bytes_per_layer(model, ids, att) / ids.numel()
+    assert per_token == pytest.approx(layer_activation_bytes(count_model(model), a=2, r=4, seq_len=40), rel=0.02)
