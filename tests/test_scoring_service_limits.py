@@ -271,19 +271,39 @@ def test_slow_clients_are_cut_off_and_do_not_starve_the_service(scorers):
         assert httpx.get(url + "/health", timeout=5).status_code == 200
 
 
-def test_health_answers_while_a_large_request_is_decoded(scorers):
-    """Decoding (and JSON parsing) run off the event loop: /health answers promptly while a big-but-allowed
-    request (32 views of 1024², 33.5 M pixels, ~1.3 s of PNG decoding here) is in progress."""
+def _worst_body(seed: int = 0) -> bytes:
+    """The largest request the default limits allow: 8 items x 4 views of 1024² (33.5 M pixels), 14 of them
+    incompressible (~59 MB of JSON, just under max_request_bytes)."""
+    rng = np.random.default_rng(seed)
+
+    def noise_png() -> str:
+        buf = io.BytesIO()
+        PIL.Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(buf, format="PNG",
+                                                                                       compress_level=0)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    noise = [noise_png() for _ in range(3)]
     zeros = _png(np.zeros((1024, 1024, 3), np.uint8))
-    item = {"prompt": "a chair", "views": {"geometry": [zeros] * 4}}
-    body = {"items": [item] * 8}
+    views = [noise[i % 3] for i in range(14)] + [zeros] * 18
+    body = json.dumps({"items": [{"prompt": "a chair", "views": {"geometry": views[i * 4:(i + 1) * 4]}}
+                                 for i in range(8)]}).encode()
+    limits = ServiceLimits()
+    assert len(body) <= limits.max_request_bytes and 32 * 1024 * 1024 <= limits.max_request_pixels
+    return body
+
+
+def test_health_answers_while_a_large_request_is_decoded(scorers):
+    """JSON parsing and decoding run off the event loop: /health answers promptly while the largest request
+    the default limits allow (~59 MB of JSON, 33.5 M pixels) is parsed, decoded and scored."""
+    body = _worst_body()
     with running(create_app(scorers)) as (url, _):
         latencies: list[float] = []
         done = threading.Event()
 
         def big():
             try:
-                return httpx.post(url + "/score", json=body, timeout=120)
+                return httpx.post(url + "/score", content=body, headers={"content-type": "application/json"},
+                                  timeout=120)
             finally:
                 done.set()
 
@@ -403,21 +423,7 @@ def test_server_memory_stays_bounded_under_the_worst_allowed_requests(tmp_path):
             except httpx.TransportError:
                 time.sleep(0.2)
         idle_mb = _vm_hwm_mb(proc.pid)
-        rng = np.random.default_rng(0)
-
-        def noise_png() -> str:
-            buf = io.BytesIO()
-            PIL.Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(buf, format="PNG",
-                                                                                           compress_level=0)
-            return base64.b64encode(buf.getvalue()).decode()
-
-        noise = [noise_png() for _ in range(3)]
-        zeros = _png(np.zeros((1024, 1024, 3), np.uint8))
-        views = [noise[i % 3] for i in range(14)] + [zeros] * 18
-        body = json.dumps({"items": [{"prompt": "a chair", "views": {"geometry": views[i * 4:(i + 1) * 4]}}
-                                     for i in range(8)]}).encode()
-        limits = ServiceLimits()
-        assert len(body) <= limits.max_request_bytes and 32 * 1024 * 1024 <= limits.max_request_pixels
+        body = _worst_body()
 
         def send(_):
             return httpx.post(url + "/score", content=body, headers={"content-type": "application/json"},
