@@ -19,7 +19,7 @@ from _fixtures_scoring import RENDER_SIZE, mesh_files, scorer_set_dir
 
 from rewardkit.scoring import load_scorer, score_meshes
 from rewardkit.scoring.client import ScorerClient, ScorerServiceError, encode_views
-from rewardkit.scoring.service import ServiceLimits, create_app
+from rewardkit.scoring.service import ServiceLimits, create_app, server_config
 
 N_VIEWS = 4
 
@@ -40,7 +40,7 @@ def server(scorers):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    config = server_config(app, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -311,3 +311,31 @@ def test_resume_from_checkpoint_continues_identically(dataset, tmp_path):
     model = model_from_checkpoint(resumed.last_checkpoint)
     for k, v in model.state_dict().items():
         assert torch.equal(v, sb[f"model.{k}"]), k
+
+
+def test_resume_auto_falls_back_from_a_torn_last_checkpoint(dataset, tmp_path):
+    """A truncated last.ckpt (killed mid-write, disk full) does not abort resume=auto: the newest checkpoint
+    that loads (here best-*.ckpt of the same epoch) is used, with a warning naming the torn file; the run
+    finishes as if nothing happened. With no loadable checkpoint at all the error names the files."""
+    common = dict(max_epochs=2, use_best_checkpoint=False, export=False, probes=None, deterministic=True,
+                  save_top_k=1)
+    straight = train(config(dataset, tmp_path / "a", "global", **common))
+    train(config(dataset, tmp_path / "b", "global", **common), callbacks=[_StopAfterEpoch(1)])
+    ckpts = Path(tmp_path / "b" / "global" / "checkpoints")
+    last = ckpts / "last.ckpt"
+    best = [p for p in ckpts.glob("best-*.ckpt")]
+    assert last.exists() and len(best) == 1
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])  # torn
+    with pytest.warns(RuntimeWarning, match="last.ckpt: cannot load checkpoint"):
+        resumed = train(config(dataset, tmp_path / "b", "global", resume="auto", **common))
+    assert resumed.metrics["resumed_from"] == str(best[0])
+    assert resumed.metrics["global_step"] == straight.metrics["global_step"]
+    sa, sb = straight.module.state_dict(), resumed.module.state_dict()
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6, rtol=0), k
+    # nothing loadable: a clear error naming the files, not a traceback from deep inside torch
+    for p in ckpts.glob("*.ckpt"):
+        p.write_bytes(b"\x00" * 64)
+    with pytest.raises(RuntimeError, match="no loadable checkpoint in .*last.ckpt"):
+        train(config(dataset, tmp_path / "b", "global", resume="auto", **common))

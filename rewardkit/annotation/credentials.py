@@ -67,12 +67,40 @@ def load_credentials(path: str | Path | None = None, *, env: dict[str, str] | No
 
 
 def save_credentials(creds: Credentials, path: str | Path | None = None) -> Path:
-    """Write the credentials file with mode 0600 (owner read/write only)."""
+    """Write the credentials file with mode 0600 (owner read/write only).
+
+    The secret is written to a new temporary file created with mode 0600 in the same folder (``O_CREAT |
+    O_EXCL``, so no other file is reused), synced to disk and then renamed over the target: an existing file
+    with wider permissions is replaced, never rewritten in place, and no reader ever sees a half-written
+    file. A target that is a symbolic link (or not a regular file) is refused with a ``ValueError``:
+    nothing is written through the link.
+    """
     p = credentials_path(path)
+    if p.is_symlink():
+        raise ValueError(f"{p}: is a symbolic link; refusing to write credentials through it "
+                         "(remove the link or choose another file with REWARDKIT_LS_CREDENTIALS)")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{p}: exists and is not a regular file; refusing to write credentials there")
     p.parent.mkdir(parents=True, exist_ok=True)
     data = {k: getattr(creds, k) for k in ENV if getattr(creds, k)}
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(p, 0o600)
+    tmp = p.parent / f".{p.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only narrow the mode; make it exactly 0600
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)  # rename: replaces the directory entry, never writes through it
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on a directory
+        pass
     return p

@@ -1,4 +1,4 @@
-"""``rewardkit serve``: the HTTP scorer service (see :mod:`rewardkit.scoring.service`)."""
+"""``rewardkit serve``: the HTTP scorer service (see :mod:`rewardkit.scoring.service`, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 import click
 
 from rewardkit.cli.errors import UserError
+# Limit options default to None: the defaults live in one place, rewardkit.scoring.service.ServiceLimits (the
+# field named in each help text; table in docs/security.md). Importing it here would import torch for --help.
 
 
 @click.command()
@@ -17,30 +19,62 @@ from rewardkit.cli.errors import UserError
 @click.option("--max-batch", default=32, show_default=True, type=int, help="Most items scored in one forward.")
 @click.option("--batch-window-ms", default=5.0, show_default=True, type=float,
               help="How long the first waiting item waits for others to join its batch.")
-@click.option("--max-views", default=32, show_default=True, type=int, help="Most views per mode in one item.")
-@click.option("--max-items", default=64, show_default=True, type=int, help="Most items in one request.")
-@click.option("--max-request-mb", default=64.0, show_default=True, type=float, help="Largest request body.")
-@click.option("--max-image-side", default=1024, show_default=True, type=int, help="Largest view image side (px).")
+@click.option("--max-views", default=None, type=int,
+              help="Most views per mode in one item (default: ServiceLimits.max_views).")
+@click.option("--max-modes", default=None, type=int,
+              help="Most render modes in one item (default: ServiceLimits.max_modes).")
+@click.option("--max-items", default=None, type=int,
+              help="Most items in one request (default: ServiceLimits.max_items).")
+@click.option("--max-request-mb", default=None, type=float,
+              help="Largest request body (and mesh upload) (default: ServiceLimits.max_request_bytes).")
+@click.option("--max-image-side", default=None, type=int,
+              help="Largest view image side (px; default: ServiceLimits.max_image_side).")
+@click.option("--max-item-pixels", default=None, type=int,
+              help="Most decoded view pixels (sum of width*height) in one item; also the most per forward (default: ServiceLimits.max_item_pixels).")
+@click.option("--max-request-pixels", default=None, type=int,
+              help="Most decoded view pixels (sum of width*height) in one request (default: ServiceLimits.max_request_pixels).")
+@click.option("--max-concurrent", default=None, type=int,
+              help="Requests read, decoded and scored at once; later ones wait with their body unread (default: ServiceLimits.max_concurrent_requests).")
+@click.option("--max-connections", default=None, type=int,
+              help="Open connections; more are answered 503 (default: ServiceLimits.max_connections).")
+@click.option("--header-timeout", default=None, type=float,
+              help="Seconds a connection has to send its request headers (default: ServiceLimits.header_timeout_s).")
+@click.option("--body-timeout", default=None, type=float,
+              help="Seconds a request has to send its whole body (default: ServiceLimits.body_timeout_s).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File whose first line is a shared token; every endpoint but /health then needs "
+                   "'Authorization: Bearer <token>'. Default: $REWARDKIT_SERVICE_TOKEN, else no token.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, max_items, max_request_mb,
-          max_image_side, log_level) -> None:
+def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, max_modes, max_items, max_request_mb,
+          max_image_side, max_item_pixels, max_request_pixels, max_concurrent, max_connections, header_timeout,
+          body_timeout, token_file, log_level) -> None:
     """Serve exported scorers over HTTP: POST /score (JSON, base64 PNG views), POST /score_mesh (upload),
-    GET /health. Concurrent requests are batched into one forward per scorer."""
+    GET /health. Concurrent requests are batched into one forward per scorer. Limits: docs/security.md."""
     from rewardkit.devices import resolve_device
     from rewardkit.scoring.api import as_scorer_set
     from rewardkit.scoring.export import ScorerError
-    from rewardkit.scoring.service import ServiceLimits, serve as run
+    from rewardkit.scoring.service import ServiceLimits, read_token, serve as run
 
+    given = {"max_items": max_items, "max_modes": max_modes, "max_views": max_views, "max_image_side": max_image_side,
+             "max_item_pixels": max_item_pixels, "max_request_pixels": max_request_pixels,
+             "max_concurrent_requests": max_concurrent, "max_connections": max_connections,
+             "header_timeout_s": header_timeout, "body_timeout_s": body_timeout}
+    if max_request_mb is not None:
+        given["max_request_bytes"] = given["max_mesh_bytes"] = int(max_request_mb * 1024 * 1024)
+    try:
+        token = read_token(token_file)
+        limits = ServiceLimits(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     device = resolve_device(device, what="--device")  # DeviceError: one line, exit 2
     try:
         scorer_set = as_scorer_set(list(scorers), device=device)
     except ScorerError as exc:  # bad scorer directory or version mismatch
         raise UserError(str(exc)) from None
-    limits = ServiceLimits(max_request_bytes=int(max_request_mb * 1024 * 1024), max_items=max_items,
-                           max_views=max_views, max_image_side=max_image_side,
-                           max_mesh_bytes=int(max_request_mb * 1024 * 1024))
     for name, s in scorer_set.items():
         click.echo(f"serving {name}: {s!r} from {s.source}", err=True)
+    if token:
+        click.echo("a token is required (Authorization: Bearer ...) on every endpoint but /health", err=True)
     run(scorer_set, host=host, port=port, log_level=log_level, limits=limits, max_batch=max_batch,
-        batch_window_ms=batch_window_ms)
+        batch_window_ms=batch_window_ms, token=token)

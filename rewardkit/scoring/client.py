@@ -11,7 +11,8 @@
 
 Views are sent as base64 PNG (lossless); meshes as a multipart upload (trimesh objects are exported to GLB
 in memory). Requests are retried on connection errors, 408, 429 and 5xx with exponential backoff; other
-4xx raise :class:`ScorerServiceError` with the server's message.
+4xx raise :class:`ScorerServiceError` with the server's message. A service started with a token gets it
+from ``token=`` or ``$REWARDKIT_SERVICE_TOKEN``.
 """
 
 from __future__ import annotations
@@ -73,13 +74,21 @@ def encode_views(views: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 class ScorerClient:
+    """Client of one service. ``token``: the service's shared token (default ``$REWARDKIT_SERVICE_TOKEN``),
+    sent as ``Authorization: Bearer <token>``; the RL adapters' ``url=`` mode uses this client, so setting
+    the variable is enough there."""
+
     def __init__(self, url: str, *, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, token: str | None = None) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.retries, self.backoff = int(retries), float(backoff)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=dict(headers or {}))
+        headers = dict(headers or {})
+        token = token if token is not None else (os.environ.get("REWARDKIT_SERVICE_TOKEN") or "").strip()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -5,13 +5,15 @@ Protocol (JSON and multipart only; nothing is pickled in either direction):
 ``GET /health``
     ``{"status": "ok", "rewardkit_version", "device", "scorers": {name: {kind, stage, modes, camera,
     views, render_size}}, "limits": {...}, "batching": {"batches", "items", "max_batch_seen", ...}}``
+    (no paths on disk). Never waits behind scoring requests and needs no token.
 
 ``POST /score`` (``application/json``)
     One item ``{"prompt": str, "views": {mode: [base64 PNG, ...]}, "scorers": [names]?, "per_view": bool?}``
     answered by ``{"scores": {name: float}, "per_view": {name: [float]}?}``; or several
     ``{"items": [item, ...]}`` answered by ``{"results": [answer, ...]}``. ``views`` may also be a plain
     list of PNGs when every selected scorer needs the same single mode. Without ``scorers`` every scorer
-    whose render modes are all present scores the item.
+    whose render modes are all present scores the item. Views of modes no selected scorer uses are ignored
+    (not decoded).
 
 ``POST /score_mesh`` (``multipart/form-data``: ``file`` = the mesh, ``prompt``, optional ``scorers`` as a
     comma-separated list and ``per_view``). The server renders the mesh with the scorers' own camera
@@ -19,11 +21,21 @@ Protocol (JSON and multipart only; nothing is pickled in either direction):
 
 Concurrent requests are micro-batched: items wait in an asyncio queue for up to ``batch_window_ms`` (or
 until ``max_batch`` items are waiting) and are scored with one forward per scorer (items with equal view
-shapes are stacked). The forward runs in a worker thread, so the event loop keeps accepting requests.
+shapes are stacked, at most ``max_item_pixels`` view pixels per forward). JSON parsing, base64 and image
+decoding run in a decoder thread pool and the forward in a worker thread, so the event loop (and
+``/health``) stays responsive while a large request is being decoded.
 
-Errors: 400 undecodable base64/image or mesh; 413 body, image or mesh over its size limit; 415 mesh
-format not supported; 422 validation (too many items or views, missing render modes, unknown scorer
-names, views of different sizes within a mode). Every error body is ``{"detail": "<what and the limit>"}``.
+Every limit lives in :class:`ServiceLimits` and is checked before its cost is paid: the body size from
+``Content-Length`` and while it streams, image sizes from the PNG/JPEG header before any pixel is decoded,
+a request's pixel total before the first image is decoded; requests beyond ``max_concurrent_requests`` wait
+without their body being read. With a shared token (:func:`create_app` ``token=``) every endpoint but
+``/health`` needs ``Authorization: Bearer <token>``.
+
+Errors: 400 undecodable JSON, base64, image or mesh; 401 missing or wrong token; 408 headers or body not
+received in time; 413 body, image, pixel total or mesh over its size limit; 415 wrong content type or mesh
+format; 422 validation (wrong types, unknown keys, missing fields, too many items, modes or views, missing
+render modes, unknown scorer names, views of different sizes within a mode). Every error body is
+``{"detail": "<what and the limit>"}``.
 """
 
 from __future__ import annotations
@@ -31,7 +43,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import io
+import ipaddress
+import json
 import os
 import re
 import tempfile
@@ -40,7 +55,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +67,46 @@ from rewardkit import __version__
 from rewardkit.scoring.api import as_scorer_set, render_groups, views_to_tensor
 from rewardkit.scoring.export import ScorerSet
 
+TOKEN_ENV = "REWARDKIT_SERVICE_TOKEN"
+ITEM_KEYS = ("prompt", "views", "scorers", "per_view")
+MiB = 1024 * 1024
+
 
 @dataclass
 class ServiceLimits:
-    """Request limits (all enforced with a 4xx and a message naming the limit)."""
+    """Request limits of the scorer service, each enforced before its cost is paid and answered with a 4xx
+    whose message names the limit. ``rewardkit serve`` sets them with ``--max-*`` / ``--*-timeout``
+    options; from Python pass ``create_app(..., limits=ServiceLimits(...))``. See docs/security.md.
 
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_items: int = 64
-    max_views: int = 32
-    max_image_side: int = 1024
-    max_mesh_bytes: int = 64 * 1024 * 1024
+    The defaults bound the server's memory: at most ``max_concurrent_requests`` requests are read, decoded
+    and scored at once, each holding at most ``max_request_bytes`` of body and ``max_request_pixels`` decoded
+    view pixels (3 bytes each), and one forward takes at most ``max_item_pixels`` view pixels per scorer.
+    """
+
+    max_request_bytes: int = 64 * MiB  # body of one request (Content-Length or streamed/chunked)
+    max_items: int = 64  # items in one /score request
+    max_modes: int = 4  # render-mode keys in one item's "views"
+    max_views: int = 32  # images per mode in one item
+    max_image_side: int = 1024  # px, read from the image header before decoding
+    max_item_pixels: int = 2 ** 22  # sum of width*height over one item's decoded views (also the forward chunk)
+    max_request_pixels: int = 2 ** 25  # sum of width*height over all decoded views of one request
+    max_mesh_bytes: int = 64 * MiB
     max_prompt_chars: int = 2000
+    max_concurrent_requests: int = 4  # requests read/decoded/scored at once; more wait, their body unread
+    max_connections: int = 256  # open connections; beyond: 503
+    max_header_bytes: int = 16 * 1024  # request line + headers
+    header_timeout_s: float = 10.0  # a new connection must send complete headers within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this once it is being read
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    decode_threads: int = 2  # threads decoding JSON/base64/images off the event loop
 
-    def to_dict(self) -> dict[str, int]:
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"ServiceLimits.{f.name} must be a positive number, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -74,11 +116,44 @@ class RequestError(Exception):
         self.status, self.detail = status, detail
 
 
+def read_token(token_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The shared service token: the first line of ``token_file``, else ``$REWARDKIT_SERVICE_TOKEN``, else None."""
+    env = os.environ if env is None else env
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{token_file}: cannot read the token file ({type(exc).__name__}: {exc})") from None
+        token = text.splitlines()[0].strip() if text else ""
+        if len(token) < 16:
+            raise ValueError(f"{token_file}: the token must be at least 16 characters (got {len(token)})")
+        return token
+    token = (env.get(TOKEN_ENV) or "").strip()
+    if token and len(token) < 16:
+        raise ValueError(f"${TOKEN_ENV}: the token must be at least 16 characters (got {len(token)})")
+    return token or None
+
+
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """A warning when the service would listen beyond loopback without a token (None when fine)."""
+    if token:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host in ("localhost",):
+            return None
+    return (f"warning: serving on {host} without a token: anyone who can reach this port can use the scorers "
+            f"and the GPU. Set --token-file FILE (or ${TOKEN_ENV}) and put the service behind your own "
+            "TLS proxy (docs/security.md)")
+
+
 # ---------------------------------------------------------------------------------------------------- #
-# decoding
+# decoding (runs in the decoder threads, never on the event loop)
 # ---------------------------------------------------------------------------------------------------- #
-def decode_image(data: str, limits: ServiceLimits, where: str) -> np.ndarray:
-    """A base64 PNG (or JPEG) -> HxWx3 uint8. Size is checked from the header before decoding pixels."""
+def _b64_image_header(data: Any, limits: ServiceLimits, where: str) -> tuple[bytes, int, int]:
+    """A base64 PNG/JPEG -> (raw bytes, width, height), from the header only (no pixel is decoded)."""
     import PIL.Image
 
     if not isinstance(data, str):
@@ -90,16 +165,36 @@ def decode_image(data: str, limits: ServiceLimits, where: str) -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise RequestError(400, f"{where}: not valid base64 ({exc})")
     try:
-        img = PIL.Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"])
+        with PIL.Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as img:
+            w, h = img.size
     except Exception as exc:
         raise RequestError(400, f"{where}: not a PNG or JPEG image ({type(exc).__name__})")
-    w, h = img.size
     if max(w, h) > limits.max_image_side:
-        raise RequestError(413, f"{where}: image is {w}x{h}, larger than the limit of {limits.max_image_side} px a side")
+        raise RequestError(413, f"{where}: image is {w}x{h}, larger than the limit of {limits.max_image_side} px "
+                                "a side (max_image_side)")
+    return raw, w, h
+
+
+def _decode_into(raw: bytes, out: torch.Tensor, where: str) -> None:
+    """Decode one image into ``out`` (uint8 [3, H, W]) without an intermediate stack."""
+    import PIL.Image
+
     try:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with PIL.Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # read-only view of PIL's buffer
     except Exception as exc:
         raise RequestError(400, f"{where}: cannot decode image ({type(exc).__name__}: {exc})")
+    if arr.shape != (out.shape[1], out.shape[2], 3):
+        raise RequestError(400, f"{where}: decoded to {arr.shape[1]}x{arr.shape[0]}, not the size in its header")
+    out.permute(1, 2, 0).numpy()[...] = arr
+
+
+def decode_image(data: str, limits: ServiceLimits, where: str) -> np.ndarray:
+    """A base64 PNG (or JPEG) -> HxWx3 uint8. Size is checked from the header before decoding pixels."""
+    raw, w, h = _b64_image_header(data, limits, where)
+    out = torch.empty((3, h, w), dtype=torch.uint8)
+    _decode_into(raw, out, where)
+    return out.permute(1, 2, 0).numpy()
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -125,9 +220,11 @@ class _Job:
 class MicroBatcher:
     """Collects jobs from concurrent requests and scores them together (one forward per scorer and shape)."""
 
-    def __init__(self, scorers: ScorerSet, *, max_batch: int = 32, window_s: float = 0.005) -> None:
+    def __init__(self, scorers: ScorerSet, *, max_batch: int = 32, window_s: float = 0.005,
+                 max_forward_pixels: int | None = None) -> None:
         self.scorers = scorers
         self.max_batch = max(1, int(max_batch))
+        self.max_forward_pixels = int(max_forward_pixels) if max_forward_pixels else None
         self.window_s = max(0.0, float(window_s))
         self.queue: asyncio.Queue | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-forward")
@@ -193,7 +290,18 @@ class MicroBatcher:
                 if name in job.scorers:
                     key = tuple(tuple(job.views[m].shape) for m in scorer.modes)
                     groups.setdefault(key, []).append(i)
-            for idx in groups.values():
+            chunks = []
+            for idx in groups.values():  # at most max_forward_pixels view pixels per forward (at least one job)
+                chunk, px = [], 0
+                for i in idx:
+                    n = sum(int(np.prod(jobs[i].views[m].shape)) // 3 for m in scorer.modes)
+                    if chunk and self.max_forward_pixels and px + n > self.max_forward_pixels:
+                        chunks.append(chunk)
+                        chunk, px = [], 0
+                    chunk.append(i)
+                    px += n
+                chunks.append(chunk)
+            for idx in chunks:
                 try:
                     views = {m: torch.stack([jobs[i].views[m] for i in idx]) for m in scorer.modes}
                     want_pv = any(jobs[i].per_view for i in idx)
@@ -282,68 +390,204 @@ def _scrub(message: str, folder: str) -> str:
 # ---------------------------------------------------------------------------------------------------- #
 # the app
 # ---------------------------------------------------------------------------------------------------- #
-class _BodyLimit:
-    """ASGI middleware: refuse bodies over ``limit`` bytes with 413 (checks Content-Length and counts)."""
+class _Guard:
+    """ASGI middleware in front of every route: the shared token, the concurrency slots, the body size and the
+    body read time. Its own errors answer JSON with ``connection: close`` (the rest of the body is not read)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limits: ServiceLimits, token: str | None = None) -> None:
+        self.app, self.limits = app, limits
+        self.token = token.encode() if token else None
+        self._slots: asyncio.Semaphore | None = None
+
+    def _authorized(self, scope: dict) -> bool:
+        for k, v in scope.get("headers", []):
+            if k == b"authorization":
+                scheme, _, given = v.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+        return False
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        lim = self.limits
+        path = scope.get("path", "")
+        if self.token is not None and path != "/health" and not self._authorized(scope):
+            return await _send_json(send, 401, {"detail": "missing or wrong token: send 'Authorization: Bearer "
+                                                          "<token>' (the service was started with a token)"},
+                                    extra=[(b"www-authenticate", b"Bearer")])
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:
                     n = int(v)
                 except ValueError:
-                    n = 0
-                if n > self.limit:
+                    return await _send_json(send, 400, {"detail": f"bad Content-Length {v[:40]!r}"})
+                if n > lim.max_request_bytes:
                     return await _send_json(send, 413, {"detail": f"request body of {n} bytes exceeds the limit of "
-                                                                  f"{self.limit} bytes"})
+                                                                  f"{lim.max_request_bytes} bytes (max_request_bytes)"})
+        if path == "/health":  # never waits behind scoring requests
+            return await self.app(scope, receive, send)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(lim.max_concurrent_requests)
+        async with self._slots:
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
+        lim = self.limits
+        loop = asyncio.get_running_loop()
+        error: RequestError | None = None
+        started = False
         received = 0
-        too_big = False
+        body_done = False
+        deadline: float | None = None
 
         async def limited_receive() -> dict:
-            nonlocal received, too_big
-            msg = await receive()
+            nonlocal error, received, body_done, deadline
+            if error is not None:
+                raise error
+            if body_done:
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + lim.body_timeout_s
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                error = RequestError(408, f"request body not received within {lim.body_timeout_s:g} s "
+                                          f"(body_timeout_s); {received} bytes arrived")
+                raise error from None
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
-                if received > self.limit:
-                    too_big = True
-                    raise RequestError(413, f"request body exceeds the limit of {self.limit} bytes")
+                if received > lim.max_request_bytes:
+                    error = RequestError(413, f"request body exceeds the limit of {lim.max_request_bytes} bytes "
+                                              "(max_request_bytes)")
+                    raise error
+                body_done = not msg.get("more_body", False)
             return msg
 
+        async def guarded_send(msg: dict) -> None:
+            nonlocal started
+            if error is not None:  # the app's own answer to our error (FastAPI turns it into a 400): dropped
+                return
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except RequestError as exc:
-            if too_big:
-                await _send_json(send, exc.status, {"detail": exc.detail})
-            else:  # pragma: no cover
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if error is None:
                 raise
+        if error is not None and not started:
+            await _send_json(send, error.status, {"detail": error.detail})
 
 
-async def _send_json(send: Any, status: int, body: dict) -> None:
-    import json
-
+async def _send_json(send: Any, status: int, body: dict, extra: list | None = None) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close"), *(extra or [])]})
     await send({"type": "http.response.body", "body": data})
+
+
+def _http_protocol(limits: ServiceLimits) -> type:
+    """uvicorn's h11 protocol plus a header read timeout (uvicorn has none: a client that never finishes its
+    headers holds its connection forever) and JSON answers to malformed or oversized headers."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    timeout = float(limits.header_timeout_s)
+
+    def raw_json(status: int, reason: str, detail: str) -> bytes:
+        body = json.dumps({"detail": detail}).encode()
+        return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n").encode() + body
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _rk_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._rk_arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if self._rk_timer is None:  # part of a request's headers: the clock runs from the first byte
+                    self._rk_arm()
+            else:
+                self._rk_cancel()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._rk_cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(raw_json(400, "Bad Request", "invalid HTTP request: malformed, or request line "
+                                          f"and headers over {limits.max_header_bytes} bytes (max_header_bytes)"))
+            self.transport.close()
+
+        def _rk_arm(self) -> None:
+            self._rk_cancel()
+            self._rk_timer = self.loop.call_later(timeout, self._rk_timeout)
+
+        def _rk_cancel(self) -> None:
+            if self._rk_timer is not None:
+                self._rk_timer.cancel()
+                self._rk_timer = None
+
+        def _rk_timeout(self) -> None:
+            self._rk_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            self.transport.write(raw_json(408, "Request Timeout", f"request headers not received within "
+                                                                  f"{timeout:g} s (header_timeout_s)"))
+            self.transport.close()
+
+    return HeaderTimeoutH11Protocol
+
+
+def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                  **kw: Any) -> Any:
+    """The ``uvicorn.Config`` that enforces the app's :class:`ServiceLimits` at the connection level (header
+    timeout and size, keep-alive, connection count). Use it instead of a plain ``uvicorn.Config``."""
+    import uvicorn
+
+    limits: ServiceLimits = app.state.limits
+    kw.setdefault("lifespan", "on")
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_http_protocol(limits),
+                          limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
+                          h11_max_incomplete_event_size=limits.max_header_bytes, **kw)
+
+
+@dataclass
+class _ItemSpec:
+    """A validated item whose images are read up to their headers (nothing decoded yet)."""
+
+    prompt: str
+    scorers: list[str]
+    per_view: bool
+    images: dict[str, list[bytes]]  # mode -> raw PNG/JPEG bytes
+    sizes: dict[str, tuple[int, int]]  # mode -> (height, width)
+    pixels: int = 0
+    where: str = field(default="request")
 
 
 def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: int = 32,
                batch_window_ms: float = 5.0, device: str | torch.device | None = None,
-               mesh_limits: Any = None) -> Any:
+               mesh_limits: Any = None, token: str | None = None) -> Any:
     """The FastAPI app serving ``scorers`` (a ScorerSet, a scorer, or scorer directories). ``mesh_limits``
     (a :class:`rewardkit.io.MeshLimits`, default from the ``REWARDKIT_MESH_*`` environment) bounds what
-    reading one uploaded mesh may cost."""
+    reading one uploaded mesh may cost. ``token``: a shared secret every endpoint but ``/health`` then
+    requires as ``Authorization: Bearer <token>``. Run it with :func:`serve`, or with
+    ``uvicorn.Server(server_config(app))`` for the header timeout."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     scorer_set = as_scorer_set(scorers, device=device)
     limits = limits or ServiceLimits()
-    batcher = MicroBatcher(scorer_set, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
+    batcher = MicroBatcher(scorer_set, max_batch=max_batch, window_s=batch_window_ms / 1000.0,
+                           max_forward_pixels=limits.max_item_pixels)
     mesh_renderer = _MeshRenderer(scorer_set, mesh_limits)
+    decoder = ThreadPoolExecutor(max_workers=int(limits.decode_threads), thread_name_prefix="rewardkit-decode")
     started = time.time()
 
     @asynccontextmanager
@@ -354,73 +598,155 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
         finally:
             await batcher.stop()
             mesh_renderer.close()
+            decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="rewardkit scorer", version=__version__, lifespan=lifespan)
     app.state.batcher = batcher
     app.state.scorers = scorer_set
     app.state.limits = limits
-    app.add_middleware(_BodyLimit, limit=limits.max_request_bytes)
+    app.state.token_required = bool(token)
+    app.add_middleware(_Guard, limits=limits, token=token)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):  # noqa: ANN202
         return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
 
-    def _select(requested: Any, present_modes: set[str], where: str) -> list[str]:
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):  # noqa: ANN202  (a bug here, not the client's)
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+    service_modes = sorted({m for s in scorer_set.scorers.values() for m in s.modes})
+
+    def _names(requested: Any, where: str) -> list[str] | None:
         if requested is None:
+            return None
+        if isinstance(requested, str):
+            requested = [x.strip() for x in requested.split(",") if x.strip()]
+        if not isinstance(requested, list) or not requested or not all(isinstance(x, str) for x in requested):
+            raise RequestError(422, f"{where}: 'scorers' must be a non-empty list of scorer names (or a "
+                                    f"comma-separated string); this service has {scorer_set.names()}")
+        unknown = [n for n in requested if n not in scorer_set.scorers]
+        if unknown:
+            raise RequestError(422, f"{where}: unknown scorers {unknown}; this service has {scorer_set.names()}")
+        return requested
+
+    def _select(requested: Any, present_modes: set[str], where: str) -> list[str]:
+        names = _names(requested, where)
+        if names is None:
             chosen = [n for n, s in scorer_set.items() if set(s.modes) <= present_modes]
             if not chosen:
                 needs = "; ".join(f"{n} needs {s.modes}" for n, s in scorer_set.items())
                 raise RequestError(422, f"{where}: no scorer can use views of modes {sorted(present_modes)} ({needs})")
             return chosen
-        if isinstance(requested, str):
-            requested = [x.strip() for x in requested.split(",") if x.strip()]
-        if not isinstance(requested, list) or not all(isinstance(x, str) for x in requested) or not requested:
-            raise RequestError(422, f"{where}: 'scorers' must be a non-empty list of names")
-        unknown = [n for n in requested if n not in scorer_set.scorers]
-        if unknown:
-            raise RequestError(422, f"{where}: unknown scorers {unknown}; this service has {scorer_set.names()}")
-        for n in requested:
+        for n in names:
             missing = [m for m in scorer_set[n].modes if m not in present_modes]
             if missing:
                 raise RequestError(422, f"{where}: scorer {n!r} needs render modes {scorer_set[n].modes}; missing {missing}")
-        return requested
+        return names
 
-    def _parse_item(item: Any, where: str) -> _Job:
+    def _check_item(item: Any, where: str) -> _ItemSpec:
+        """Validate one item and read its images' headers (runs in a decoder thread)."""
         if not isinstance(item, Mapping):
-            raise RequestError(422, f"{where}: expected a JSON object")
-        prompt = item.get("prompt")
+            raise RequestError(422, f"{where}: expected a JSON object {{prompt, views, scorers?, per_view?}}, got "
+                                    f"{type(item).__name__}")
+        unknown = sorted(str(k) for k in item if k not in ITEM_KEYS)
+        if unknown:
+            raise RequestError(422, f"{where}: unknown keys {unknown[:5]}; an item has {list(ITEM_KEYS)}")
+        if "prompt" not in item:
+            raise RequestError(422, f"{where}: 'prompt' is missing")
+        prompt = item["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise RequestError(422, f"{where}: 'prompt' must be a non-empty string")
         if len(prompt) > limits.max_prompt_chars:
             raise RequestError(422, f"{where}: prompt has {len(prompt)} characters, over the limit of "
-                                    f"{limits.max_prompt_chars}")
-        views = item.get("views")
+                                    f"{limits.max_prompt_chars} (max_prompt_chars)")
+        per_view = item.get("per_view", False)
+        if not isinstance(per_view, bool):
+            raise RequestError(422, f"{where}: 'per_view' must be true or false, got {type(per_view).__name__}")
+        if "views" not in item:
+            raise RequestError(422, f"{where}: 'views' is missing")
+        views = item["views"]
+        requested = _names(item.get("scorers"), where)
         if isinstance(views, list):
-            modes = {m for s in scorer_set.scorers.values() for m in s.modes}
-            wanted = item.get("scorers")
-            if wanted is not None:
-                names = [wanted] if isinstance(wanted, str) else list(wanted)
-                modes = {m for n in names if n in scorer_set.scorers for m in scorer_set[n].modes}
+            modes = sorted({m for n in (requested or scorer_set.names()) for m in scorer_set[n].modes})
             if len(modes) != 1:
-                raise RequestError(422, f"{where}: 'views' is a list, but the scorers need modes {sorted(modes)}; "
+                raise RequestError(422, f"{where}: 'views' is a list, but the scorers need modes {modes}; "
                                         "send {mode: [PNG, ...]}")
-            views = {next(iter(modes)): views}
+            views = {modes[0]: views}
         if not isinstance(views, Mapping) or not views:
-            raise RequestError(422, f"{where}: 'views' must be {{mode: [base64 PNG, ...]}} with at least one mode")
-        tensors: dict[str, torch.Tensor] = {}
+            raise RequestError(422, f"{where}: 'views' must be {{mode: [base64 PNG, ...]}} with at least one mode "
+                                    f"(this service's modes: {service_modes})")
+        if len(views) > limits.max_modes:
+            raise RequestError(422, f"{where}: {len(views)} render modes in 'views', over the limit of "
+                                    f"{limits.max_modes} (max_modes)")
         for mode, images in views.items():
             if not isinstance(images, list) or not images:
                 raise RequestError(422, f"{where}: views[{mode!r}] must be a non-empty list of base64 PNGs")
             if len(images) > limits.max_views:
                 raise RequestError(422, f"{where}: {len(images)} views for mode {mode!r}, over the limit of "
-                                        f"{limits.max_views}")
-            arrays = [decode_image(b, limits, f"{where}.views[{mode!r}][{i}]") for i, b in enumerate(images)]
-            if len({a.shape for a in arrays}) > 1:
-                raise RequestError(422, f"{where}: views of mode {mode!r} have different sizes "
-                                        f"{sorted({a.shape[:2] for a in arrays})}")
-            tensors[str(mode)] = views_to_tensor(arrays)
-        chosen = _select(item.get("scorers"), set(tensors), where)
-        return _Job(prompt=prompt, views=tensors, scorers=chosen, per_view=bool(item.get("per_view", False)))
+                                        f"{limits.max_views} (max_views)")
+        chosen = _select(requested, set(views), where)
+        needed = [m for m in views if any(m in scorer_set[n].modes for n in chosen)]
+        spec = _ItemSpec(prompt=prompt, scorers=chosen, per_view=per_view, images={}, sizes={}, where=where)
+        for mode in needed:
+            images = views[mode]
+            raws, shapes = [], set()
+            for i in range(len(images)):
+                raw, w, h = _b64_image_header(images[i], limits, f"{where}.views[{mode!r}][{i}]")
+                images[i] = None  # the base64 text is not needed any more
+                raws.append(raw)
+                shapes.add((h, w))
+                spec.pixels += w * h
+                if spec.pixels > limits.max_item_pixels:
+                    raise RequestError(413, f"{where}: its views have more than {limits.max_item_pixels} pixels "
+                                            "(max_item_pixels; sum of width*height)")
+            if len(shapes) > 1:
+                raise RequestError(422, f"{where}: views of mode {mode!r} have different sizes {sorted(shapes)}")
+            spec.images[str(mode)], spec.sizes[str(mode)] = raws, shapes.pop()
+        return spec
+
+    def _decode(spec: _ItemSpec) -> _Job:
+        tensors: dict[str, torch.Tensor] = {}
+        for mode, raws in spec.images.items():
+            h, w = spec.sizes[mode]
+            out = torch.empty((len(raws), 3, h, w), dtype=torch.uint8)
+            for i in range(len(raws)):
+                _decode_into(raws[i], out[i], f"{spec.where}.views[{mode!r}][{i}]")
+                raws[i] = b""
+            tensors[mode] = out
+        return _Job(prompt=spec.prompt, views=tensors, scorers=spec.scorers, per_view=spec.per_view)
+
+    def _parse_body(box: list) -> tuple[list[_Job], bool]:
+        """JSON body -> jobs (runs in a decoder thread): validate everything and sum the pixels from the image
+        headers, then decode. -> (jobs, whether the request was the ``items`` form)."""
+        raw = box.pop()
+        try:
+            text = raw.decode("utf-8")
+            del raw  # the bytes go before the parsed strings arrive: one body-sized copy less at the peak
+            body = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise RequestError(400, f"body is not valid JSON ({type(exc).__name__}: {str(exc)[:120]})")
+        del text
+        many = isinstance(body, Mapping) and "items" in body
+        if many:
+            extra = sorted(str(k) for k in body if k != "items")
+            if extra:
+                raise RequestError(422, f"unknown keys {extra[:5]} next to 'items'; a batch is {{\"items\": [item, ...]}}")
+            items = body["items"]
+            if not isinstance(items, list) or not items:
+                raise RequestError(422, "'items' must be a non-empty list of items")
+            if len(items) > limits.max_items:
+                raise RequestError(422, f"{len(items)} items in one request, over the limit of {limits.max_items} "
+                                        "(max_items)")
+            specs = [_check_item(it, f"items[{i}]") for i, it in enumerate(items)]
+        else:
+            specs = [_check_item(body, "request")]
+        del body
+        total = sum(s.pixels for s in specs)
+        if total > limits.max_request_pixels:
+            raise RequestError(413, f"the request's views have {total} pixels, over the limit of "
+                                    f"{limits.max_request_pixels} (max_request_pixels; sum of width*height)")
+        return [_decode(s) for s in specs], many
 
     @app.get("/health")
     async def health() -> dict:
@@ -429,7 +755,8 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
             "rewardkit_version": __version__,
             "uptime_s": round(time.time() - started, 3),
             "device": str(next(iter(scorer_set.scorers.values())).device),
-            "scorers": scorer_set.describe(),
+            "scorers": {k: {kk: vv for kk, vv in d.items() if kk != "source"} for k, d in scorer_set.describe().items()},
+            "token_required": bool(token),
             "limits": limits.to_dict(),
             "batching": {"max_batch": batcher.max_batch, "window_ms": batcher.window_s * 1000, **batcher.stats},
         }
@@ -440,22 +767,26 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
         if "json" not in ctype:
             raise RequestError(415, f"POST /score takes application/json, got {ctype!r}; upload meshes to /score_mesh")
         try:
-            body = await request.json()
-        except RequestError:
-            raise
-        except Exception as exc:
-            raise RequestError(400, f"body is not valid JSON ({type(exc).__name__})")
-        if isinstance(body, Mapping) and "items" in body:
-            items = body["items"]
-            if not isinstance(items, list) or not items:
-                raise RequestError(422, "'items' must be a non-empty list")
-            if len(items) > limits.max_items:
-                raise RequestError(422, f"{len(items)} items in one request, over the limit of {limits.max_items}")
-            jobs = [_parse_item(it, f"items[{i}]") for i, it in enumerate(items)]
-            results = await asyncio.gather(*(batcher.submit(j) for j in jobs))
-            return {"results": results}
-        job = _parse_item(body, "request")
-        return await batcher.submit(job)
+            declared = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        # one buffer of the declared size (no reallocation copies while it grows); the guard has already
+        # refused a Content-Length over the limit, and the HTTP parser holds the client to it
+        buf = bytearray(declared)
+        pos = 0
+        async for chunk in request.stream():
+            end = pos + len(chunk)
+            if end <= declared:
+                buf[pos:end] = chunk
+            else:
+                buf[pos:] = chunk
+            pos = end
+        del buf[pos:]
+        box = [buf]
+        del buf
+        jobs, many = await asyncio.get_running_loop().run_in_executor(decoder, _parse_body, box)
+        results = await asyncio.gather(*(batcher.submit(j) for j in jobs))
+        return {"results": list(results)} if many else results[0]
 
     @app.post("/score_mesh")
     async def score_mesh(file: UploadFile = File(...), prompt: str = Form(...), scorers: str | None = Form(None),
@@ -509,11 +840,17 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
 
 
 def serve(scorers: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **kw: Any) -> None:
-    """Run the service with uvicorn (blocking)."""
+    """Run the service with uvicorn (blocking); ``kw`` goes to :func:`create_app` (``limits``, ``token``, ...)."""
+    import sys
+
     import uvicorn
 
+    warning = exposure_warning(host, kw.get("token"))
+    if warning:
+        print(warning, file=sys.stderr)
     app = create_app(scorers, **kw)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level)).run()
 
 
-__all__ = ["MicroBatcher", "RequestError", "ServiceLimits", "create_app", "decode_image", "encode_png", "serve"]
+__all__ = ["MicroBatcher", "RequestError", "ServiceLimits", "TOKEN_ENV", "create_app", "decode_image", "encode_png",
+           "exposure_warning", "read_token", "serve", "server_config"]

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,43 @@ def _resume_path(cfg: TrainConfig, ckpt_dir: Path) -> str | None:
     if cfg.resume in (None, "", "none", "never", False):
         return None
     if cfg.resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.exists() else None
+        return _newest_loadable_checkpoint(ckpt_dir)
     p = Path(str(cfg.resume))
     if not p.exists():
         raise FileNotFoundError(f"resume checkpoint {p} not found")
     return str(p)
+
+
+def _newest_loadable_checkpoint(ckpt_dir: Path) -> str | None:
+    """``resume=auto``: ``last.ckpt`` if it loads, else the newest other checkpoint of the folder that loads
+    (a previous ``last-v*.ckpt`` or a ``best-*.ckpt``), with a warning naming each unreadable file. None when
+    the folder has no checkpoint (a fresh start); a clear error when it has some and none of them loads."""
+    if not ckpt_dir.is_dir():
+        return None
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.exists() else []) + others
+    bad: list[str] = []
+    for p in candidates:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "state_dict" not in state:
+                raise ValueError("no state_dict in it")
+        except Exception as exc:  # a torn or corrupt file: try the next one
+            reason = f"{p}: cannot load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            bad.append(reason)
+            log.warning("resume=auto: %s; trying an older checkpoint", reason)
+            warnings.warn(f"resume=auto: {reason}; trying an older checkpoint", RuntimeWarning, stacklevel=3)
+            continue
+        del state
+        if bad:
+            log.warning("resume=auto: resuming from %s instead", p)
+            warnings.warn(f"resume=auto: resuming from {p} instead", RuntimeWarning, stacklevel=3)
+        return str(p)
+    if bad:
+        raise RuntimeError(f"resume=auto: no loadable checkpoint in {ckpt_dir} ({'; '.join(bad)}); move the folder "
+                           "away or set resume=none to start fresh")
+    return None
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None,
