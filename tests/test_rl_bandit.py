@@ -450,6 +450,19 @@ def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path
                       reward_low=_fraction())
 
 
+def test_lora_adapters_stay_out_of_the_vision_tower(tmp_path):
+    """Qwen2.5-VL's vision blocks also have gate/up/down projections: adapters go on the language model only."""
+    from rewardkit.rl.lora import LoRAConfig, apply_lora
+    from rewardkit.rl.policy import MeshPolicy
+
+    build_tiny_policy(tmp_path / "q", ["a", "cube"], codebook_size=4, tokens_per_object=4, arch="qwen2_5_vl",
+                      hidden_size=32, num_layers=1, num_heads=2)
+    model = apply_lora(MeshPolicy.from_pretrained(tmp_path / "q").model, LoRAConfig(r=2))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("mlp.gate_proj.lora_A" in n for n in trainable)
+    assert trainable and not any(".visual." in f".{n}" for n in trainable)
+
+
 def test_reference_on_cpu_matches_the_reference_on_device(tiny_policy, tmp_path):
     a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), reward_high=_fraction(), reward_low=_fraction())
     c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), reward_high=_fraction(),

@@ -40,8 +40,16 @@ def _peft() -> Any:
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """``model`` wrapped with trainable adapters; every base weight is frozen."""
     peft = _peft()
+    # the language model's layers only: PEFT matches names by suffix, and Qwen2.5-VL's vision blocks have
+    # gate/up/down projections too (frozen and unused in text-only rollouts, where adapters would never
+    # receive a gradient, which DDP refuses)
+    vision = ("visual", "vision_tower", "vision_model")
+    targets = [n for n, m in model.named_modules()
+               if n.split(".")[-1] in set(cfg.target_modules) and not any(v in n.split(".") for v in vision)]
+    if not targets:
+        raise ValueError(f"lora.target_modules {cfg.target_modules} match no module of {type(model).__name__}")
     lc = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                         target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
     try:
         return peft.get_peft_model(model, lc)
     except ValueError as e:
