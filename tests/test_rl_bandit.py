@@ -232,8 +232,8 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_two_process_ddp_by_config_alone(tmp_path):
-    """devices/strategy in the config are all it takes (here 2 CPU processes, gloo; GPUs work the same)."""
+def _run_ddp(tmp_path, timeout: float = 300, **overrides) -> list[dict]:
+    """``rewardkit rl`` with a 2-process DDP config (gloo) on a warm-started tiny policy; the metric rows."""
     import subprocess
     import sys
 
@@ -247,12 +247,19 @@ def test_two_process_ddp_by_config_alone(tmp_path):
         "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,
         "warm_start": {"enabled": True, "shapes": ["cube", "sphere", "cone"], "steps": 5, "hidden_size": 32, "num_layers": 1},
     }
+    for key, value in overrides.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     path = tmp_path / "ddp.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
-                          text=True, timeout=240, cwd=tmp_path)
+                          text=True, timeout=timeout, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_ddp_by_config_alone(tmp_path):
+    """devices/strategy in the config are all it takes (here 2 CPU processes, gloo; GPUs work the same)."""
+    rows = _run_ddp(tmp_path, timeout=240)
     assert [r["step"] for r in rows] == [1, 2]  # written once, by rank 0
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()
 
@@ -261,28 +268,9 @@ def test_two_process_ddp_qwen2_5_vl_freezes_the_vision_tower(tmp_path):
     """ShapeLLM-Omni's architecture under 2-process DDP (gloo): the text-only rollout never uses the vision
     tower, so unfrozen it fails DDP's unused-parameter check; the default freezes it and lm_head, as
     AR3D-R1's release does, and trains the rest."""
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
-    cfg = {
-        "policy_path": str(tmp_path / "init"), "tokens_per_object": 8,
-        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
-        "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
-        "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
-        "group_size": 4, "prompts_per_step": 1, "lr": 0.01, "steps": 2, "save_every": 0,
-        "output_dir": str(tmp_path / "run"), "eval_group_size": 0, "render": False,
-        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,
-        "warm_start": {"enabled": True, "arch": "qwen2_5_vl", "shapes": ["cube", "sphere", "cone"], "steps": 5,
-                       "hidden_size": 32, "num_layers": 1},
-    }
-    path = tmp_path / "ddp.json"
-    path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = _run_ddp(tmp_path, lr=0.01, save_every=0, warm_start={"arch": "qwen2_5_vl"})
     assert [r["step"] for r in rows] == [1, 2]
     before = load_file(str(tmp_path / "init" / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "policy" / "model.safetensors"))
