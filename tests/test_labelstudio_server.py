@@ -9,6 +9,7 @@ preferences table is checked row by row.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -340,13 +341,13 @@ def test_personal_access_token_works_too(label_studio, client):
 
 
 def _one_line_error(r, code: int = 2) -> str:
-    """The CLI failed with ``code``, one ``Error:`` line at the end of stderr (after progress lines) and no
-    traceback."""
+    """The CLI failed with ``code``, one ``rewardkit annotate <cmd>: error: ...`` line at the end of stderr
+    (after progress lines; the format of every rewardkit command) and no traceback."""
     assert r.exit_code == code, (r.exit_code, r.output, r.exception)
     assert isinstance(r.exception, SystemExit), repr(r.exception)  # not an uncaught exception
     assert "Traceback" not in r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error: ")]
+    errors = [line for line in lines if re.match(r"^(\S+ )?annotate [\w-]+: error: ", line)]
     assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
     return errors[0]
 
