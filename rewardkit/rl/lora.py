@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
-__all__ = ["LoRAConfig", "apply_lora", "is_lora", "merged_state_dict", "save_adapter", "load_adapter"]
+__all__ = ["LoRAConfig", "apply_lora", "lora_target_names", "is_lora", "merged_state_dict", "save_adapter", "load_adapter"]
 
 # the attention and MLP projections of Llama / Qwen2 / Qwen2.5-VL decoder layers
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,15 +37,20 @@ def _peft() -> Any:
     return peft
 
 
+def lora_target_names(model: nn.Module, target_modules: Sequence[str]) -> list[str]:
+    """Full names of the modules that get adapters: those named ``target_modules`` in the language model.
+    PEFT matches names by suffix, and Qwen2.5-VL's vision blocks have gate/up/down projections too (frozen
+    and unused in text-only rollouts: adapters there would never get a gradient, which DDP refuses)."""
+    vision = ("visual", "vision_tower", "vision_model")
+    wanted = set(target_modules)
+    return [n for n, _ in model.named_modules()
+            if n.split(".")[-1] in wanted and not any(v in n.split(".") for v in vision)]
+
+
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """``model`` wrapped with trainable adapters; every base weight is frozen."""
     peft = _peft()
-    # the language model's layers only: PEFT matches names by suffix, and Qwen2.5-VL's vision blocks have
-    # gate/up/down projections too (frozen and unused in text-only rollouts, where adapters would never
-    # receive a gradient, which DDP refuses)
-    vision = ("visual", "vision_tower", "vision_model")
-    targets = [n for n, m in model.named_modules()
-               if n.split(".")[-1] in set(cfg.target_modules) and not any(v in n.split(".") for v in vision)]
+    targets = lora_target_names(model, cfg.target_modules)
     if not targets:
         raise ValueError(f"lora.target_modules {cfg.target_modules} match no module of {type(model).__name__}")
     lc = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -64,6 +64,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from rewardkit.rl.lora import lora_target_names
+
 __all__ = [
     "QWEN2_5_VL_7B_CONFIG",
     "SHAPELLM_OMNI_VOCAB",
@@ -202,8 +204,9 @@ def count_model(model: nn.Module, freeze: Sequence[str] | None = None, lora_r: i
                 layer_linear += sum(m.weight.numel() for m in mod.modules() if isinstance(m, nn.Linear))
     root = sum(p.numel() for n, p in params.items() if n not in in_unit)
     lora = 0
+    targets = set(lora_target_names(model, lora_targets))  # the modules rewardkit.rl.lora adapts
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and any(name == t or name.endswith("." + t) for t in lora_targets):
+        if isinstance(mod, nn.Linear) and name in targets:
             lora += lora_r * (mod.in_features + mod.out_features)
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     vision = sum(p.numel() for n, p in params.items() if any(k in n.split(".") for k in ("visual", "vision_tower")))
