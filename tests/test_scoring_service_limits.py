@@ -399,7 +399,7 @@ GROWTH_BOUND_MB = 1024  # what the worst allowed requests may add to it
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_server_memory_stays_bounded_under_the_worst_allowed_requests(tmp_path):
-    """The service with its DEFAULT limits, in its own process: 6 concurrent requests (2 more than
+    """The service with its DEFAULT limits, in its own process: 6 concurrent requests (3 more than
     max_concurrent_requests), each at the pixel limit (8 items x 4 views of 1024², 33.5 M pixels) and near the
     body limit (14 incompressible views, ~59 MB of JSON), twice. The peak RSS (VmHWM) stays under 2 GB and
     the requests add less than 1 GB to the idle server."""

@@ -92,7 +92,7 @@ class ServiceLimits:
     max_request_pixels: int = 2 ** 25  # sum of width*height over all decoded views of one request
     max_mesh_bytes: int = 64 * MiB
     max_prompt_chars: int = 2000
-    max_concurrent_requests: int = 4  # requests read/decoded/scored at once; more wait, their body unread
+    max_concurrent_requests: int = 3  # requests read/decoded/scored at once; more wait, their body unread
     max_connections: int = 256  # open connections; beyond: 503
     max_header_bytes: int = 16 * 1024  # request line + headers
     header_timeout_s: float = 10.0  # a new connection must send complete headers within this
