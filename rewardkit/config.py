@@ -32,13 +32,15 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from rewardkit.errors import RewardkitError
+
 T = TypeVar("T")
 
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 
 
-class ConfigError(ValueError):
+class ConfigError(RewardkitError, ValueError):
     """A configuration (file, params section or ``--set`` override) that rewardkit cannot accept."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rewardkit.errors import RewardkitError
 
-class DeviceError(ValueError):
+
+class DeviceError(RewardkitError, ValueError):
     """A requested device or accelerator that this machine does not have (or a malformed name)."""
 
 
@@ -74,7 +76,7 @@ def check_accelerator(accelerator: str, *, what: str = "accelerator") -> None:
             from lightning.fabric.accelerators import XLAAccelerator
 
             ok = XLAAccelerator.is_available()
-        except Exception:  # noqa: BLE001 - no XLA support at all
+        except Exception:  # no XLA support at all
             ok = False
         if not ok:
             raise DeviceError(f"{what} {accelerator!r}: TPU requested but not available; use cpu or auto")

@@ -84,7 +84,7 @@ class LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for i, t in enumerate(self.tasks):
+        for t in self.tasks:
             if t.completed != t.last_done:
                 self._line(t)
 

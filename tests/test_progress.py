@@ -41,13 +41,13 @@ def test_train_in_a_log_prints_one_line_per_epoch_with_validation_figures(tmp_pa
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     proc = _rk("train", "--config", tmp_path / "train.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("epoch ")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 3, proc.stderr[-3000:]
     for n, line in enumerate(lines, 1):
         assert re.fullmatch(rf"epoch {n}/3: train loss [\d.]+, val loss [\d.]+, val pairwise accuracy [\d.]+, "
                             r"[\d.]+ s \(step \d+\)", line), line
     assert "\r" not in proc.stderr and "it/s" not in proc.stderr  # no bar frames in a log
-    assert not any(l.startswith("epoch ") for l in proc.stdout.splitlines())  # progress is not the result
+    assert not any(line.startswith("epoch ") for line in proc.stdout.splitlines())  # progress is not the result
     assert "stage global" in proc.stdout
     # and the figures are the ones the run logged: the last line's val accuracy is the final epoch's
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -63,7 +63,7 @@ def test_score_json_stays_pure_json_with_progress_on_stderr(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # the whole of stdout is one JSON document
     assert len(doc["results"]) == 12 and all(r["scores"] for r in doc["results"])
-    progress = [l for l in proc.stderr.splitlines() if l.startswith("score ")]
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("score ")]
     assert progress and progress[-1].startswith("score 12/12 (100%)"), proc.stderr
     assert len(progress) <= 11  # a line every ~10 %, not one per frame
     assert "\r" not in proc.stderr
