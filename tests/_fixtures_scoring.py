@@ -1,13 +1,17 @@
 """Shared helpers for the scoring tests: tiny real scorers (random-init ``rk-tiny`` stage models, 64 px
-renders, orbit4) exported once per test session, small meshes, and tiny open_clip weights in the CLIP and
-HPS checkpoint formats."""
+renders, orbit4) exported once per test session, small meshes, tiny open_clip weights in the CLIP and
+HPS checkpoint formats, and :func:`running`, the scorer service on a real uvicorn server."""
 
 from __future__ import annotations
 
 import atexit
 import json
 import shutil
+import socket
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,3 +103,30 @@ def write_tiny_clip_weights(root: Path) -> dict[str, Path]:
     torch.save({"state_dict": sd}, root / "HPS_v2.1_compressed.pt")
     return {"config": cfg_path, "clip": root / "open_clip_model.safetensors", "hps": root / "HPS_v2.1_compressed.pt",
             "model": model}
+
+
+@contextmanager
+def running(app):
+    """The app on a real uvicorn server (with the service's connection-level limits), 127.0.0.1, a free port:
+    yields ``(url, port)``."""
+    import uvicorn
+
+    from rewardkit.scoring.service import server_config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(server_config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -102,7 +102,7 @@ def test_no_grad_by_default_and_differentiable_path(scorers):
 
 def test_trl_reward_function_local(scorers):
     files = mesh_files()
-    reward = trl_reward_function(scorers, stage="local")
+    reward = trl_reward_function(scorers, stage="local", read_paths=True)
     assert reward.__name__ == "rewardkit_local"
     logged = {}
     prompts = ["a red box", [{"role": "user", "content": "a cone"}], "a ball"]
@@ -112,7 +112,7 @@ def test_trl_reward_function_local(scorers):
     assert out[0] == pytest.approx(expected[0].scores["local"], abs=1e-5)
     assert out[1] == pytest.approx(expected[1].scores["local"], abs=1e-5)
     assert out[2] is None  # TRL: not applicable
-    assert set(logged) == {"rewardkit/global", "rewardkit/local"}
+    assert set(logged) == {"rewardkit/local"}  # stage="local": only the local scorer runs
     both = trl_reward_function(scorers, weights={"global": 1.0, "local": 0.5}, mesh_key="mesh_path", failure_score=-1.0)
     out = both(["a red box", "x"], ["ignored", "ignored"], mesh_path=[files["red_box"], files["broken"]])
     e = expected[0].scores
@@ -128,19 +128,20 @@ def test_verl_compute_score(scorers, monkeypatch):
     files = mesh_files()
     d = str(scorer_set_dir())
     # the adapter caches one backend per (scorer_dir, url, device); seed it with the already-loaded set
-    cache = {(str(Path(d).resolve()), None, None): adapters.LocalBackend(scorers)}
+    cache = {(str(Path(d).resolve()), None, "auto", None): adapters.LocalBackend(scorers)}
     monkeypatch.setattr(adapters, "_BACKENDS", cache)
-    r = compute_score("rewardkit", str(files["red_box"]), "a red box", {"split": "train"}, scorer_dir=d)
+    r = compute_score("rewardkit", str(files["red_box"]), "a red box", {"split": "train"}, scorer_dir=d,
+                      read_paths=True)
     e = score_meshes([files["red_box"]], "a red box", scorers)[0].scores
     assert r["score"] == pytest.approx(e["global"] + e["local"], abs=1e-5)
     assert r["rewardkit_global"] == pytest.approx(e["global"], abs=1e-5) and r["rewardkit_failed"] == 0.0
     f = compute_score("rewardkit", "whatever", None, {"prompt": "a red box", "mesh_path": str(files["red_box"])},
                       scorer_dir=d, stage="global", return_dict=False)
     assert f == pytest.approx(e["global"], abs=1e-5)
-    bad = compute_score("rewardkit", str(files["broken"]), "x", scorer_dir=d)
+    bad = compute_score("rewardkit", str(files["broken"]), "x", scorer_dir=d, read_paths=True)
     assert bad["score"] == 0.0 and bad["rewardkit_failed"] == 1.0
     batch = compute_score_batch(["a", "b"], [str(files["red_box"]), str(files["cone"])], ["a red box", "a cone"],
-                                scorer_dir=d, stage="local", return_dict=False)
+                                scorer_dir=d, stage="local", return_dict=False, read_paths=True)
     assert batch[0] == pytest.approx(e["local"], abs=1e-5) and isinstance(batch[1], float)
     monkeypatch.delenv("REWARDKIT_SCORER", raising=False)
     monkeypatch.delenv("REWARDKIT_SCORER_URL", raising=False)

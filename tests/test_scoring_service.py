@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,11 +12,11 @@ import PIL.Image
 import pytest
 import torch
 
-from _fixtures_scoring import RENDER_SIZE, mesh_files, scorer_set_dir
+from _fixtures_scoring import RENDER_SIZE, mesh_files, running, scorer_set_dir
 
 from rewardkit.scoring import load_scorer, score_meshes
 from rewardkit.scoring.client import ScorerClient, ScorerServiceError, encode_views
-from rewardkit.scoring.service import ServiceLimits, create_app, server_config
+from rewardkit.scoring.service import ServiceLimits, create_app
 
 N_VIEWS = 4
 
@@ -31,27 +28,11 @@ def scorers():
 
 @pytest.fixture(scope="module")
 def server(scorers):
-    import uvicorn
-
     limits = ServiceLimits(max_request_bytes=2_000_000, max_items=8, max_views=8, max_image_side=128,
                            max_mesh_bytes=1_000_000)
     app = create_app(scorers, limits=limits, max_batch=16, batch_window_ms=150.0)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server_config(app, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with running(app) as (url, _):
+        yield url, app
 
 
 def _sample_views(seed: int) -> dict[str, torch.Tensor]:
@@ -166,12 +147,12 @@ def test_rl_adapters_through_the_service(server, scorers):
     url, _ = server
     files = mesh_files()
     local = score_meshes([files["red_box"], files["cone"]], ["a red box", "a cone"], scorers)
-    reward = adapters.trl_reward_function(url=url, stage="global")
+    reward = adapters.trl_reward_function(url=url, stage="global", read_paths=True)
     out = reward(["a red box", "a cone", "x"], [str(files["red_box"]), str(files["cone"]), str(files["broken"])])
     assert out[0] == pytest.approx(local[0].scores["global"], abs=1e-4)
     assert out[1] == pytest.approx(local[1].scores["global"], abs=1e-4)
     assert out[2] is None
     adapters.clear_cache()
-    r = adapters.compute_score("rewardkit", str(files["cone"]), "a cone", None, server_url=url)
+    r = adapters.compute_score("rewardkit", str(files["cone"]), "a cone", None, server_url=url, read_paths=True)
     assert r["score"] == pytest.approx(local[1].scores["global"] + local[1].scores["local"], abs=1e-4)
     adapters.clear_cache()

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,11 +22,11 @@ import PIL.Image
 import pytest
 import torch
 
-from _fixtures_scoring import RENDER_SIZE, scorer_set_dir
+from _fixtures_scoring import RENDER_SIZE, running, scorer_set_dir
 
 from rewardkit.scoring import load_scorer
-from rewardkit.scoring.client import ScorerClient, ScorerServiceError, encode_views
-from rewardkit.scoring.service import ServiceLimits, create_app, exposure_warning, read_token, server_config
+from rewardkit.scoring.client import ScorerClient, ScorerServiceError
+from rewardkit.scoring.service import ServiceLimits, create_app, exposure_warning, read_token
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -35,30 +34,6 @@ TOKEN = "test-token-0123456789abcdef"
 @pytest.fixture(scope="module")
 def scorers():
     return load_scorer(scorer_set_dir())
-
-
-@contextmanager
-def running(app):
-    """The app on a real uvicorn server (with the service's connection-level limits), 127.0.0.1, free port."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(server_config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 SMALL = dict(max_request_bytes=2_000_000, max_items=8, max_views=8, max_image_side=128, max_modes=3,
@@ -259,7 +234,7 @@ def test_slow_clients_are_cut_off_and_do_not_starve_the_service(scorers):
             pass
         closed = []
         for s in partial_headers + partial_bodies:
-            data, after = _read_until_closed(s, 8)
+            data, _after = _read_until_closed(s, 8)
             closed.append((time.monotonic() - t0, data[:12]))
             s.close()
         print(f"\n/health {health_s * 1000:.0f} ms and /score {score_s * 1000:.0f} ms while 13 slow connections "
@@ -444,3 +419,13 @@ def test_server_memory_stays_bounded_under_the_worst_allowed_requests(tmp_path):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_decode_image_round_trips_encode_png():
+    """The wire format's one-image decoder (ruff's F821 found it naming torch without importing it)."""
+    from rewardkit.scoring.wire import decode_image, encode_png
+
+    img = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    out = decode_image(encode_png(img), ServiceLimits(), "views['rgb'][0]")
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, img)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rewardkit.scoring.export import BaseScorer, ScoreOutput, ScorerError, _load_weights
+from rewardkit.scoring.base import BaseScorer, ScoreOutput, register_scorer_kind
+from rewardkit.scoring.errors import ScorerError
+from rewardkit.scoring.format import camera_protocol, load_weights
 
 
 def resolve_arch(arch: str | os.PathLike) -> str:
@@ -79,14 +82,9 @@ class _ClipBaseline(BaseScorer):
                  stage: str | None = None, description: str | None = None,
                  metrics: Mapping[str, Any] | None = None) -> None:
         from rewardkit.models.backbone import get_tokenizer, image_preprocess_cfg
-        from rewardkit.render.protocol import get_protocol
 
-        if isinstance(camera, Mapping):
-            from rewardkit.scoring.export import _protocol_from_dict
-
-            camera = _protocol_from_dict(camera)
         super().__init__(name=name or self.default_name, stage=stage, modes=[mode],
-                         camera=get_protocol(camera, size=render_size), render_config=render_config,
+                         camera=camera_protocol(camera, size=render_size), render_config=render_config,
                          training_data={"weights": weights_source} if weights_source else None, metrics=metrics,
                          description=description)
         self.clip = clip_model.eval()
@@ -152,7 +150,7 @@ class _ClipBaseline(BaseScorer):
             raise ScorerError(f"{where}: config.json names no backbone architecture")
         _ensure_arch(name, arch.get("open_clip_config"))
         model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
-        _load_weights(model, weights, where)
+        load_weights(model, weights, where)
         modes = cfg.get("render_modes") or ["rgb"]
         return cls(model, arch=name, mode=modes[0], camera=cfg["camera_protocol"],
                    render_config=cfg.get("render_config"), name=cfg.get("name"), floor=arch.get("floor"),
@@ -161,10 +159,17 @@ class _ClipBaseline(BaseScorer):
 
     # ------------------------------------------------------------------------------------------------ #
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        images = images.to(self._mean.device, torch.float32)
+        """As the stage models' preprocess: large views a few at a time (bounded float32 memory)."""
+        from rewardkit.models.stage import PREPROCESS_CHUNK_PIXELS
+
         s = int(self.preprocess_cfg["size"])
+        n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
+        if images.shape[-2:] != (s, s) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
+            k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
+            return torch.cat([self._preprocess(images[i:i + k]) for i in range(0, n, k)])
+        if images.dtype == torch.uint8:
+            images = images.to(self._mean.device).float().div_(255.0)
+        images = images.to(self._mean.device, torch.float32)
         if images.shape[-2:] != (s, s):
             h, w = images.shape[-2:]
             if h != w:  # centre crop to a square first, as CLIP's CenterCrop does
@@ -192,8 +197,9 @@ class _ClipBaseline(BaseScorer):
         txt = self.encode_text(unique)[torch.tensor([unique.index(p) for p in prompts], device=img.device)]
         return torch.einsum("bvd,bd->bv", img, txt.to(img.dtype))
 
-    def _aggregate(self, per_view: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _aggregate(self, per_view: torch.Tensor) -> torch.Tensor:
+        """Per-view scores [B, V] -> one score per sample [B]."""
 
     def _forward(self, views: Any, prompts: Sequence[str], per_view: bool) -> ScoreOutput:
         cos = self.view_cosines(views, prompts) * self.scale
@@ -201,6 +207,7 @@ class _ClipBaseline(BaseScorer):
         return ScoreOutput(scores=scores, per_view=cos if per_view else None)
 
 
+@register_scorer_kind
 class ClipMultiviewScorer(_ClipBaseline):
     """``100 * mean_v cos(prompt, view_v)``; default architecture ``ViT-B-32-quickgelu`` (OpenAI weights
     converted to an open_clip state dict); pass ``arch=`` for others (e.g. ``ViT-B-32`` for LAION weights)."""
@@ -215,6 +222,7 @@ class ClipMultiviewScorer(_ClipBaseline):
         return per_view.mean(dim=1)
 
 
+@register_scorer_kind
 class HpsMultiviewScorer(_ClipBaseline):
     """HPS v2.1: ``max(floor, max_v cos(prompt, view_v))`` on open_clip ``ViT-H-14`` (AR3D-R1's R_HPM)."""
 
@@ -232,6 +240,7 @@ class HpsMultiviewScorer(_ClipBaseline):
         return best.clamp(min=self.floor) if self.floor is not None else best
 
 
+# the baselines ``load_baseline`` builds from a weights file (both are also registered scorer kinds)
 BASELINES: dict[str, type[_ClipBaseline]] = {
     ClipMultiviewScorer.kind: ClipMultiviewScorer,
     HpsMultiviewScorer.kind: HpsMultiviewScorer,

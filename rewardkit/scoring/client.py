@@ -12,65 +12,21 @@
 Views are sent as base64 PNG (lossless); meshes as a multipart upload (trimesh objects are exported to GLB
 in memory). Requests are retried on connection errors, 408, 429 and 5xx with exponential backoff; other
 4xx raise :class:`ScorerServiceError` with the server's message. A service started with a token gets it
-from ``token=`` or ``$REWARDKIT_SERVICE_TOKEN``.
+from ``token=`` or ``$REWARDKIT_SERVICE_TOKEN``. The wire format is :mod:`rewardkit.scoring.wire`; this
+module does not import the server (nor FastAPI).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from rewardkit.scoring.errors import ScorerServiceError
+from rewardkit.scoring.wire import encode_views, mesh_upload
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-class ScorerServiceError(RuntimeError):
-    def __init__(self, status: int | None, detail: str) -> None:
-        super().__init__(f"scorer service error{f' {status}' if status else ''}: {detail}")
-        self.status, self.detail = status, detail
-
-
-def _to_images(views: Any) -> list[np.ndarray]:
-    """One sample's views of one mode -> list of HxWx3 uint8 arrays."""
-    try:
-        import torch
-
-        if isinstance(views, torch.Tensor):
-            views = views.detach().cpu()
-            if views.dim() == 3:
-                views = views.unsqueeze(0)
-            if views.dtype != torch.uint8:
-                views = (views.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-            return [v.permute(1, 2, 0).numpy() for v in views]
-    except ImportError:  # pragma: no cover
-        pass
-    out = []
-    for v in views:
-        if isinstance(v, (bytes, bytearray)):
-            import PIL.Image
-
-            v = np.asarray(PIL.Image.open(io.BytesIO(v)).convert("RGB"))
-        elif hasattr(v, "convert"):  # PIL image
-            v = np.asarray(v.convert("RGB"))
-        arr = np.asarray(v)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255.0).round().astype(np.uint8)
-        if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
-            arr = arr.transpose(1, 2, 0)
-        out.append(arr)
-    return out
-
-
-def encode_views(views: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``{mode: views}`` -> ``{mode: [base64 PNG]}`` (the /score wire format)."""
-    from rewardkit.scoring.service import encode_png
-
-    return {str(m): [encode_png(im) for im in _to_images(v)] for m, v in views.items()}
 
 
 class ScorerClient:
@@ -149,13 +105,7 @@ class ScorerClient:
     def score_mesh(self, mesh: Any, prompt: str, *, scorers: Sequence[str] | None = None,
                    per_view: bool = False) -> dict[str, Any]:
         """Upload a mesh (path, bytes with a ``.glb`` name, or a trimesh object) and score it server-side."""
-        if isinstance(mesh, (str, os.PathLike)):
-            path = Path(mesh)
-            name, data = path.name, path.read_bytes()
-        elif isinstance(mesh, (bytes, bytearray)):
-            name, data = "mesh.glb", bytes(mesh)
-        else:  # trimesh.Trimesh / Scene
-            name, data = "mesh.glb", mesh.export(file_type="glb")
+        name, data = mesh_upload(mesh)
         form: dict[str, Any] = {"prompt": prompt, "per_view": "true" if per_view else "false"}
         if scorers is not None:
             form["scorers"] = ",".join(scorers)

@@ -9,7 +9,8 @@ Protocol (JSON and multipart only; nothing is pickled in either direction):
 
 ``POST /score`` (``application/json``)
     One item ``{"prompt": str, "views": {mode: [base64 PNG, ...]}, "scorers": [names]?, "per_view": bool?}``
-    answered by ``{"scores": {name: float}, "per_view": {name: [float]}?}``; or several
+    answered by ``{"scores": {name: float}, "per_view": {name: [float]}?, "std": {name: float}?}`` (``std``
+    for the scorers that report one: an ensemble's spread, kind ``stage-ensemble``); or several
     ``{"items": [item, ...]}`` answered by ``{"results": [answer, ...]}``. ``views`` may also be a plain
     list of PNGs when every selected scorer needs the same single mode. Without ``scorers`` every scorer
     whose render modes are all present scores the item. Views of modes no selected scorer uses are ignored
@@ -41,10 +42,7 @@ render modes, unknown scorer names, views of different sizes within a mode). Eve
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
-import io
 import ipaddress
 import json
 import os
@@ -64,8 +62,11 @@ import torch
 from fastapi import File, Form, Request, UploadFile  # module level: the route annotations resolve here
 
 from rewardkit import __version__
-from rewardkit.scoring.api import as_scorer_set, render_groups, views_to_tensor
-from rewardkit.scoring.export import ScorerSet
+from rewardkit.scoring.api import as_scorer_set
+from rewardkit.scoring.base import ScorerSet
+from rewardkit.scoring.core import RendererCache, render_groups, render_mesh, score_samples_std
+from rewardkit.scoring.errors import RequestError
+from rewardkit.scoring.wire import decode_image, decode_into, encode_png, image_header
 
 TOKEN_ENV = "REWARDKIT_SERVICE_TOKEN"
 ITEM_KEYS = ("prompt", "views", "scorers", "per_view")
@@ -110,12 +111,6 @@ class ServiceLimits:
         return asdict(self)
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
 def read_token(token_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """The shared service token: the first line of ``token_file``, else ``$REWARDKIT_SERVICE_TOKEN``, else None."""
     env = os.environ if env is None else env
@@ -149,61 +144,25 @@ def exposure_warning(host: str, token: str | None) -> str | None:
             "TLS proxy (docs/security.md)")
 
 
-# ---------------------------------------------------------------------------------------------------- #
-# decoding (runs in the decoder threads, never on the event loop)
-# ---------------------------------------------------------------------------------------------------- #
-def _b64_image_header(data: Any, limits: ServiceLimits, where: str) -> tuple[bytes, int, int]:
-    """A base64 PNG/JPEG -> (raw bytes, width, height), from the header only (no pixel is decoded)."""
-    import PIL.Image
-
-    if not isinstance(data, str):
-        raise RequestError(422, f"{where}: expected a base64 string, got {type(data).__name__}")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
+def _libc_malloc_trim() -> Any:
     try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RequestError(400, f"{where}: not valid base64 ({exc})")
-    try:
-        with PIL.Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as img:
-            w, h = img.size
-    except Exception as exc:
-        raise RequestError(400, f"{where}: not a PNG or JPEG image ({type(exc).__name__})")
-    if max(w, h) > limits.max_image_side:
-        raise RequestError(413, f"{where}: image is {w}x{h}, larger than the limit of {limits.max_image_side} px "
-                                "a side (max_image_side)")
-    return raw, w, h
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on musl, macOS and Windows
+    except (OSError, AttributeError):
+        return None
 
 
-def _decode_into(raw: bytes, out: torch.Tensor, where: str) -> None:
-    """Decode one image into ``out`` (uint8 [3, H, W]) without an intermediate stack."""
-    import PIL.Image
-
-    try:
-        with PIL.Image.open(io.BytesIO(raw), formats=["PNG", "JPEG"]) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)  # read-only view of PIL's buffer
-    except Exception as exc:
-        raise RequestError(400, f"{where}: cannot decode image ({type(exc).__name__}: {exc})")
-    if arr.shape != (out.shape[1], out.shape[2], 3):
-        raise RequestError(400, f"{where}: decoded to {arr.shape[1]}x{arr.shape[0]}, not the size in its header")
-    out.permute(1, 2, 0).numpy()[...] = arr
+_MALLOC_TRIM = _libc_malloc_trim()
 
 
-def decode_image(data: str, limits: ServiceLimits, where: str) -> np.ndarray:
-    """A base64 PNG (or JPEG) -> HxWx3 uint8. Size is checked from the header before decoding pixels."""
-    raw, w, h = _b64_image_header(data, limits, where)
-    out = torch.empty((3, h, w), dtype=torch.uint8)
-    _decode_into(raw, out, where)
-    return out.permute(1, 2, 0).numpy()
-
-
-def encode_png(image: np.ndarray) -> str:
-    """HxWx3 uint8 -> base64 PNG string (the client side of :func:`decode_image`)."""
-    import PIL.Image
-
-    buf = io.BytesIO()
-    PIL.Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def release_freed_memory() -> bool:
+    """Hand the pages that the C allocator keeps after a large request back to the OS (glibc's
+    ``malloc_trim``, which releases free pages in every arena). Without it the freed bodies, base64 strings
+    and decoded views of earlier requests stay resident in the allocator's arenas, scattered so that
+    later requests cannot always reuse them, and the process's RSS creeps above what it holds. The service
+    calls it off the event loop after every ``/score`` request. -> whether anything was released."""
+    return bool(_MALLOC_TRIM(0)) if _MALLOC_TRIM is not None else False
 
 
 # ---------------------------------------------------------------------------------------------------- #
@@ -282,7 +241,7 @@ class MicroBatcher:
 
     def _forward(self, jobs: list[_Job]) -> list[Any]:
         """Runs in the worker thread: one forward per (scorer, view shapes) group."""
-        out: list[Any] = [{"scores": {}, "per_view": {}} for _ in jobs]
+        out: list[Any] = [{"scores": {}, "per_view": {}, "std": {}} for _ in jobs]
         n_forwards = 0
         for name, scorer in self.scorers.items():
             groups: dict[tuple, list[int]] = {}
@@ -303,22 +262,24 @@ class MicroBatcher:
                 chunks.append(chunk)
             for idx in chunks:
                 try:
-                    views = {m: torch.stack([jobs[i].views[m] for i in idx]) for m in scorer.modes}
                     want_pv = any(jobs[i].per_view for i in idx)
-                    res = scorer.score_views(views, [jobs[i].prompt for i in idx], per_view=want_pv)
+                    scores, pv, std = score_samples_std(scorer, [jobs[i].views for i in idx],
+                                                        [jobs[i].prompt for i in idx], want_pv)
                     n_forwards += 1
-                    scores = res.scores.detach().float().cpu().tolist()
-                    pv = res.per_view.detach().float().cpu().tolist() if want_pv and res.per_view is not None else None
                     for j, i in enumerate(idx):
-                        out[i]["scores"][name] = float(scores[j])
+                        out[i]["scores"][name] = scores[j]
+                        if std is not None:
+                            out[i]["std"][name] = std[j]
                         if pv is not None and jobs[i].per_view:
-                            out[i]["per_view"][name] = [float(x) for x in pv[j]]
+                            out[i]["per_view"][name] = pv[j]
                 except Exception as exc:
                     for i in idx:
                         out[i] = RequestError(500, f"scorer {name!r} failed: {type(exc).__name__}: {exc}")
         for r in out:
             if isinstance(r, dict) and not r["per_view"]:
                 r.pop("per_view")
+            if isinstance(r, dict) and not r["std"]:
+                r.pop("std")
         with self._lock:
             st = self.stats
             st["batches"] += 1
@@ -341,32 +302,19 @@ class _MeshRenderer:
 
         self.groups = render_groups(scorers)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-render")
-        self._renderers: dict[int, Any] = {}
+        self._renderers = RendererCache()  # used from the executor's one thread only
         self.mesh_limits = mesh_limits or MeshLimits.from_env()
         self.loader = IsolatedLoader(self.mesh_limits)
 
     def render(self, path: str) -> tuple[list[tuple[list[str], dict[str, torch.Tensor]]], list[str]]:
         """-> [(scorer names of a render group, {mode: uint8 [V, 3, H, W]})], load warnings."""
-        from rewardkit.render import Renderer
-
         loaded = self.loader.load(path)
-        out_groups = []
-        for gi, g in enumerate(self.groups):
-            r = self._renderers.get(gi)
-            if r is None:
-                r = self._renderers[gi] = Renderer(size=g.protocol.size, config=g.render_config)
-            out = r.render(loaded, g.protocol, modes=g.modes)
-            out_groups.append((list(g.names), {m: views_to_tensor(out[m]) for m in g.modes}))
-        return out_groups, list(loaded.warnings)
+        views = render_mesh(loaded, self.groups, self._renderers)
+        return [(list(g.names), views[gi]) for gi, g in enumerate(self.groups)], list(loaded.warnings)
 
     def close(self) -> None:
-        def _close() -> None:
-            for r in self._renderers.values():
-                r.close()
-            self._renderers.clear()
-
         try:
-            self.executor.submit(_close).result(timeout=10)
+            self.executor.submit(self._renderers.close).result(timeout=10)
         except Exception:  # pragma: no cover
             pass
         self.executor.shutdown(wait=False)
@@ -608,11 +556,11 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
     app.add_middleware(_Guard, limits=limits, token=token)
 
     @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError):  # noqa: ANN202
+    async def _request_error(request: Request, exc: RequestError):
         return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
 
     @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):  # noqa: ANN202  (a bug here, not the client's)
+    async def _internal_error(request: Request, exc: Exception):  # a bug here, not the client's
         return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
 
     service_modes = sorted({m for s in scorer_set.scorers.values() for m in s.modes})
@@ -692,7 +640,7 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
             images = views[mode]
             raws, shapes = [], set()
             for i in range(len(images)):
-                raw, w, h = _b64_image_header(images[i], limits, f"{where}.views[{mode!r}][{i}]")
+                raw, w, h = image_header(images[i], limits, f"{where}.views[{mode!r}][{i}]")
                 images[i] = None  # the base64 text is not needed any more
                 raws.append(raw)
                 shapes.add((h, w))
@@ -711,7 +659,7 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
             h, w = spec.sizes[mode]
             out = torch.empty((len(raws), 3, h, w), dtype=torch.uint8)
             for i in range(len(raws)):
-                _decode_into(raws[i], out[i], f"{spec.where}.views[{mode!r}][{i}]")
+                decode_into(raws[i], out[i], f"{spec.where}.views[{mode!r}][{i}]")
                 raws[i] = b""
             tensors[mode] = out
         return _Job(prompt=spec.prompt, views=tensors, scorers=spec.scorers, per_view=spec.per_view)
@@ -725,7 +673,7 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
             del raw  # the bytes go before the parsed strings arrive: one body-sized copy less at the peak
             body = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            raise RequestError(400, f"body is not valid JSON ({type(exc).__name__}: {str(exc)[:120]})")
+            raise RequestError(400, f"body is not valid JSON ({type(exc).__name__}: {str(exc)[:120]})") from exc
         del text
         many = isinstance(body, Mapping) and "items" in body
         if many:
@@ -784,8 +732,13 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
         del buf[pos:]
         box = [buf]
         del buf
-        jobs, many = await asyncio.get_running_loop().run_in_executor(decoder, _parse_body, box)
-        results = await asyncio.gather(*(batcher.submit(j) for j in jobs))
+        loop = asyncio.get_running_loop()
+        jobs, many = await loop.run_in_executor(decoder, _parse_body, box)
+        try:
+            results = await asyncio.gather(*(batcher.submit(j) for j in jobs))
+        finally:
+            del jobs  # the decoded views: the request's largest buffers
+            loop.run_in_executor(decoder, release_freed_memory)
         return {"results": list(results)} if many else results[0]
 
     @app.post("/score_mesh")
@@ -811,28 +764,35 @@ def create_app(scorers: Any, *, limits: ServiceLimits | None = None, max_batch: 
             # the upload's folder holds only the upload: it can name no other file the server would read
             name = _upload_name(file.filename, suffix)
             path = os.path.join(tmp, name)
-            with open(path, "wb") as fh:
-                fh.write(data)
             loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, Path(path).write_bytes, data)  # off the event loop
             try:
                 groups, warnings = await loop.run_in_executor(mesh_renderer.executor, mesh_renderer.render, path)
             except MeshError as exc:
-                raise RequestError(400, f"cannot read mesh {name!r}: {_scrub(exc.reason, tmp)}")
+                raise RequestError(400, f"cannot read mesh {name!r}: {_scrub(exc.reason, tmp)}") from exc
             except Exception as exc:
-                raise RequestError(500, f"cannot render mesh {name!r}: {type(exc).__name__}: {_scrub(str(exc), tmp)}")
+                raise RequestError(500, f"cannot render mesh {name!r}: {type(exc).__name__}: {_scrub(str(exc), tmp)}") from exc
             warnings = [_scrub(w, tmp) for w in warnings]
         all_modes = {m for _, views in groups for m in views}
         chosen = _select(scorers, all_modes, "request")
         # one job per render group (scorers trained on different protocols/sizes get their own views)
         jobs = [_Job(prompt=prompt, views=views, scorers=[n for n in names if n in chosen], per_view=per_view)
                 for names, views in groups]
-        parts = await asyncio.gather(*(batcher.submit(j) for j in jobs if j.scorers))
+        try:
+            parts = await asyncio.gather(*(batcher.submit(j) for j in jobs if j.scorers))
+        finally:
+            del jobs, groups
+            loop.run_in_executor(decoder, release_freed_memory)
         res: dict[str, Any] = {"scores": {}}
         for part in parts:
             res["scores"].update(part["scores"])
             if part.get("per_view"):
                 res.setdefault("per_view", {}).update(part["per_view"])
+            if part.get("std"):
+                res.setdefault("std", {}).update(part["std"])
         res["scores"] = {n: res["scores"][n] for n in chosen if n in res["scores"]}
+        if "std" in res:
+            res["std"] = {n: res["std"][n] for n in chosen if n in res["std"]}
         res["warnings"] = warnings
         return res
 
@@ -853,4 +813,4 @@ def serve(scorers: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level:
 
 
 __all__ = ["MicroBatcher", "RequestError", "ServiceLimits", "TOKEN_ENV", "create_app", "decode_image", "encode_png",
-           "exposure_warning", "read_token", "serve", "server_config"]
+           "exposure_warning", "read_token", "release_freed_memory", "serve", "server_config"]
