@@ -19,9 +19,9 @@ PAIRS = pl.DataFrame({"pair_id": ["p1", "p2"], "prompt_id": ["q", "q"], "item_a"
 SIDES = {"p1": ("x", "y"), "p2": ("y", "z")}
 
 
-def _ann(who, g="A", l="B", *, aid=1, cancelled=False, created="2026-01-01T00:00:00Z", updated=None, comment=None) -> dict:
+def _ann(who, g="A", loc="B", *, aid=1, cancelled=False, created="2026-01-01T00:00:00Z", updated=None, comment=None) -> dict:
     result = [{"type": "choices", "from_name": "global", "to_name": "a_geometry", "value": {"choices": [g]}},
-              {"type": "choices", "from_name": "local", "to_name": "a_rgb", "value": {"choices": [l]}}]
+              {"type": "choices", "from_name": "local", "to_name": "a_rgb", "value": {"choices": [loc]}}]
     if comment is not None:
         result.append({"type": "textarea", "from_name": "comment", "to_name": "prompt", "value": {"text": [comment]}})
     a = {"id": aid, "completed_by": who, "result": result, "lead_time": 4.0, "created_at": created,

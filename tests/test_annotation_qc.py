@@ -224,13 +224,13 @@ def test_old_preferences_tables_without_comment_still_read(tmp_path):
 def test_hf_rejects_unknown_pairs(small_tables):
     from rewardkit.data import TableError
 
-    items, pairs, pr = small_tables
+    items, pairs, _pr = small_tables
     with pytest.raises(TableError, match="not in the pairs table"):
         preferences_table_joined(prefs([("zz", "global", "a", "u", 1.0)]), pairs, items)
 
 
 def test_items_from_renders_and_pairs_cli(tmp_path, small_tables):
-    items, _, _ = small_tables
+    _items, _, _ = small_tables
     for i in ("x", "y", "z"):
         (tmp_path / "renders" / i / "meta.json").write_text(json.dumps({"mesh_path": f"/m/{i}.glb", "mesh_sha256": "ab" * 32}))
     (tmp_path / "prompts.csv").write_text("item_id,prompt\nx,a red chair\ny,a red chair\nz,a red chair\n")

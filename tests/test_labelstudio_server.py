@@ -100,7 +100,7 @@ def pushed(label_studio, client):
 
 
 def test_push_imports_each_pair_once(label_studio, pushed):
-    tasks, first, second, by_pair = pushed
+    _tasks, first, second, by_pair = pushed
     n = label_studio.pairs.height
     assert n == 4  # 3 animal pairs + 1 object pair
     assert first.imported == n and first.skipped_existing == 0 and len(first.task_ids) == n
@@ -125,7 +125,7 @@ def test_push_twice_through_cli_imports_nothing_new(label_studio, pushed, tmp_pa
 def test_tasks_reference_render_grids_served_from_local_files(label_studio, pushed):
     env = label_studio
     _, _, _, by_pair = pushed
-    for pid, task in by_pair.items():
+    for task in by_pair.values():
         d = task.data
         for side, item in (("a", d["left_item"]), ("b", d["right_item"])):
             for mode in ("geometry", "rgb"):

@@ -26,6 +26,8 @@ ENV = {"url": "LABEL_STUDIO_URL", "token": "LABEL_STUDIO_API_KEY", "username": "
 
 @dataclass
 class Credentials:
+    """How to reach and log in to a Label Studio server (URL, user, password or API token); secrets are
+    never shown in ``str``/``repr``."""
     url: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rewardkit.errors import RewardkitError
 
-class AnnotationError(RuntimeError):
+
+class AnnotationError(RewardkitError, RuntimeError):
     """Base class for Label Studio related failures."""
 
 

@@ -14,21 +14,32 @@ from rewardkit.annotation.errors import AnnotationError, AuthError
 from rewardkit.annotation.server import check_reachable, check_token
 
 DEFAULT_TITLE = "rewardkit"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+RESOURCES = "rewardkit.annotation.resources"  # package data: the default labeling config and guidelines
+
+
+def _packaged(name: str) -> Path:
+    """A file shipped inside the package (works from a wheel install; no checkout needed)."""
+    from importlib.resources import files
+
+    return Path(str(files(RESOURCES) / name))
 
 
 def default_label_config_path() -> Path:
-    """``annotation/label_config.xml`` of the working directory, else of the rewardkit checkout."""
-    for base in (Path.cwd(), _REPO_ROOT):
-        p = base / "annotation" / "label_config.xml"
-        if p.is_file():
-            return p
-    raise FileNotFoundError("annotation/label_config.xml not found; pass --label-config")
+    """``annotation/label_config.xml`` of the working directory (a project's own copy), else the labeling
+    config shipped in the package (``rewardkit/annotation/resources/``, the same file as the checkout's
+    ``annotation/label_config.xml``)."""
+    p = Path.cwd() / "annotation" / "label_config.xml"
+    if p.is_file():
+        return p
+    p = _packaged("label_config.xml")
+    if p.is_file():
+        return p
+    raise FileNotFoundError("annotation/label_config.xml not found (nor the packaged copy); pass --label-config")
 
 
 def default_guidelines_path() -> Path | None:
-    for base in (Path.cwd(), _REPO_ROOT):
-        p = base / "annotation" / "guidelines.md"
+    """``annotation/guidelines.md`` of the working directory, else the packaged guidelines."""
+    for p in (Path.cwd() / "annotation" / "guidelines.md", _packaged("guidelines.md")):
         if p.is_file():
             return p
     return None
@@ -40,7 +51,7 @@ def guidelines_html(markdown_text: str) -> str:
         import markdown  # optional; present in most environments
 
         return markdown.markdown(markdown_text, extensions=["tables"])
-    except Exception:  # noqa: BLE001 - plain fallback
+    except Exception:  # plain fallback
         return "<pre style='white-space:pre-wrap'>" + html.escape(markdown_text) + "</pre>"
 
 
@@ -56,6 +67,7 @@ def connect(url: str, token: str | None, *, timeout: float = 60.0):
 
 @dataclass
 class ProjectInfo:
+    """The Label Studio project ``ensure_project`` found or created: its id, title and whether it was new."""
     id: int
     title: str
     created: bool

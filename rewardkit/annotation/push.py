@@ -88,6 +88,7 @@ def build_tasks(
 
 @dataclass
 class PushResult:
+    """What ``push_tasks`` did: tasks imported, pairs skipped because their task exists, the new task ids."""
     imported: int
     skipped_existing: int
     task_ids: list[int] = field(default_factory=list)

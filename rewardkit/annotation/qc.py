@@ -87,7 +87,7 @@ def qc_report(
             if len(v) < 2:
                 continue
             for ann, lab in v.items():
-                others = Counter(l for a, l in v.items() if a != ann)
+                others = Counter(label for a, label in v.items() if a != ann)
                 top = others.most_common()
                 if len(top) > 1 and top[0][1] == top[1][1]:
                     continue  # the others tie: no majority

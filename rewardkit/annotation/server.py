@@ -22,9 +22,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 
@@ -269,7 +270,7 @@ class LabelStudioServer:
             "log": str(self.log_path),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_state(self.data_dir, state)
 
     def _kill(self, timeout: float = 15.0) -> None:
         if self.proc is not None:
@@ -338,6 +339,14 @@ def read_state(data_dir: str | Path) -> dict | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError:
         return None
+
+
+def write_state(data_dir: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``data_dir``'s state file (:data:`STATE_FILE`; creating the folder) -> its path."""
+    p = Path(data_dir) / STATE_FILE
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(dict(state), indent=2))
+    return p
 
 
 def stop_from_state(data_dir: str | Path, timeout: float = 15.0) -> bool:
