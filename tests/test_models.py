@@ -240,6 +240,25 @@ def test_differentiable_in_the_views_and_deterministic():
         assert torch.equal(m(x, ["a", "b"]), m(x, ["a", "b"]))
 
 
+def test_preprocess_in_chunks_matches_one_pass_and_keeps_the_gradient(monkeypatch):
+    """Large views are converted to float a few at a time (bounded memory); the result is the one-pass one."""
+    import rewardkit.models.stage as stage_mod
+
+    m = tiny("global").eval()
+    u8 = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
+    x = torch.rand(5, 3, 48, 48, requires_grad=True)
+    whole_u8, whole_x = m.preprocess(u8), m.preprocess(x)
+    monkeypatch.setattr(stage_mod, "PREPROCESS_CHUNK_PIXELS", 2 * 48 * 48)  # 2 views a step: 3 chunks
+    calls = []
+    real = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, *a, **k: calls.append(len(ts)) or real(ts, *a, **k))
+    chunked_u8, chunked_x = m.preprocess(u8), m.preprocess(x)
+    assert calls[:2] == [3, 3]
+    assert torch.equal(whole_u8, chunked_u8) and torch.allclose(whole_x, chunked_x, atol=0, rtol=0)
+    chunked_x.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_save_and_load_pretrained_roundtrip(tmp_path):
     m = tiny("global", modes=["geometry", "normal"], fusion_heads=2, quality_hidden=8).eval()
     with torch.no_grad():
@@ -266,8 +285,23 @@ def test_save_and_load_pretrained_roundtrip(tmp_path):
 
 def test_from_config_dict_does_not_reload_backbone_weights(tmp_path):
     src = create_backbone(BackboneConfig("rk-tiny"))
+    with torch.no_grad():  # a checkpoint no random initialization can match
+        for p in src.state_dict().values():
+            if p.is_floating_point():
+                p.fill_(0.123)
     torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pt")
     m = StageRewardModel(StageModelConfig(backbone=BackboneConfig("rk-tiny", pretrained=str(tmp_path / "w.pt"))))
+
+    def from_checkpoint(model: StageRewardModel) -> list[str]:
+        return [k for k, v in model.backbone.state_dict().items()
+                if v.is_floating_point() and v.numel() > 1 and torch.all(v == 0.123)]
+
+    loaded = from_checkpoint(m)
+    assert len(loaded) > 10  # the constructor did load the checkpoint
     cfg = m.to_config_dict()
+    assert cfg["model"]["backbone"]["pretrained"] == str(tmp_path / "w.pt")  # recorded, yet not reloaded:
+    rebuilt = StageRewardModel.from_config_dict(cfg)
+    assert from_checkpoint(rebuilt) == []
+    assert from_checkpoint(StageRewardModel.from_config_dict(cfg, load_backbone_weights=True)) == loaded
     (tmp_path / "w.pt").unlink()  # the exported config must not need the original checkpoint (or a download)
-    StageRewardModel.from_config_dict(cfg)
+    assert from_checkpoint(StageRewardModel.from_config_dict(cfg)) == []

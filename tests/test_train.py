@@ -233,8 +233,8 @@ def test_global_stage_learns_smooth_over_noisy_geometry(dataset, tmp_path):
     assert m["selected_step"] == int(Path(m["checkpoint"]).stem.split("-")[2])  # best-<epoch>-<step>.ckpt
     # the exported model reproduces the validation deltas
     model = StageRewardModel.from_pretrained(out / "model")
-    d1, t1, _ = predict_deltas(result.module.model, result.datamodule.val_dataloader())
-    d2, t2, _ = predict_deltas(model, result.datamodule.val_dataloader())
+    d1, _t1, _ = predict_deltas(result.module.model, result.datamodule.val_dataloader())
+    d2, _t2, _ = predict_deltas(model, result.datamodule.val_dataloader())
     assert torch.allclose(torch.as_tensor(d1), torch.as_tensor(d2), atol=1e-5)
 
 

@@ -6,6 +6,7 @@ Public surface::
     model = StageRewardModel(StageModelConfig(stage="global", backbone=BackboneConfig("rk-tiny")))
     reward = model(views, prompts)          # views [B, V, 3, H, W] in [0, 1] -> reward [B]
     model.save_pretrained(dir); StageRewardModel.from_pretrained(dir)
+    StageEnsemble(model, heads)             # N reward heads on one model's towers: mean and std (ensemble.py)
 """
 
 from rewardkit.models.backbone import (
@@ -18,6 +19,7 @@ from rewardkit.models.backbone import (
     load_backbone_weights,
     register_model_config,
 )
+from rewardkit.models.ensemble import RewardHead, StageEnsemble, head_reward
 from rewardkit.models.fusion import AttentionViewPool, MeanViewPool
 from rewardkit.models.losses import (
     BradleyTerryLoss,
@@ -37,7 +39,7 @@ from rewardkit.models.stage import (
 
 __all__ = [
     "AttentionViewPool", "BackboneConfig", "BackboneError", "BradleyTerryLoss", "DEFAULT_MODES", "MeanViewPool",
-    "RENDER_MODES", "STAGES", "StageModelConfig", "StageRewardModel", "bradley_terry_loss", "create_backbone",
+    "RENDER_MODES", "RewardHead", "STAGES", "StageEnsemble", "head_reward", "StageModelConfig", "StageRewardModel", "bradley_terry_loss", "create_backbone",
     "freeze_backbone", "get_tokenizer", "list_backbones", "load_backbone_weights", "prompt_weights",
     "register_model_config", "target_from_label", "targets_from_labels", "trainable_parameters",
 ]

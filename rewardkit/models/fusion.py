@@ -15,6 +15,9 @@ from torch import nn
 
 
 class AttentionViewPool(nn.Module):
+    """Pools a sample's per-view features [B, V, D] into one [B, D] by attention with learned render-mode
+    and view-slot embeddings (a plain mean at initialisation; see the module docstring)."""
+
     def __init__(self, dim: int, num_modes: int = 1, max_views: int = 32, heads: int = 1,
                  view_dropout: float = 0.0):
         super().__init__()

@@ -11,6 +11,9 @@ Forward contract (kept stable for ``rewardkit.scoring``)::
     reward = model(views, prompts)                      # -> FloatTensor [B]
     details = model(views, prompts, return_details=True)  # -> dict, see ``forward``
 
+``views`` may also be cached features [B, V, F] of the frozen image trunk (``frozen_image_trunk``: the
+training feature cache, ``rewardkit.train.features``); the rest of the tower (its projection) then runs.
+
 ``views``: a float tensor [B, V, 3, H, W] with RGB values in [0, 1] (uint8 in [0, 255] is accepted too),
 views of all the model's modes concatenated mode-major (all views of ``modes[0]``, then ``modes[1]`` ...),
 or a dict ``{mode: [B, V_mode, 3, H, W]}``. Resizing to the backbone's input size and CLIP normalisation
@@ -37,16 +40,22 @@ from rewardkit.models.backbone import (
     BackboneConfig,
     create_backbone,
     freeze_backbone,
+    freeze_frozen_norms,
+    frozen_image_trunk,
     get_tokenizer,
+    image_head_after_trunk,
     image_preprocess_cfg,
 )
 from rewardkit.models.fusion import AttentionViewPool, MeanViewPool
 
 STAGES = ("global", "local")
 RENDER_MODES = ("rgb", "geometry", "normal")
+PREPROCESS_CHUNK_PIXELS = 2 ** 21  # source pixels converted to float32 at once in StageRewardModel.preprocess
 DEFAULT_MODES: dict[str, list[str]] = {"global": ["geometry"], "local": ["rgb"]}
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+# The files of a stage model's training checkpoint (save_pretrained / from_pretrained). A scorer directory is a
+# different on-disk format with its own names: rewardkit.scoring.format.CONFIG_FILE / WEIGHTS_FILE.
+CHECKPOINT_WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -62,6 +71,7 @@ class StageModelConfig:
     lock_text: bool = True
     unlocked_text_layers: int = 0
     unlocked_image_blocks: int | None = None  # None: whole image tower trains; N: only the last N blocks
+    train_image_head: bool = False  # with unlocked_image_blocks=0: the tower's projection still trains
     # Fusion.
     fusion: Literal["attention", "mean"] = "attention"
     fusion_heads: int = 1
@@ -106,6 +116,13 @@ class StageModelConfig:
 
 
 class StageRewardModel(nn.Module):
+    """The reward model of one stage (``global``: structure from geometry renders; ``local``: texture and
+    detail from rgb renders): a CLIP-style image/text backbone, attention pooling over the views
+    (:class:`~rewardkit.models.fusion.AttentionViewPool` or a mean) and the reward
+    ``exp(logit_scale) * cos(fused views, prompt) + quality_head(fused)`` per sample (module docstring). Trained by :class:`rewardkit.train.RewardModelModule`; ``save_pretrained``/``from_pretrained``
+    are its training checkpoint; :class:`rewardkit.scoring.Scorer` wraps it with its camera protocol and
+    render settings to score meshes."""
+
     def __init__(self, config: StageModelConfig | Mapping[str, Any]):
         super().__init__()
         if isinstance(config, Mapping):
@@ -114,7 +131,8 @@ class StageRewardModel(nn.Module):
         self.backbone = create_backbone(config.backbone)
         self.tokenizer = get_tokenizer(config.backbone)
         freeze_backbone(self.backbone, lock_text=config.lock_text, unlocked_text_layers=config.unlocked_text_layers,
-                        unlocked_image_blocks=config.unlocked_image_blocks)
+                        unlocked_image_blocks=config.unlocked_image_blocks,
+                        train_image_head=config.train_image_head)
         pp = image_preprocess_cfg(self.backbone)
         self.preprocess_cfg = pp
         self.register_buffer("pixel_mean", torch.tensor(pp["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -157,6 +175,30 @@ class StageRewardModel(nn.Module):
     def image_size(self) -> int:
         return int(self.preprocess_cfg["size"])
 
+    def train(self, mode: bool = True) -> StageRewardModel:
+        """As ``nn.Module.train``; frozen batch-norm layers of the image tower stay in eval mode."""
+        super().train(mode)
+        if mode:
+            freeze_frozen_norms(self.backbone)
+        return self
+
+    def frozen_image_trunk(self) -> nn.Module | None:
+        """The frozen part of the image tower whose per-view outputs can be cached (None if it trains)."""
+        return frozen_image_trunk(self.backbone)
+
+    @torch.no_grad()
+    def encode_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] views -> [N, F] outputs of :meth:`frozen_image_trunk` (eval mode, no gradients)."""
+        trunk = self.frozen_image_trunk()
+        if trunk is None:
+            raise ValueError("the image trunk trains (unlocked_image_blocks != 0): its features cannot be cached")
+        was = trunk.training
+        trunk.eval()
+        try:
+            return trunk(self.preprocess(images))
+        finally:
+            trunk.train(was)
+
     def _embed_dim(self) -> int:
         with torch.no_grad():
             x = torch.zeros(1, 3, self.image_size, self.image_size)
@@ -186,11 +228,19 @@ class StageRewardModel(nn.Module):
             return self.backbone.encode_text(tokens, normalize=True)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] RGB in [0, 1] (or uint8) -> resized, CLIP-normalised backbone input (differentiable)."""
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
-        images = images.to(self.pixel_mean.device, torch.float32)
+        """[N, 3, H, W] RGB in [0, 1] (or uint8) -> resized, CLIP-normalised backbone input (differentiable).
+
+        Views larger than the tower's input are converted and resized a few at a time (at most
+        ``PREPROCESS_CHUNK_PIXELS`` source pixels per step), so a batch of 1024² uint8 renders never exists
+        as one float32 copy (4 bytes a channel) beside its resized result."""
         s = self.image_size
+        n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
+        if images.shape[-2:] != (s, s) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
+            k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
+            return torch.cat([self.preprocess(images[i:i + k]) for i in range(0, n, k)])
+        if images.dtype == torch.uint8:
+            images = images.to(self.pixel_mean.device).float().div_(255.0)
+        images = images.to(self.pixel_mean.device, torch.float32)
         if images.shape[-2:] != (s, s):
             images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         return (images - self.pixel_mean) / self.pixel_std
@@ -226,6 +276,15 @@ class StageRewardModel(nn.Module):
 
     def encode_views(self, views: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-view image features [B, V, D] (not normalised), mode_index [V], view_index [V]."""
+        if isinstance(views, torch.Tensor) and views.dim() == 3 and views.is_floating_point():
+            b, v = views.shape[:2]  # cached frozen-trunk features [B, V, F], modes split evenly
+            if v % len(self.modes):
+                raise ValueError(f"{v} cached views cannot be split evenly over modes {self.modes}")
+            c = v // len(self.modes)
+            mode_index = torch.arange(len(self.modes)).repeat_interleave(c)
+            view_index = torch.arange(c).repeat(len(self.modes))
+            feats = image_head_after_trunk(self.backbone, views.flatten(0, 1).to(self.pixel_mean.device))
+            return feats.view(b, v, -1), mode_index, view_index
         x, mode_index, view_index = self._stack_views(views)
         b, v = x.shape[:2]
         feats = self.backbone.encode_image(self.preprocess(x.flatten(0, 1)))
@@ -303,7 +362,13 @@ class StageRewardModel(nn.Module):
         if not load_backbone_weights:
             backbone["pretrained"] = None
         cfg["backbone"] = backbone
-        return cls(StageModelConfig.from_dict(cfg))
+        model = cls(StageModelConfig.from_dict(cfg))
+        pp = d.get("preprocess")
+        if isinstance(pp, Mapping) and "mean" in pp and "std" in pp:  # the recorded input normalisation wins
+            model.preprocess_cfg = {**model.preprocess_cfg, **pp}
+            model.pixel_mean.copy_(torch.tensor(pp["mean"]).view(1, 3, 1, 1))
+            model.pixel_std.copy_(torch.tensor(pp["std"]).view(1, 3, 1, 1))
+        return model
 
     def save_weights(self, path: str | Path) -> Path:
         from safetensors.torch import save_model
@@ -327,20 +392,20 @@ class StageRewardModel(nn.Module):
         cfg = self.to_config_dict()
         if extra:
             cfg.update(extra)
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        self.save_weights(directory / WEIGHTS_FILE)
+        (directory / CHECKPOINT_CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        self.save_weights(directory / CHECKPOINT_WEIGHTS_FILE)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> StageRewardModel:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> StageRewardModel:
         directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        cfg_path, w_path = directory / CHECKPOINT_CONFIG_FILE, directory / CHECKPOINT_WEIGHTS_FILE
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise FileNotFoundError(f"{directory}: missing {p.name}")
         model = cls.from_config_dict(json.loads(cfg_path.read_text()))
         model.load_weights(w_path)
-        return model.to(map_location).eval()
+        return model.to(device).eval()
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -348,6 +413,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 __all__ = [
-    "CONFIG_FILE", "DEFAULT_MODES", "RENDER_MODES", "STAGES", "StageModelConfig", "StageRewardModel", "WEIGHTS_FILE",
+    "CHECKPOINT_CONFIG_FILE", "DEFAULT_MODES", "RENDER_MODES", "STAGES", "StageModelConfig", "StageRewardModel", "CHECKPOINT_WEIGHTS_FILE",
     "trainable_parameters",
 ]

@@ -21,6 +21,8 @@ import torch
 
 @dataclass(frozen=True)
 class Augment:
+    """Training-split augmentation of a candidate's views (see the module docstring): ``hflip``
+    probability and ``shift`` in pixels, one draw per candidate."""
     hflip: float = 0.0
     shift: int = 0
 

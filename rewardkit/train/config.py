@@ -41,6 +41,10 @@ class TrainConfig:
     image_size: int | None = None  # resize on load (None: the backbone's input size)
     augment_hflip: float = 0.0  # training views: probability of a horizontal mirror per candidate (train/augment.py)
     augment_shift: int = 0  # training views: random translation of up to this many pixels per candidate
+    # Frozen image trunk (model.unlocked_image_blocks=0): encode each view once and train on the cached
+    # features (rewardkit.train.features; keyed by render hash + tower, reused across epochs, stages, runs).
+    feature_cache: bool = False
+    feature_cache_dir: str | None = None  # None: $REWARDKIT_FEATURE_CACHE or ~/.cache/rewardkit/view_features
     val_fraction: float = 0.2  # fraction of prompts held out for validation
     test_fraction: float = 0.0  # optional test prompts (tie threshold / temperature then fitted on val)
     aggregate_annotators: bool = False  # average the labels of one pair into one soft target
@@ -100,10 +104,6 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-
-    @property
-    def question(self) -> str:
-        return self.stage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,6 @@ prompt is seen in training and scored in validation. It depends only on the set 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,13 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rewardkit.data.tables import TableError, read_items, read_pairs, read_preferences
 from rewardkit.models.losses import LABEL_TARGETS
 from rewardkit.train.augment import Augment
+from rewardkit.train.features import FeatureCache
+from rewardkit.train.views import ViewCache
 
 SPLITS = ("train", "val", "test")
 PROBE_KINDS = ("texture", "geometry")
@@ -139,60 +139,6 @@ def add_prompt_weights(examples: pl.DataFrame) -> pl.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------- #
-# images
-def _read_mode_pngs(render_dir: Path, mode: str) -> list[Image.Image]:
-    """Views of one mode from a render folder: ``rewardkit.render.load_views`` when the folder has its
-    metadata, else ``<render_dir>/<mode>/*.png`` in name order (folders written by other tools)."""
-    try:
-        from rewardkit.render import load_views  # imports pyrender; only the folder reader is used
-    except Exception:  # pragma: no cover - render stack unavailable
-        load_views = None
-    if load_views is not None and (render_dir / "meta.json").exists():
-        return load_views(render_dir, mode)
-    files = sorted((render_dir / mode).glob("*.png"))
-    if not files:
-        raise FileNotFoundError(f"{render_dir}: no {mode} views ({render_dir / mode}/*.png)")
-    out = []
-    for f in files:
-        with Image.open(f) as im:
-            out.append(im.convert("RGB"))
-    return out
-
-
-class ViewCache:
-    """Loads and caches one item's views as a uint8 tensor [V_total, 3, S, S] (modes concatenated)."""
-
-    def __init__(self, modes: Sequence[str], image_size: int, views: Sequence[int] | None = None,
-                 max_items: int | None = 4096):
-        self.modes, self.size = list(modes), int(image_size)
-        self.views = list(views) if views is not None else None
-        self.max_items = max_items
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, render_dir: str | Path) -> torch.Tensor:
-        key = str(render_dir)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        tensors = []
-        for mode in self.modes:
-            images = _read_mode_pngs(Path(render_dir), mode)
-            if self.views is not None:
-                bad = [i for i in self.views if i >= len(images)]
-                if bad:
-                    raise IndexError(f"{render_dir}: {mode} has {len(images)} views; asked for {self.views}")
-                images = [images[i] for i in self.views]
-            for im in images:
-                if im.size != (self.size, self.size):
-                    im = im.resize((self.size, self.size), Image.BICUBIC)
-                tensors.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
-        out = torch.stack(tensors)
-        if self.max_items is None or len(self._cache) < self.max_items:
-            self._cache[key] = out
-        return out
-
-
-# ------------------------------------------------------------------------------------------------- #
 class PreferencePairDataset(Dataset):
     """Examples of one split; ``__getitem__`` returns both items' views, the prompt, target and weight."""
 
@@ -283,9 +229,18 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: Augment | None = None,
+        feature_model: Any = None,
+        feature_cache_dir: str | Path | None = None,
     ):
         super().__init__()
         self.augment = augment
+        # A StageRewardModel with a frozen image trunk: examples carry its cached per-view features
+        # [V, F] instead of images (rewardkit.train.features), encoded once per render and tower.
+        self.feature_model, self.feature_cache_dir = feature_model, feature_cache_dir
+        if feature_model is not None and augment is not None and augment.active:
+            raise ValueError("cached view features cannot be augmented: set augment_hflip=0 and augment_shift=0 "
+                             "or feature_cache=false")
+        self.feature_cache = None
         self.items, self.pairs, self.preferences = items, pairs, preferences
         self.stage, self.modes, self.image_size = stage, list(modes), int(image_size)
         self.views = list(views) if views is not None else None
@@ -320,7 +275,15 @@ class PreferenceDataModule(L.LightningDataModule):
                             for s, df in self.splits.items()}
         summary["seed"] = self.seed
         self.summary = summary
-        self._loader = ViewCache(self.modes, self.image_size, self.views)
+        if self.feature_model is None:
+            self._loader = ViewCache(self.modes, self.image_size, self.views)
+        else:
+            self.feature_cache = FeatureCache(self.feature_model, ViewCache(self.modes, self.image_size, self.views,
+                                                                            max_items=0), self.feature_cache_dir)
+            dirs = [d for df in self.splits.values() if df.height for d in (*df["dir_a"], *df["dir_b"])]
+            self.feature_cache.prefetch(dirs)
+            self._loader = self.feature_cache
+            summary["feature_cache"] = {"dir": str(self.feature_cache.dir), **self.feature_cache.stats}
 
     def dataset(self, split: str) -> PreferencePairDataset:
         """The examples of ``split``; only ``train`` is augmented."""
@@ -372,6 +335,8 @@ class PreferenceDataModule(L.LightningDataModule):
         info = {"differs_in": kind, "labels_from_question": other, "n_pairs": int(examples.height)}
         if examples.height == 0:
             return None, info
+        if self.feature_cache is not None:
+            self.feature_cache.prefetch([*examples["dir_a"], *examples["dir_b"]])
         return PreferencePairDataset(add_prompt_weights(examples), self._loader), info
 
     def probe_dataloader(self) -> tuple[DataLoader | None, dict[str, Any]]:
@@ -379,11 +344,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return (self._loader_for(ds) if ds is not None else None), info
 
 
-def steps_per_epoch(n_examples: int, batch_size: int, accumulate: int = 1) -> int:
-    return max(1, math.ceil(math.ceil(n_examples / batch_size) / accumulate))
-
-
 __all__ = [
     "EpochShuffleSampler", "PROBE_KINDS", "PreferenceDataModule", "PreferencePairDataset", "SPLITS", "ViewCache",
-    "add_prompt_weights", "build_examples", "collate_pairs", "resolve_render_dir", "split_prompts", "steps_per_epoch",
+    "add_prompt_weights", "build_examples", "collate_pairs", "resolve_render_dir", "split_prompts",
 ]

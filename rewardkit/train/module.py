@@ -19,6 +19,11 @@ _NO_DECAY_HINTS = ("bias", "ln_", "norm", "embed", "logit_scale", "class_embeddi
 
 
 class RewardModelModule(L.LightningModule):
+    """The Lightning module that trains one :class:`~rewardkit.models.stage.StageRewardModel` on preference
+    pairs: Bradley–Terry loss on (A, B, target, weight) batches, AdamW with a separate backbone learning rate,
+    warm-up and cosine/constant schedule, and the validation metrics (pairwise and tie-band accuracy, BT
+    loss, ECE). Built by :func:`rewardkit.train.train` from a :class:`~rewardkit.train.TrainConfig`."""
+
     def __init__(
         self,
         model: Mapping[str, Any] | StageModelConfig,

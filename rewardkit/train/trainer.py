@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run folder, its metrics, the best/last Lightning checkpoints, the
+    exported model folder, and the fitted module and data module."""
     out_dir: Path
     metrics: dict[str, Any]
     best_checkpoint: str | None
@@ -53,13 +55,18 @@ class TrainResult:
     datamodule: PreferenceDataModule = field(repr=False)
 
 
-def build_datamodule(cfg: TrainConfig, image_size: int) -> PreferenceDataModule:
+def build_datamodule(cfg: TrainConfig, image_size: int, model: StageRewardModel | None = None) -> PreferenceDataModule:
+    """The data module of ``cfg``; with ``cfg.feature_cache`` its examples are ``model``'s cached trunk features."""
+    if cfg.feature_cache and (model is None or model.frozen_image_trunk() is None):
+        raise ValueError("feature_cache needs a frozen image trunk: set model.unlocked_image_blocks=0 "
+                         "(and model.train_image_head=true to train the tower's projection)")
     return PreferenceDataModule(
         cfg.items, cfg.pairs, cfg.preferences, stage=cfg.stage, modes=cfg.model.modes,
         image_size=cfg.image_size or image_size, views=cfg.views, render_root=cfg.render_root, probes=cfg.probes,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
         aggregate_annotators=cfg.aggregate_annotators, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         seed=cfg.seed, augment=Augment(hflip=cfg.augment_hflip, shift=cfg.augment_shift),
+        feature_model=model if cfg.feature_cache else None, feature_cache_dir=cfg.feature_cache_dir,
     )
 
 
@@ -282,7 +289,7 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    dm = build_datamodule(cfg, module.model.image_size)
+    dm = build_datamodule(cfg, module.model.image_size, module.model)
     dm.setup()
     trainer, ckpt = build_trainer(cfg, out_dir, callbacks, has_val=dm.splits["val"].height > 0)
     resume = _resume_path(cfg, out_dir / "checkpoints")
