@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from typing import Iterable
 
 import polars as pl
 
@@ -143,7 +142,3 @@ def merge_pairs(existing: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     extra = new.filter(~pl.col("pair_id").is_in(list(seen)))
     return conform(pl.concat([conform(existing, "pairs"), conform(extra, "pairs")]), "pairs")
 
-
-def pairs_for(items: Iterable[str], prompt_id: str) -> list[str]:
-    """All pair ids of a prompt's candidates (handy for checks)."""
-    return [pair_id(prompt_id, x, y) for x, y in itertools.combinations(sorted(items), 2)]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
+from rewardkit.errors import RewardkitError
+
 ITEMS_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.Utf8,
     "prompt_id": pl.Utf8,
@@ -52,7 +54,7 @@ SCHEMAS = {"items": ITEMS_SCHEMA, "pairs": PAIRS_SCHEMA, "preferences": PREFEREN
 OPTIONAL_COLUMNS = {"items": (), "pairs": (), "preferences": ("comment",)}
 
 
-class TableError(ValueError):
+class TableError(RewardkitError, ValueError):
     """A table is missing columns, has wrong types or invalid values."""
 
 
