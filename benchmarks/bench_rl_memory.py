@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewardkit.rl.memory import (  # noqa: E402
+from rewardkit.rl.memory import (
     GB, build_meta_model, count_model, layer_activation_bytes, plan_memory, saved_bytes_per_layer, shapellm_omni_config,
     step_lengths,
 )
@@ -93,7 +93,7 @@ def print_plan(counts, overhead_gb: float) -> None:
         ph = p.phases["train_forward_end"]
         per = dict(p.persistent, grads=p.phases["optimizer_step"]["grads"])
         cells = []
-        for g, cap in GPUS.items():
+        for cap in GPUS.values():
             room = p.headroom(cap, overhead_gb * GB) / GB
             cells.append(f"{('fits' if room >= 0 else 'does not fit'):>12} {room:+7.1f}")
         s = p.settings

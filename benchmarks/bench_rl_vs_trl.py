@@ -177,7 +177,7 @@ def run_trl(a: argparse.Namespace, policy_dir: Path, out: Path, completion_len: 
     lut = MeshPolicy(model, tokenizer, shape_tok.num_tokens, shape_tok.codebook_size, use_chat_template=False).vocab.token_to_code().numpy()
     iou = occupancy_iou(a.resolution)
 
-    def mesh_iou(prompts, completions, completion_ids, object, **_: Any) -> list[float]:  # noqa: A002 - dataset column
+    def mesh_iou(prompts, completions, completion_ids, object, **_: Any) -> list[float]:  # `object`: the dataset column's name
         """The rewardkit reward on TRL's completion: its <meshN> tokens -> codes -> grid -> mesh -> IoU."""
         codes = []
         for ids in completion_ids:
@@ -233,7 +233,7 @@ def _worker(kind: str, a: argparse.Namespace, policy_dir: Path, work: Path, comp
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(f"{kind} run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
-    lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise SystemExit(f"{kind} run printed no result:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     return json.loads(lines[-1][len("RESULT "):])

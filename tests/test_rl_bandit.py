@@ -52,14 +52,14 @@ def _expected_reward(trainer: HiGRPOTrainer) -> tuple[float, float]:
 
 def test_policy_increases_expected_reward(tiny_policy, tmp_path):
     # R_high: occupied fraction of the coarse shape; R_low: occupied fraction of the refined one
-    trainer = HiGRPOTrainer(_config(tiny_policy, tmp_path), reward_high=_fraction(), reward_low=_fraction())
+    trainer = HiGRPOTrainer(_config(tiny_policy, tmp_path), rewards_high=_fraction(), rewards_low=_fraction())
     before = _expected_reward(trainer)
     trainer.train(steps=10)
     after = _expected_reward(trainer)
     assert after[0] > before[0] + 0.15, (before, after)
     assert after[1] > before[1] + 0.15, (before, after)
     # logs: one row per step, every reward term with mean and within-group std
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 11))
     for key in ("r_high", "r_low", "high/occupied", "high/occupied_group_std", "low/occupied_group_std",
                 "step1/kl", "step2/clip_high_frac", "groups_dropped"):
@@ -83,7 +83,7 @@ def _flat_or_varied() -> StepReward:
 
 def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tiny_policy, tmp_path):
     cfg = _config(tiny_policy, tmp_path, prompts_per_step=2, max_sampling_rounds=3)
-    trainer = HiGRPOTrainer(cfg, reward_high=_flat_or_varied(), reward_low=_flat_or_varied())
+    trainer = HiGRPOTrainer(cfg, rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
     kept, info = trainer.collect(step=0)
     flat = sum(g.prompt == "fill" for g in info["sampled"])
     assert flat >= 1  # the flat prompt was drawn ...
@@ -92,13 +92,13 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tiny_policy, tm
     assert len(kept) == 2
 
     off = HiGRPOTrainer(_config(tiny_policy, tmp_path / "off", dynamic_sampling=False),
-                        reward_high=_flat_or_varied(), reward_low=_flat_or_varied())
+                        rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
     kept_off, info_off = off.collect(step=0)
     assert {g.prompt for g in kept_off} == set(PROMPTS) and info_off["groups_dropped"] == 0
 
     # nothing but flat groups: the step is skipped (no update), not crashed
     only_flat = HiGRPOTrainer(_config(tiny_policy, tmp_path / "flat", prompts=["fill"], prompts_per_step=1),
-                              reward_high=_flat_or_varied(), reward_low=_flat_or_varied())
+                              rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
     before = [p.detach().clone() for p in only_flat.model.parameters()]
     m = only_flat.train_step()
     assert m["groups_kept"] == 0 and "loss" not in m
@@ -121,7 +121,7 @@ def _near_flat(spread: float) -> StepReward:
 def test_dynamic_sampling_drops_near_flat_continuous_groups(tiny_policy, tmp_path):
     # a group whose rewards differ by 1e-7 carries no signal: the default tolerance drops it
     t = HiGRPOTrainer(_config(tiny_policy, tmp_path, prompts_per_step=2, max_sampling_rounds=3),
-                      reward_high=_near_flat(1e-7), reward_low=_near_flat(1e-7))
+                      rewards_high=_near_flat(1e-7), rewards_low=_near_flat(1e-7))
     kept, info = t.collect(step=0)
     n_fill = sum(g.prompt == "fill" for g in info["sampled"])
     assert n_fill >= 1 and all(g.prompt == "grow" for g in kept)
@@ -130,7 +130,7 @@ def test_dynamic_sampling_drops_near_flat_continuous_groups(tiny_policy, tmp_pat
     assert info["groups_refilled"] == len(kept) - 1 and info["sampling_rounds"] >= 2
     # min_std 0 is the exact-equality rule: near-equal continuous rewards pass it
     exact = HiGRPOTrainer(_config(tiny_policy, tmp_path / "exact", dynamic_sampling_min_std=0.0),
-                          reward_high=_near_flat(1e-7), reward_low=_near_flat(1e-7))
+                          rewards_high=_near_flat(1e-7), rewards_low=_near_flat(1e-7))
     _, info0 = exact.collect(step=0)
     assert info0["groups_dropped"] == 0
 
@@ -139,12 +139,12 @@ def test_dynamic_sampling_reward_range_filter(tiny_policy, tmp_path):
     # "fill" has a real spread (std 0.05) around R~_high = 0.5 + 0.5: a range of [1.5, 10] drops it
     cfg = _config(tiny_policy, tmp_path, prompts=["fill"], prompts_per_step=1, max_sampling_rounds=2,
                   dynamic_sampling_reward_range=[1.5, 10.0])
-    t = HiGRPOTrainer(cfg, reward_high=_near_flat(0.05), reward_low=_near_flat(0.05))
+    t = HiGRPOTrainer(cfg, rewards_high=_near_flat(0.05), rewards_low=_near_flat(0.05))
     kept, info = t.collect(step=0)
     assert kept == [] and info["groups_dropped_range"] == 2 and info["groups_dropped_flat"] == 0
     wide = HiGRPOTrainer(_config(tiny_policy, tmp_path / "wide", prompts=["fill"], prompts_per_step=1,
                                  dynamic_sampling_reward_range=[0.0, 10.0]),
-                         reward_high=_near_flat(0.05), reward_low=_near_flat(0.05))
+                         rewards_high=_near_flat(0.05), rewards_low=_near_flat(0.05))
     kept, info = wide.collect(step=0)
     assert len(kept) == 1 and info["groups_dropped"] == 0
     m = wide.train_step()
@@ -167,25 +167,25 @@ def test_failed_reward_raises_or_is_masked(tiny_policy, tmp_path):
     assert np.isnan(res.total).all() and res.failures == {"broken": 2}
 
     cfg = _config(tiny_policy, tmp_path, reward_on_error="mark")
-    trainer = HiGRPOTrainer(cfg, reward_high=StepReward([RewardTerm("flaky", flaky)], on_error="mark"), reward_low=_fraction())
+    trainer = HiGRPOTrainer(cfg, rewards_high=StepReward([RewardTerm("flaky", flaky)], on_error="mark"), rewards_low=_fraction())
     m = trainer.train_step()
     assert m["failed/high/flaky"] > 0
     assert np.isfinite(m["loss"]) and m["tokens/step1"] < m["tokens/step2"]  # failed samples' step-1 tokens masked
 
     strict = HiGRPOTrainer(_config(tiny_policy, tmp_path / "strict"),
-                           reward_high=StepReward([RewardTerm("broken", broken)]), reward_low=_fraction())
+                           rewards_high=StepReward([RewardTerm("broken", broken)]), rewards_low=_fraction())
     with pytest.raises(RewardError):
         strict.train_step()
 
 
 def test_resume_gives_the_same_next_step(tiny_policy, tmp_path):
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = HiGRPOTrainer(_config(tiny_policy, a_dir, save_every=2), reward_high=_fraction(), reward_low=_fraction())
+    a = HiGRPOTrainer(_config(tiny_policy, a_dir, save_every=2), rewards_high=_fraction(), rewards_low=_fraction())
     a.train(steps=2)
     shutil.copytree(a_dir, b_dir)
     next_a = a.train_step()
 
-    b = HiGRPOTrainer(_config(tiny_policy, b_dir, save_every=2), reward_high=_fraction(), reward_low=_fraction())
+    b = HiGRPOTrainer(_config(tiny_policy, b_dir, save_every=2), rewards_high=_fraction(), rewards_low=_fraction())
     assert b.load_checkpoint() == 2 and len(b.records) == 2
     next_b = b.train_step()
     assert next_b["step"] == next_a["step"] == 3
@@ -224,7 +224,7 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
               "samples_after/renders.png", "policy/config.json", "checkpoints/latest"):
         assert (run / f).exists(), f
     assert (tmp_path / "init" / "warm_start.json").exists()
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "low/sym_group_std" in rows[-1] and "high/occupancy_iou" in rows[-1]
     # running again resumes from the last checkpoint and has nothing left to do
     again = CliRunner().invoke(main, ["rl", "--config", str(path)])
@@ -254,7 +254,7 @@ def _run_ddp(tmp_path, timeout: float = 300, **overrides) -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
                           text=True, timeout=timeout, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_process_ddp_by_config_alone(tmp_path):
@@ -316,8 +316,8 @@ def test_shipped_configs_and_params_yaml_section(tmp_path):
 
 def test_no_resume_starts_a_clean_run(tiny_policy, tmp_path):
     cfg = _config(tiny_policy, tmp_path, save_every=1)
-    HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction()).train(steps=2)
-    again = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction()).train(steps=2)
+    again = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
     again.train(steps=1, resume=False)
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1]
@@ -339,7 +339,7 @@ def test_bf16_checkpoint_trains_with_fp32_master_weights_by_default(tiny_policy,
 
     def changed_fraction(**kw) -> tuple[float, HiGRPOTrainer]:
         t = HiGRPOTrainer(_config(bf16, tmp_path / str(kw), lr=1e-6, mu=1, beta=0.0, **kw),
-                          reward_high=_fraction(), reward_low=_fraction())
+                          rewards_high=_fraction(), rewards_low=_fraction())
         t.train(steps=2)
         sd = t._unwrapped().state_dict()
         n = sum(v.numel() for v in start.values())
@@ -380,7 +380,7 @@ def test_what_an_rl_engineer_watches(tiny_policy, tmp_path, monkeypatch):
     cfg = _config(tiny_policy, tmp_path, prompts=["grow"], prompts_per_step=1, heldout_prompts=["fill"],
                   eval_every=2, heldout_group_size=3, lr_warmup_steps=2, steps=4,
                   loggers=["tensorboard", "wandb"])
-    t = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    t = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
     t.train(steps=4)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.015, 0.03, 0.03, 0.03])
@@ -398,7 +398,7 @@ def test_what_an_rl_engineer_watches(tiny_policy, tmp_path, monkeypatch):
     assert list((tmp_path / "logs").rglob("*.wandb")), "no offline W&B run written"
     with pytest.raises(ValueError, match="never be trained on"):
         HiGRPOTrainer(_config(tiny_policy, tmp_path / "bad", heldout_prompts=["fill"]),
-                      reward_high=_fraction(), reward_low=_fraction())
+                      rewards_high=_fraction(), rewards_low=_fraction())
 
 
 def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path):
@@ -409,7 +409,7 @@ def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path
 
     cfg = _config(tiny_policy, tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]},
                   lr=0.01, mu=2, save_every=2)
-    t = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    t = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
     assert t.ref_model is None and t.reference_mode == "adapter"
     trainable = [n for n, p in t._unwrapped().named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -429,13 +429,13 @@ def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path
         assert torch.allclose(exported.logprobs(exported.model, b, t.cfg.sampling), now, atol=1e-4)
     assert (tmp_path / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors").exists()
     # resume: a new trainer loads the adapters and continues from step 2
-    t2 = HiGRPOTrainer(cfg, reward_high=_fraction(), reward_low=_fraction())
+    t2 = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
     assert t2.load_checkpoint() == 2
     with torch.no_grad():
         assert torch.allclose(t2.policy.logprobs(t2.model, b, t.cfg.sampling), now, atol=1e-5)
     with pytest.raises(ValueError, match="needs lora"):
-        HiGRPOTrainer(_config(tiny_policy, tmp_path / "x", reference="adapter"), reward_high=_fraction(),
-                      reward_low=_fraction())
+        HiGRPOTrainer(_config(tiny_policy, tmp_path / "x", reference="adapter"), rewards_high=_fraction(),
+                      rewards_low=_fraction())
 
 
 def test_lora_adapters_stay_out_of_the_vision_tower(tmp_path):
@@ -452,9 +452,9 @@ def test_lora_adapters_stay_out_of_the_vision_tower(tmp_path):
 
 
 def test_reference_on_cpu_matches_the_reference_on_device(tiny_policy, tmp_path):
-    a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), reward_high=_fraction(), reward_low=_fraction())
-    c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), reward_high=_fraction(),
-                      reward_low=_fraction())
+    a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), rewards_high=_fraction(), rewards_low=_fraction())
+    c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), rewards_high=_fraction(),
+                      rewards_low=_fraction())
     assert next(c.ref_model.parameters()).device.type == "cpu"
     from rewardkit.rl.policy import RolloutBatch
 
@@ -483,8 +483,8 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_policy, tmp_path
                       for n, q in p.model.named_parameters() if q.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
-    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, activation_checkpointing=True), reward_high=_fraction(),
-                      reward_low=_fraction())
+    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, activation_checkpointing=True), rewards_high=_fraction(),
+                      rewards_low=_fraction())
     assert np.isfinite(t.train_step()["loss"])
 
 
@@ -518,7 +518,7 @@ def test_fsdp_two_processes_sharded_checkpoint_resume_and_export(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
                               text=True, timeout=400, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-        return [json.loads(l) for l in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
 
     full = run("full", 3)
     assert [r["step"] for r in full] == [1, 2, 3]
@@ -563,7 +563,7 @@ def test_overlapped_rewards_give_the_same_step(tiny_policy, tmp_path):
     for overlap in (True, False):
         seen.clear()
         t = HiGRPOTrainer(_config(tiny_policy, tmp_path / str(overlap), overlap_rewards=overlap),
-                          reward_high=frac_in_thread(), reward_low=frac_in_thread())
+                          rewards_high=frac_in_thread(), rewards_low=frac_in_thread())
         rows.append(t.train_step())
         names = set(seen)
         if overlap:

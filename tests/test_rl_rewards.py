@@ -63,9 +63,9 @@ def test_exported_scorer_set_terms_score_policy_meshes():
     loc = build_term({"scorer": str(d), "args": {"stage": "local", "empty_score": -1.0}})
     meshes = [occupancy_to_mesh(DEMO_SHAPES["table"].occupancy(8)), None, occupancy_to_mesh(DEMO_SHAPES["arch"].occupancy(8))]
     prompts = ["a small table", "a ball", "an arch"]
-    g, l = glob.fn(meshes, prompts), loc.fn(meshes, prompts)
-    assert g[1] is None and l[1] == -1.0  # no mesh: None (raise/mark) unless empty_score is configured
-    assert all(isinstance(x, float) for x in (g[0], g[2], l[0], l[2]))
+    gl, lo = glob.fn(meshes, prompts), loc.fn(meshes, prompts)
+    assert gl[1] is None and lo[1] == -1.0  # no mesh: None (raise/mark) unless empty_score is configured
+    assert all(isinstance(x, float) for x in (gl[0], gl[2], lo[0], lo[2]))
     with pytest.raises(ValueError):
         build_term({"scorer": str(d), "args": {"stage": "global", "weights": {"global": 1.0}}})
 

@@ -34,7 +34,7 @@ _EXPORTS = {
     "VQVAETokenizer": "rewardkit.rl.tokenizers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - the names of the lazy attribute table below
 
 
 def __getattr__(name: str) -> Any:

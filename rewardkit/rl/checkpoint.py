@@ -111,7 +111,7 @@ class CheckpointMixin:
         """Keep the logged rows up to the restored step (a crash after a checkpoint logged more)."""
         jl = self.out / "metrics.jsonl"
         if jl.exists():
-            self.records = [r for r in (json.loads(l) for l in jl.read_text().splitlines() if l.strip()) if r["step"] <= self.step]
+            self.records = [r for r in (json.loads(line) for line in jl.read_text().splitlines() if line.strip()) if r["step"] <= self.step]
             if self.is_main:
                 jl.write_text("".join(json.dumps(r) + "\n" for r in self.records))
         return self.step

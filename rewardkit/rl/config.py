@@ -11,9 +11,12 @@ from typing import Any, Literal, Mapping, Sequence
 
 
 from rewardkit import config as _config
+from rewardkit.rl.candidates import CandidatesConfig
+from rewardkit.rl.guards import GuardConfig
 from rewardkit.rl.lora import LoRAConfig
 from rewardkit.rl.policy import SamplingConfig
 from rewardkit.rl.shapes import DEMO_SHAPES
+from rewardkit.rl.vllm_rollout import RolloutConfig
 
 __all__ = ["HiGRPOConfig", "WarmStartConfig", "load_config", "STEP1_TEMPLATE", "STEP2_TEMPLATE"]
 
@@ -83,6 +86,9 @@ class HiGRPOConfig:
     # the classes in the model's ``_no_split_modules``): activation memory of one layer instead of all
     activation_checkpointing: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # temperatures, top-p/k, reasoning budget
+    # the rollout sampler: {backend: hf (Hugging Face generate, default, any device) | vllm (a colocated vLLM
+    # engine per GPU, weights synced after every update), vllm settings}; rewardkit.rl.vllm_rollout
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     # -- prompts ---------------------------------------------------------------------------------
     prompts: list[str] = field(default_factory=list)
     prompts_file: str | None = None  # one prompt per line, or a JSON list
@@ -138,6 +144,13 @@ class HiGRPOConfig:
     # (needs `pip install wandb`; WANDB_MODE=offline works without network), "csv"
     loggers: list[str] = field(default_factory=list)
     wandb_project: str = "rewardkit-hi-grpo"  # W&B project name when loggers has wandb
+    # the policy's samples written as candidates (output_dir/candidates/: meshes + candidates.csv in the
+    # own-generations format of rewardkit.data.candidates.read_generations): {every, eval, meshes}
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    # reward-hacking guard (rewardkit.rl.guards): learned terms against their anchors, per-step flags and
+    # the audit of the highest-reward samples: {enabled, learned, anchors, window, min_change, std_jump,
+    # audit_every, audit_top_k}
+    guard: GuardConfig = field(default_factory=GuardConfig)
     render: bool = True  # render the before/after samples as PNG grids
     render_size: int = 160  # pixels per rendered view
     # -- engine (Lightning Fabric) ---------------------------------------------------------------
@@ -166,7 +179,7 @@ class HiGRPOConfig:
         if self.prompts_file:
             try:
                 text = Path(self.prompts_file).read_text()
-                prompts += json.loads(text) if self.prompts_file.endswith(".json") else [l.strip() for l in text.splitlines() if l.strip()]
+                prompts += json.loads(text) if self.prompts_file.endswith(".json") else [line.strip() for line in text.splitlines() if line.strip()]
             except (OSError, ValueError) as exc:
                 raise _config.ConfigError(f"prompts_file {self.prompts_file}: {getattr(exc, 'strerror', None) or exc}") from exc
         if not prompts:

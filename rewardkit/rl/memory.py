@@ -4,7 +4,8 @@ architecture alone (built on the meta device: no weights, no accelerator).
 
 The formula (bytes, per device; W = devices sharding the model (1 for DDP/LoRA), P = all parameters,
 T = trainable parameters, m = 4 (fp32 master weights; 2 under ``bf16-true``), a = 2 under ``bf16-mixed``
-(bf16 activations and logits), 4 under ``32-true``; r = bytes of the residual stream: a under FSDP
+(bf16 activations and logits: :func:`rewardkit.rl.policy.forward_logits` skips Lightning Fabric's cast of the
+module's outputs to fp32), 4 under ``32-true``; r = bytes of the residual stream: a under FSDP
 (bf16 all-gathered parameters), 4 under DDP ``bf16-mixed`` (fp32 master embeddings), 4 under ``32-true``;
 H hidden, I MLP width, Hkv = kv_heads * head_dim, V vocabulary, N layers, b micro-batch, L sequence):
 
@@ -257,7 +258,7 @@ class MemoryPlan:
 def layer_activation_bytes(c: ModelCounts, a: int, r: int, seq_len: int, lora_r: int = 0) -> float:
     """Bytes per token autograd saves inside one decoder layer (no checkpointing); checked against
     :func:`saved_bytes_per_layer` in the tests."""
-    H, I, Hkv = c.hidden, c.intermediate, c.kv_dim
+    H, I, Hkv = c.hidden, c.intermediate, c.kv_dim  # noqa: E741 - I: the MLP width, as in the formula above
     norms = 2 * (4 * H + 4 + r * H)  # fp32 input, rsqrt, normalized
     # the linears' inputs: one shared tensor per norm, or (autocast over an fp32 residual) one bf16 cast
     # per linear: q, k, v and gate, up

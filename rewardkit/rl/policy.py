@@ -37,6 +37,8 @@ __all__ = [
     "StepRollout",
     "RolloutBatch",
     "sequence_logprobs",
+    "forward_logits",
+    "mesh_phase_prompt",
     "build_tiny_policy",
 ]
 
@@ -167,6 +169,26 @@ class RolloutBatch:
         return RolloutBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.mask, self.phases)))
 
 
+def forward_logits(model: nn.Module, **inputs: Any) -> Any:
+    """``model(**inputs)``, keeping the logits in the dtype the model computed them in.
+
+    A module set up by Lightning Fabric under a mixed precision (``bf16-mixed``, ``16-mixed``; DDP, FSDP or one
+    device) casts every floating-point output back to float32 after its forward (the precision plugin's
+    ``convert_output``): for a causal LM that is a second, float32 copy of the whole ``[B, L, V]`` logits,
+    kept for the backward in place of the bf16 ones (about 2 bytes x B x L x V more at the end of the
+    forward, 6 while both exist; 3.3 GB per micro-batch sequence for ShapeLLM-Omni at L = 5222).
+    :func:`sequence_logprobs` casts one row at a time instead, so this runs the wrapped module (DDP / FSDP
+    included) inside the plugin's forward context (autocast) without that cast; anything else is called as is.
+    """
+    inner, strategy = getattr(model, "_forward_module", None), getattr(model, "_strategy", None)
+    precision = getattr(strategy, "precision", None)
+    if inner is None or precision is None or not callable(getattr(precision, "forward_context", None)):
+        return model(**inputs)
+    inputs = precision.convert_input(inputs)  # floating inputs to the compute dtype (ids are left as they are)
+    with precision.forward_context():
+        return inner(**inputs)
+
+
 def sequence_logprobs(
     model: nn.Module,
     batch: RolloutBatch,
@@ -184,7 +206,7 @@ def sequence_logprobs(
     distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
     distribution at each position (no gradient; 0 where masked).
     """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)  # no KV cache: recomputation-safe
+    out = forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)  # no KV cache: recomputation-safe
     logits = out.logits[:, :-1]
     targets = batch.input_ids[:, 1:]
     rows, ents = [], []
@@ -209,6 +231,21 @@ def sequence_logprobs(
                 ents.append(-(logp_all.exp() * logp_all.clamp_min(torch.finfo(logp_all.dtype).min)).sum(-1))
     lp = torch.stack(rows) * batch.mask
     return (lp, torch.stack(ents) * batch.mask) if return_entropy else lp
+
+
+def mesh_phase_prompt(context_ids: Sequence[int], reasoning_ids: Sequence[int],
+                      vocab: MeshVocab) -> tuple[list[int], list[int], list[int]]:
+    """The mesh phase's prompt after a reasoning phase: ``(prompt, prefix, phases)`` with ``prompt =
+    context + prefix``. ``prefix`` is the generated reasoning when it ended with ``<mesh-start>``; after EOS
+    or the length limit, the reasoning without EOS plus a forced ``<mesh-start>`` (the released AR3D-R1
+    code appends it literally). ``phases`` marks each prefix token (PHASE_TEXT, or PHASE_FORCED)."""
+    r = list(reasoning_ids)
+    if r and r[-1] == vocab.mesh_start:
+        prefix, phases = r, [PHASE_TEXT] * len(r)
+    else:  # EOS or length limit: drop EOS, force <mesh-start>
+        body = [t for t in r if t not in vocab.eos_ids]
+        prefix, phases = body + [vocab.mesh_start], [PHASE_TEXT] * len(body) + [PHASE_FORCED]
+    return list(context_ids) + prefix, prefix, phases
 
 
 class _Restrict:
@@ -273,6 +310,9 @@ class MeshPolicy:
         # sharded (FSDP) policies: every rank must run the same number of forwards while generating, so
         # ranks that finished keep stepping until all have (Hugging Face generate's synced_gpus)
         self.synced_generation = False
+        # another sampler of the two phases (``generate(contexts, phase, max_new, sampling, seed)``), e.g.
+        # :class:`rewardkit.rl.vllm_rollout.VLLMGenerator`; None: Hugging Face ``generate`` on ``model``
+        self.generator: Any = None
 
     @classmethod
     def from_pretrained(
@@ -343,6 +383,11 @@ class MeshPolicy:
     # -- sampling -----------------------------------------------------------------------------------
     def _generate(self, model: nn.Module, contexts: list[list[int]], phase: int, max_new: int, s: SamplingConfig,
                   generator_seed: int | None) -> list[list[int]]:
+        """New token ids of one phase for each context (up to and including the stop token). With a
+        ``generator`` set (the vLLM rollout backend, :mod:`rewardkit.rl.vllm_rollout`) it samples instead
+        of Hugging Face ``generate``; the phase logic around it is the same for both."""
+        if self.generator is not None:
+            return self.generator.generate(contexts, phase, max_new, s, generator_seed)
         from transformers import GenerationConfig, LogitsProcessorList
 
         device = next(model.parameters()).device
@@ -401,13 +446,9 @@ class MeshPolicy:
             reasoning = [[] for _ in contexts]
         mesh_ctx, prefixes = [], []
         for c, r in zip(ctx_ids, reasoning):
-            if r and r[-1] == self.vocab.mesh_start:
-                prefix, phases = r, [PHASE_TEXT] * len(r)
-            else:  # EOS or length limit: drop EOS, force <mesh-start>
-                body = [t for t in r if t not in self.vocab.eos_ids]
-                prefix, phases = body + [self.vocab.mesh_start], [PHASE_TEXT] * len(body) + [PHASE_FORCED]
+            prompt, prefix, phases = mesh_phase_prompt(c, r, self.vocab)
             prefixes.append((prefix, phases))
-            mesh_ctx.append(c + prefix)
+            mesh_ctx.append(prompt)
         mesh = self._generate(
             model, mesh_ctx, PHASE_MESH, self.tokens_per_object + 1, sampling, None if seed is None else seed + 1
         )
@@ -456,13 +497,20 @@ def build_tiny_policy(
     max_positions: int = 512,
     seed: int = 0,
     num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Write a random-init tiny causal LM + word-level tokenizer with the mesh tokens to ``path``.
 
     Vocabulary: ``<pad> <unk> <eos>``, the given words, ``<mesh0>..<mesh{K-1}>``, ``<mesh-start>``,
-    ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama``, ``gpt2`` or
-    ``qwen2_5_vl`` (ShapeLLM-Omni's architecture, a tiny vision tower included, used text-only).
-    ``num_kv_heads`` (llama, qwen2_5_vl): grouped-query attention's key/value heads (None: ``num_heads``).
+    ``<mesh-end>`` (ShapeLLM-Omni also puts ``<mesh-end>`` last). ``arch`` is ``llama``, ``gpt2``, ``qwen2``
+    (Qwen2 / Qwen2.5's text architecture) or ``qwen2_5_vl`` (ShapeLLM-Omni's architecture, a tiny vision
+    tower included, used text-only). ``num_kv_heads`` (llama, qwen2, qwen2_5_vl): grouped-query attention's
+    key/value heads (None: ``num_heads``). ``intermediate_size``: the MLP width (None: 4 x hidden).
+    ``vocab_size``: pad the model's vocabulary to this many rows (e.g. Qwen2's 151936, for benchmarks of a
+    real-sized output layer; the extra ids are never produced by the tokenizer). ``tie_word_embeddings``
+    (llama, qwen2): share the input embedding and ``lm_head`` (Qwen2.5-0.5B does).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, normalizers, decoders
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig
@@ -483,12 +531,23 @@ def build_tiny_policy(
     tk.add_special_tokens(specials + mesh)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
     torch.manual_seed(seed)
-    n = len(vocab)
+    n = max(len(vocab), vocab_size or 0)
+    ffn = intermediate_size or hidden_size * 4
     if arch == "llama":
         cfg = LlamaConfig(
-            vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
+            vocab_size=n, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=num_layers,
             num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
-            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None, tie_word_embeddings=False,
+            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None,
+            tie_word_embeddings=tie_word_embeddings,
+        )
+    elif arch == "qwen2":
+        from transformers import Qwen2Config
+
+        cfg = Qwen2Config(
+            vocab_size=n, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
+            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None,
+            tie_word_embeddings=tie_word_embeddings,
         )
     elif arch == "gpt2":
         cfg = GPT2Config(
@@ -503,7 +562,7 @@ def build_tiny_policy(
         third = head // 2 // 4  # multimodal rope: temporal/height/width sections of the rotary half
         cfg = Qwen2_5_VLConfig(
             text_config=dict(
-                vocab_size=n, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
+                vocab_size=n, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=num_layers,
                 num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
                 rope_scaling={"type": "mrope", "mrope_section": [head // 2 - 2 * third, third, third]},
             ),
@@ -513,7 +572,7 @@ def build_tiny_policy(
         )
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     else:
-        raise ValueError(f"arch must be llama, gpt2 or qwen2_5_vl, got {arch!r}")
+        raise ValueError(f"arch must be llama, gpt2, qwen2 or qwen2_5_vl, got {arch!r}")
     if arch != "qwen2_5_vl":
         model = AutoModelForCausalLM.from_config(cfg)
     policy = MeshPolicy(model, tok, tokens_per_object=tokens_per_object, codebook_size=codebook_size, use_chat_template=False)

@@ -1,10 +1,15 @@
 """What a Hi-GRPO run reports: per-step reward metrics (every term's mean and within-group std), the
-metrics log (jsonl + csv), fixed-seed evaluations with renders, held-out evaluation, the summary and plot."""
+metrics log (jsonl + csv), fixed-seed evaluations with renders, held-out evaluation, the summary and plot;
+and what closes the loop: the policy's samples as candidates (:mod:`rewardkit.rl.candidates`), the
+reward-hacking guard's metrics and flags and the audit of each step's best samples
+(:mod:`rewardkit.rl.guards`)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import random
 import logging
 import math
 from pathlib import Path
@@ -13,6 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from rewardkit.rl.candidates import item_id_of, write_generations
+from rewardkit.rl.guards import audit_selection
 from rewardkit.rl.policy import PHASE_TEXT
 from rewardkit.rl.rewards import group_stats
 from rewardkit.rl.rollout import _Group, _step_seed
@@ -41,6 +48,10 @@ class ReportsMixin:
                 out[f"{step}/{term}"], out[f"{step}/{term}_group_std"] = group_stats(v, G)
                 if np.isnan(v).any():
                     out[f"failed/{step}/{term}"] = float(np.isnan(v).sum())
+            stds = getattr(groups[0], f"stds_{step}", {})
+            for term in stds:  # a term that reports a std (an ensemble's spread): its batch mean
+                v = np.concatenate([getattr(g, f"stds_{step}")[term] for g in groups])
+                out[f"{step}/{term}_uncertainty"] = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
         out["reasoning_tokens/step1"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step1]))
         out["reasoning_tokens/step2"] = float(np.mean([sum(1 for p in s.phases if p == PHASE_TEXT) for g in groups for s in g.step2]))
         out["empty_meshes"] = float(sum(m is None for g in groups for m in g.meshes1 + g.meshes2))
@@ -87,13 +98,80 @@ class ReportsMixin:
                     "r_high": float(g.r_high[0]), "r_low": float(g.r_low[0]),
                 })
             grid = sample_cells(groups, 4, self._term_weights())
-            (d / "samples.json").write_text(json.dumps({"metrics": metrics, "samples": rows, "grid": grid}, indent=2))
+            per_prompt = [{"prompt": g.prompt, **self._reward_metrics([g])} for g in groups]
+            (d / "samples.json").write_text(json.dumps({"metrics": metrics, "samples": rows, "grid": grid,
+                                                        "per_prompt": per_prompt}, indent=2))
+            if cfg.candidates.eval:
+                self._write_candidates(groups, f"eval-step-{self.step:04d}")
             if cfg.render:
                 when = {"samples_before": "before training", "samples_after": f"after {self.step} steps"}.get(name, name)
                 self._render(groups, d / "renders.png",
                              title=f"Hi-GRPO samples {when}: mean R_high {metrics.get('r_high', math.nan):+.2f}, "
                                    f"mean R_low {metrics.get('r_low', math.nan):+.2f} (fixed seed)")
         return metrics
+
+    # -- closing the loop: candidates, guard, audit -------------------------------------------------
+    def _generator(self) -> str:
+        """The policy that sampled this step's rollouts: the start checkpoint after ``self.step`` updates."""
+        return f"{self.cfg.policy_path}@step-{self.step}"
+
+    def _write_candidates(self, groups: Sequence[_Group], tag: str) -> None:
+        res = write_generations(groups, self.out / "candidates", tag=tag, step=self.step, generator=self._generator(),
+                                meshes=self.cfg.candidates.meshes)
+        log.debug("candidates %s: %d meshes (%d samples without a surface left out)", tag, res["written"], res["empty"])
+
+    def _loop_step(self, sampled: Sequence[_Group]) -> dict[str, float]:
+        """Before the update of optimizer step ``self.step + 1``: the guard's metrics on what the policy
+        sampled, and (rank 0) the step's candidates and audit."""
+        cfg = self.cfg
+        n = self.step + 1  # the optimizer step these rollouts train (its row in metrics.csv)
+        metrics = self.guard.update(n, sampled)
+        if self.is_main:
+            if self.guard.events and self.guard.events[-1]["step"] == n:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with open(self.out / "guard.jsonl", "a") as f:
+                    for e in self.guard.events:
+                        if e["step"] == n:
+                            f.write(json.dumps(e) + "\n")
+            if cfg.candidates.every and self.step % cfg.candidates.every == 0:
+                self._write_candidates(sampled, f"train-step-{self.step:04d}")
+            if cfg.guard.audit_every and n % cfg.guard.audit_every == 0:
+                self._audit(sampled, n)
+        return metrics
+
+    def _audit(self, groups: Sequence[_Group], n: int) -> None:
+        """``audit/step-N/``: the ``audit_top_k`` groups with the highest R_high sample, each as its best and
+        worst sample: meshes + candidates.csv, ``pairs.parquet`` (best vs worst, coarse and refined meshes:
+        a pairs table for ``rewardkit annotate push``) and ``grid.png``."""
+        from rewardkit.data.candidates import prompt_id_of
+        from rewardkit.data.pairs import pair_id
+        from rewardkit.data.tables import PAIRS_SCHEMA, write_table
+        import polars as pl
+
+        sel = audit_selection(groups, self.cfg.guard.audit_top_k)
+        if not sel:
+            return
+        d = self.out / "audit" / f"step-{n:04d}"
+        chosen = [groups[gi] for gi, _, _ in sel]
+        write_generations(chosen, d, tag="samples", step=self.step, generator=self._generator(),
+                          samples={i: (b, w) for i, (_, b, w) in enumerate(sel)})
+        rng = random.Random(_step_seed(self.cfg.seed, n, 0, 3))
+        pairs = []
+        for i, (gi, b, w) in enumerate(sel):
+            g = groups[gi]
+            for k, meshes in ((1, g.meshes1), (2, g.meshes2)):
+                if meshes[b] is None or meshes[w] is None:
+                    continue
+                x, y = item_id_of("samples", i, b, k), item_id_of("samples", i, w, k)
+                a, bb = (x, y) if rng.random() < 0.5 else (y, x)
+                pid = prompt_id_of(g.prompt)
+                pairs.append({"pair_id": pair_id(pid, a, bb), "prompt_id": pid, "item_a": a, "item_b": bb})
+        write_table(pl.DataFrame(pairs, schema=PAIRS_SCHEMA), d / "pairs.parquet", "pairs")
+        if self.cfg.render:
+            sub = [_subgroup(groups[gi], [b, w]) for gi, b, w in sel]
+            plot_sample_grid(sub, d / "grid.png", max_samples=2, render_size=self.cfg.render_size,
+                             weights=self._term_weights(), render=True,
+                             title=f"Audit of step {n}: per group its highest-R_high sample (sample 1) and its lowest (sample 2)")
 
     def _render(self, groups: Sequence[_Group], path: Path, title: str = "") -> dict:
         """The sample grid (:mod:`rewardkit.rl.sample_grid`): per eval prompt, its first samples' step-1 and
@@ -103,7 +181,7 @@ class ReportsMixin:
 
     def _term_weights(self) -> dict[str, dict[str, float]]:
         return {step: {t.name: t.weight for t in getattr(rew, "terms", [])}
-                for step, rew in (("high", self.reward_high), ("low", self.reward_low))}
+                for step, rew in (("high", self.rewards_high), ("low", self.rewards_low))}
 
     def _write_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +236,15 @@ class ReportsMixin:
         fig.savefig(self.out / "reward_curve.png", dpi=100)
         plt.close(fig)
 
+    def _guard_summary(self) -> dict[str, Any]:
+        """Per learned term: its anchors, the steps flagged and the prompts flagged (``metrics.json``)."""
+        out: dict[str, Any] = {}
+        for key, anchors in self.guard.anchors.items():
+            ev = [e for e in self.guard.events if e["term"] == key]
+            out[key] = {"anchors": anchors, "flagged_steps": sorted({e["step"] for e in ev}),
+                        "flagged_prompts": sorted({e["prompt"] for e in ev})}
+        return out
+
     def _local_parameter_fraction(self) -> float:
         """Share of the policy's parameter elements held by this rank (1.0 unsharded, ~1/N under FSDP)."""
         local = full = 0
@@ -166,3 +253,14 @@ class ReportsMixin:
             local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
         return local / max(1, full)
 
+
+
+def _subgroup(g: _Group, idx: Sequence[int]) -> _Group:
+    """The samples ``idx`` of a group, in that order (every per-sample field sliced)."""
+    idx = list(idx)
+    return dataclasses.replace(
+        g, step1=[g.step1[i] for i in idx], step2=[g.step2[i] for i in idx], meshes1=[g.meshes1[i] for i in idx],
+        meshes2=[g.meshes2[i] for i in idx], r_high=g.r_high[idx], r_low=g.r_low[idx],
+        terms_high={k: v[idx] for k, v in g.terms_high.items()}, terms_low={k: v[idx] for k, v in g.terms_low.items()},
+        stds_high={k: v[idx] for k, v in g.stds_high.items()}, stds_low={k: v[idx] for k, v in g.stds_low.items()},
+    )

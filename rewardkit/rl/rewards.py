@@ -12,6 +12,12 @@ Failures are never filled in with a constant. A callable that raises, returns th
 values, or returns ``None``/NaN for a sample either raises :class:`RewardError` (``on_error: raise``)
 or marks those samples failed (``on_error: mark``): their reward is NaN, so Hi-GRPO leaves them out
 of their group's statistics and masks their tokens out of the loss, and the count is logged.
+
+A callable may also return :class:`TermValues` (``mean`` and ``std`` per sample, e.g. the mean and the
+spread of an ensemble of reward models). The std is kept with the term (logged, watched by
+:mod:`rewardkit.rl.guards`), and a term with ``uncertainty_penalty: k`` contributes ``mean - k * std``
+to the step's reward (the uncertainty-penalised reward of the reward-model-ensemble literature on
+over-optimisation); a term with a penalty whose callable returns no std is a :class:`RewardError`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from rewardkit.errors import RewardkitError
+from rewardkit.rl.scorer_adapters import scorer_reward
+from rewardkit.rl.term_values import RewardFn, TermValues
 from rewardkit.rl.shapes import demo_shape
 from rewardkit.rl.tokenizers.base import voxelize_mesh
 
@@ -30,6 +39,7 @@ __all__ = [
     "RewardFn",
     "RewardError",
     "RewardTerm",
+    "TermValues",
     "StepReward",
     "StepRewardResult",
     "build_step_reward",
@@ -41,26 +51,30 @@ __all__ = [
     "BUILTIN_REWARDS",
 ]
 
-RewardFn = Callable[[Sequence[Any], Sequence[str]], Sequence[float | None]]
-
-
-class RewardError(RuntimeError):
+class RewardError(RewardkitError, RuntimeError):
     """A reward term failed and the step is configured to raise."""
 
 
 @dataclass
 class RewardTerm:
+    """One weighted reward term. ``learned``: a learned reward model (a scorer or service term), watched
+    by the reward-hacking guard against the step's other (anchor) terms. ``uncertainty_penalty`` k: the
+    term adds ``weight * (mean - k * std) / dims``; its callable must return :class:`TermValues`."""
+
     name: str
     fn: RewardFn
     weight: float = 1.0
     dims: float = 1.0
+    learned: bool = False
+    uncertainty_penalty: float = 0.0
 
 
 @dataclass
 class StepRewardResult:
     total: np.ndarray  # [N], NaN where a term failed for that sample
-    terms: dict[str, np.ndarray]  # raw (unweighted) value of each term, NaN where failed
+    terms: dict[str, np.ndarray]  # raw (unweighted, unpenalised) value of each term, NaN where failed
     failures: dict[str, int] = field(default_factory=dict)  # term -> number of samples marked
+    stds: dict[str, np.ndarray] = field(default_factory=dict)  # the std of the terms whose callable returns one
 
 
 class StepReward:
@@ -82,17 +96,29 @@ class StepReward:
         total = np.zeros(n, dtype=np.float64)
         values: dict[str, np.ndarray] = {}
         failures: dict[str, int] = {}
+        stds: dict[str, np.ndarray] = {}
         for term in self.terms:
             try:
                 raw = term.fn(list(meshes), list(prompts))
-            except Exception as exc:  # noqa: BLE001 - re-raised or recorded, never swallowed
+            except Exception as exc:  # re-raised or recorded, never swallowed
                 if self.on_error == "raise":
                     raise RewardError(f"reward term {term.name!r} failed: {exc}") from exc
                 raw = [None] * n
+            std = None
+            if isinstance(raw, TermValues):
+                raw, std = list(raw.mean), list(raw.std)
+                if len(std) != len(raw):
+                    raise RewardError(f"reward term {term.name!r} returned {len(raw)} values but {len(std)} stds")
+            elif term.uncertainty_penalty:
+                raise RewardError(f"reward term {term.name!r} has uncertainty_penalty {term.uncertainty_penalty:g} but "
+                                  "its reward returns no std (return rewardkit.rl.rewards.TermValues)")
             raw = list(raw)
             if len(raw) != n:
                 raise RewardError(f"reward term {term.name!r} returned {len(raw)} values for {n} samples")
             v = np.array([np.nan if x is None else float(x) for x in raw], dtype=np.float64)
+            if std is not None:
+                sd = np.array([np.nan if x is None else float(x) for x in std], dtype=np.float64)
+                v[~np.isfinite(sd)] = np.nan  # a value without its std is a failed sample
             bad = ~np.isfinite(v)
             if bad.any():
                 if self.on_error == "raise":
@@ -100,8 +126,12 @@ class StepReward:
                 v[bad] = np.nan
                 failures[term.name] = int(bad.sum())
             values[term.name] = v
-            total = total + term.weight * v / term.dims
-        return StepRewardResult(total=total, terms=values, failures=failures)
+            if std is not None:
+                stds[term.name] = np.where(np.isfinite(v), sd, np.nan)
+                total = total + term.weight * (v - term.uncertainty_penalty * stds[term.name]) / term.dims
+            else:
+                total = total + term.weight * v / term.dims
+        return StepRewardResult(total=total, terms=values, failures=failures, stds=stds)
 
 
 # -- built-in rewards of the decoded occupancy (tests and the CPU demo) -----------------------------
@@ -213,8 +243,10 @@ def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any]
     For ``scorer``/``url``, ``args`` go to :func:`rewardkit.rl.scorer_adapters.scorer_reward`
     (``stage: global|local`` or ``weights``, ``empty_score``, ``device``, ``batch_size``, ``render_size``).
 
-    Common keys: ``name``, ``weight`` (1), ``dims`` (1). ``defaults`` fill builtin ``args`` (e.g. the
-    tokenizer resolution).
+    Common keys: ``name``, ``weight`` (1), ``dims`` (1), ``learned`` (default: true for ``scorer``/``url``
+    terms; the reward-hacking guard watches learned terms against the others), ``uncertainty_penalty``
+    (k, default 0: the term adds ``mean - k * std``; its callable must return :class:`TermValues`).
+    ``defaults`` fill builtin ``args`` (e.g. the tokenizer resolution).
     """
     if isinstance(spec, RewardTerm):
         return spec
@@ -243,14 +275,16 @@ def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any]
     elif src == "callable":
         fn, name = spec["callable"], spec.get("name", "reward")
     else:
-        from rewardkit.rl.scorer_adapters import scorer_reward
-
         if src == "scorer":
             fn = scorer_reward(spec["scorer"], **args)
         else:
             fn = scorer_reward(url=spec["url"], **args)
         name = spec.get("name", f"{src}_{args.get('stage', 'sum')}")
-    return RewardTerm(name=name, fn=fn, weight=float(spec.get("weight", 1.0)), dims=float(spec.get("dims", 1.0)))
+    k = float(spec.get("uncertainty_penalty", 0.0))
+    if k < 0:
+        raise ValueError(f"uncertainty_penalty must be >= 0, got {k}: {spec}")
+    return RewardTerm(name=name, fn=fn, weight=float(spec.get("weight", 1.0)), dims=float(spec.get("dims", 1.0)),
+                      learned=bool(spec.get("learned", src in ("scorer", "url"))), uncertainty_penalty=k)
 
 
 def build_step_reward(

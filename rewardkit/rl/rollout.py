@@ -4,7 +4,7 @@ overlapping step 2's generation), and dynamic sampling (drop groups without sign
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,12 +39,14 @@ class _Group:
     r_low: np.ndarray
     terms_high: dict[str, np.ndarray]
     terms_low: dict[str, np.ndarray]  # raw term values; NaN where the term failed for that sample
-
+    seed: int | None = None  # the seed of the rollout batch the group was sampled in
+    stds_high: dict[str, np.ndarray] = field(default_factory=dict)  # std of the terms that report one
+    stds_low: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class RolloutMixin:
     """Sampling and scoring for :class:`~rewardkit.rl.trainer.HiGRPOTrainer` (uses its ``cfg``, ``policy``,
-    ``model``, ``shape_tokenizer``, ``reward_high``/``reward_low``, ``prompts`` and ``fabric``)."""
+    ``model``, ``shape_tokenizer``, ``rewards_high``/``rewards_low``, ``prompts`` and ``fabric``)."""
 
     def _decode(self, steps: Sequence[StepRollout]) -> list[Any]:
         occ = self.shape_tokenizer.decode(np.stack([s.codes for s in steps]))
@@ -60,27 +62,43 @@ class RolloutMixin:
 
         def score_step1() -> tuple[list[Any], Any]:
             m = self._decode(s1)
-            return m, self.reward_high(m, flat)
+            return m, self.rewards_high(m, flat)
 
         if cfg.overlap_rewards:  # step 1's decode + rewards run while step 2 generates
             fut = self._reward_pool().submit(score_step1)
             s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
             m1, rh = fut.result()
             m2 = self._decode(s2)
-            rl = self._reward_pool().submit(self.reward_low, m2, flat).result()
+            rl = self._reward_pool().submit(self.rewards_low, m2, flat).result()
         else:
             s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
             m1, rh = score_step1()
             m2 = self._decode(s2)
-            rl = self.reward_low(m2, flat)
+            rl = self.rewards_low(m2, flat)
         groups = []
         for g, p in enumerate(prompts):
             sl = slice(g * G, (g + 1) * G)
             groups.append(_Group(
                 p, s1[sl], s2[sl], m1[sl], m2[sl], rh.total[sl], rl.total[sl],
-                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()},
+                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()}, seed,
+                {k: v[sl] for k, v in rh.stds.items()}, {k: v[sl] for k, v in rl.stds.items()},
             ))
         return groups
+
+    def _setup_rollout_backend(self) -> None:
+        """``rollout.backend: vllm``: a colocated vLLM engine samples both phases (rewardkit.rl.vllm_rollout);
+        ``hf`` keeps Hugging Face generate on the training model."""
+        rc = self.cfg.rollout
+        if rc.backend != "vllm":
+            return
+        from rewardkit.rl.vllm_rollout import VLLMGenerator
+
+        f = self.fabric
+        self.policy.generator = VLLMGenerator(
+            rc, self.policy, self.model, self.optimizer, self.cfg.policy_path, rank=f.global_rank,
+            local_rank=f.local_rank, world_size=f.world_size,
+        )
+        self.policy.synced_generation = False  # each rank's engine samples on its own
 
     def _reward_pool(self) -> Any:
         """One worker thread for every reward call, so a reward's thread-bound state (a GL context of a
@@ -133,6 +151,9 @@ class RolloutMixin:
             rounds += 1
             if not cfg.dynamic_sampling:
                 break
+        release = getattr(self.policy.generator, "release", None)
+        if release is not None:  # the vLLM engine sleeps while the policy trains
+            release()
         stats = {"groups_sampled": len(sampled), "groups_kept": len(kept), "groups_dropped": len(sampled) - len(kept),
                  "groups_dropped_flat": dropped["flat"], "groups_dropped_range": dropped["range"],
                  "groups_refilled": refilled, "sampling_rounds": rounds}

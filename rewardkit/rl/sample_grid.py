@@ -89,7 +89,7 @@ def _render_tiles(groups: Sequence[Any], n: int, size: int) -> dict[tuple[int, i
                     for k, m in ((1, g.meshes1[s]), (2, g.meshes2[s])):
                         out[(gi, s, k)] = r.render(_with_grid_frame(m), protocol, modes=("geometry",))["geometry"][0]
         return out
-    except Exception as exc:  # noqa: BLE001 - renders are a report artifact; the run goes on
+    except Exception as exc:  # renders are a report artifact; the run goes on
         log.warning("rendering samples failed (%s); drawing voxel plots instead", exc)
         return None
 

@@ -9,18 +9,23 @@ all scorers of a set) and return ``fn(meshes, prompts) -> list[float | None]``:
   ``weights`` sums several; neither sums all (what :func:`rewardkit.scoring.adapters.combine` does);
 - a sample the scorer could not score (render or model error, a dropped HTTP request) is ``None``;
 - a sample without a mesh (the policy's tokens decoded to an empty grid) is ``empty_score`` when one is
-  configured, otherwise ``None``.
+  configured, otherwise ``None``;
+- when the scorers the reward reads are ensembles (kind ``stage-ensemble``), ``fn`` returns
+  :class:`rewardkit.rl.term_values.TermValues` (the members' mean and their std per sample, a sample without a
+  mesh std 0), which the trainer logs as ``<step>/<term>_uncertainty``, the reward-hacking guard watches and
+  ``uncertainty_penalty: k`` turns into ``mean - k * std``.
 
 ``None`` is never replaced by a constant here: the step's ``on_error`` raises or marks the sample.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["scorer_reward", "local_scorer_reward", "service_reward"]
+from rewardkit.rl.term_values import RewardFn, TermValues
 
-RewardFn = Callable[[Sequence[Any], Sequence[str]], list]
+__all__ = ["scorer_reward"]
+
 
 
 def scorer_reward(
@@ -30,42 +35,43 @@ def scorer_reward(
     stage: str | None = None,
     weights: Mapping[str, float] | None = None,
     empty_score: float | None = None,
-    device: str | None = None,
+    device: str | None = "auto",
     **backend_kw: Any,
 ) -> RewardFn:
-    from rewardkit.scoring.adapters import combine, make_backend
+    from rewardkit.scoring.adapters import combine, combine_std, make_backend, needed_scorers
 
     if stage is not None and weights is not None:
         raise ValueError("give stage or weights, not both")
-    backend = make_backend(scorer, url=url, device=device, **backend_kw)
-    last_errors: list[str] = []
+    needed = needed_scorers(stage, weights)
+    backend = make_backend(scorer, url=url, device=device, only=needed, **backend_kw)
+    known: dict[str, Any] = {}
 
-    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float | None]:
+    def reads() -> tuple[list[str], bool]:  # asked on the first call (a service is not contacted before)
+        if known:
+            return known["names"], known["with_std"]
+        try:
+            names = list(needed) if needed is not None else list(backend.names())
+            std_names = set(getattr(backend, "std_names", list)())
+        except Exception:  # an unreachable service: this call's samples fail (None); ask again next call
+            return list(needed or []), False
+        known.update(names=names, with_std=bool(names) and all(n in std_names for n in names))
+        return known["names"], known["with_std"]
+
+    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float | None] | TermValues:
+        names, with_std = reads()
         out: list[float | None] = [empty_score] * len(meshes)
+        std: list[float | None] = [0.0 if empty_score is not None else None] * len(meshes)
         idx = [i for i, m in enumerate(meshes) if m is not None]
-        last_errors.clear()
-        if not idx:
-            return out
-        results = backend.score([meshes[i] for i in idx], [prompts[i] for i in idx])
-        if len(results) != len(idx):
-            raise RuntimeError(f"scorer returned {len(results)} results for {len(idx)} meshes")
-        for i, r in zip(idx, results):
-            if r.get("error"):
-                out[i] = None
-                last_errors.append(str(r["error"]))
-            else:
-                out[i] = combine(r["scores"], stage=stage, weights=weights)
-        return out
+        if idx:
+            results = backend.score([meshes[i] for i in idx], [prompts[i] for i in idx])
+            if len(results) != len(idx):
+                raise RuntimeError(f"scorer returned {len(results)} results for {len(idx)} meshes")
+            for i, r in zip(idx, results):
+                if r.get("error"):
+                    out[i] = std[i] = None
+                else:
+                    out[i] = combine(r["scores"], stage=stage, weights=weights)
+                    std[i] = combine_std(r.get("std") or {}, stage=stage, weights=weights, names=names)
+        return TermValues(mean=out, std=std) if with_std else out
 
-    fn.errors = last_errors  # type: ignore[attr-defined]  # the latest call's scorer errors, for debugging
     return fn
-
-
-def local_scorer_reward(path: str, **kw: Any) -> RewardFn:
-    """An exported scorer (set) directory, scored in-process."""
-    return scorer_reward(path, **kw)
-
-
-def service_reward(url: str, **kw: Any) -> RewardFn:
-    """A running ``rewardkit serve`` service."""
-    return scorer_reward(url=url, **kw)

@@ -47,6 +47,7 @@ from rewardkit.rl.engine import (
     resolve_precision,
 )
 from rewardkit.rl.freezing import freeze_parameters
+from rewardkit.rl.guards import HackingGuard
 from rewardkit.rl.lora import apply_lora
 from rewardkit.rl.policy import MeshPolicy
 from rewardkit.rl.reports import ReportsMixin
@@ -55,6 +56,7 @@ from rewardkit.rl.rollout import RolloutMixin, _seed_everything, _step_seed
 from rewardkit.rl.sharding import fsdp_strategy, is_sharded
 from rewardkit.rl.tokenizers import ShapeTokenizer, create_tokenizer
 from rewardkit.rl.update import UpdateMixin
+from rewardkit.rl.vllm_rollout import check_rollout_backend
 from rewardkit.rl.warm_start import warm_start
 
 # re-exported: `from rewardkit.rl.trainer import HiGRPOConfig, ...` keeps working
@@ -66,14 +68,14 @@ log = logging.getLogger(__name__)
 
 
 class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
-    """Hi-GRPO for a :class:`MeshPolicy`. Rewards default to the config's terms; pass ``reward_high``/
-    ``reward_low`` (:class:`StepReward`) to use Python callables directly."""
+    """Hi-GRPO for a :class:`MeshPolicy`. Rewards default to the config's terms; pass ``rewards_high``/
+    ``rewards_low`` (:class:`StepReward`) to use Python callables directly."""
 
     def __init__(
         self,
         config: HiGRPOConfig,
-        reward_high: StepReward | None = None,
-        reward_low: StepReward | None = None,
+        rewards_high: StepReward | None = None,
+        rewards_low: StepReward | None = None,
         shape_tokenizer: ShapeTokenizer | None = None,
         fabric: Any = None,
     ):
@@ -87,6 +89,7 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         config.policy_path = config.policy_path.replace("{output_dir}", config.output_dir)
         self.cfg = config
         self.out = Path(config.output_dir)
+        check_rollout_backend(config.rollout, config.accelerator)  # vllm: installed, and a GPU
         self.precision = resolve_precision(config.precision, checkpoint_dtype(config.policy_path), config.accelerator)
         self.sharded = fabric is None and is_sharded(config.strategy)
         strategy = config.strategy
@@ -109,13 +112,18 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         self.shape_tokenizer = shape_tokenizer or create_tokenizer(spec)
         res = self.shape_tokenizer.resolution
         try:
-            self.reward_high = reward_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
+            self.rewards_high = rewards_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
         except ValueError as exc:  # a bad term in the config: a one-line ConfigError naming the section
             raise _config.ConfigError(f"rewards_high: {exc}") from exc
         try:
-            self.reward_low = reward_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
+            self.rewards_low = rewards_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
         except ValueError as exc:
             raise _config.ConfigError(f"rewards_low: {exc}") from exc
+        try:
+            self.guard = HackingGuard(config.guard, {"high": getattr(self.rewards_high, "terms", []),
+                                                     "low": getattr(self.rewards_low, "terms", [])})
+        except ValueError as exc:
+            raise _config.ConfigError(f"guard: {exc}") from exc
         self.prompts = config.resolve_prompts()
         self.step = 0
         self.records: list[dict[str, Any]] = []
@@ -186,6 +194,7 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
             self.model, self.optimizer = self.fabric.setup(model, opt)
         self.policy.synced_generation = self.sharded and self.fabric.world_size > 1
+        self._setup_rollout_backend()
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -194,6 +203,7 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         groups, info = self.collect(self.step)
         metrics: dict[str, float] = {k: float(v) for k, v in info.items() if k != "sampled"}
         metrics |= self._reward_metrics(info["sampled"])  # what the policy produced this step
+        metrics |= self._loop_step(info["sampled"])  # reward-hacking guard, candidates, audit
         t1 = time.time()
         n_groups = len(groups)
         if self.fabric.world_size > 1:  # all devices update together or not at all (DDP collectives)
@@ -236,9 +246,9 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         elif self.step == 0 and self.is_main:  # a fresh run: no logs or samples of an earlier one
             import shutil
 
-            for name in ("metrics.jsonl", "metrics.csv", "metrics.json", "reward_curve.png"):
+            for name in ("metrics.jsonl", "metrics.csv", "metrics.json", "reward_curve.png", "guard.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
-            for name in ("samples_before", "samples_after", "checkpoints"):
+            for name in ("samples_before", "samples_after", "checkpoints", "candidates", "audit"):
                 shutil.rmtree(self.out / name, ignore_errors=True)
         summary: dict[str, Any] = {}
         before_path = self.out / "samples_before" / "samples.json"
@@ -263,6 +273,7 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             self.save_policy(self.out / "policy")
         if self.is_main:
             summary |= self._summary()
+            summary["guard"] = self._guard_summary()
             summary["parameters_on_rank0"] = self._local_parameter_fraction()
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
             self._plot()

@@ -189,12 +189,12 @@ class ShapeVQVAE(nn.Module):
         return q.reshape(q.shape[0], s, s, s, c).permute(0, 4, 1, 2, 3).contiguous()
 
     @torch.no_grad()
-    def Encode(self, occupancy: torch.Tensor) -> torch.Tensor:  # noqa: N802 (ShapeLLM-Omni's name)
+    def Encode(self, occupancy: torch.Tensor) -> torch.Tensor:  # ShapeLLM-Omni's name
         """``[B, 1, R, R, R]`` float occupancy -> ``[B, num_tokens]`` code indices."""
         return self.vq.indices(self._regroup(self.Encoder(occupancy)))
 
     @torch.no_grad()
-    def Decode(self, indices: torch.Tensor) -> torch.Tensor:  # noqa: N802
+    def Decode(self, indices: torch.Tensor) -> torch.Tensor:
         """``[B, num_tokens]`` code indices -> ``[B, 1, R, R, R]`` occupancy logits."""
         return self.Decoder(self._ungroup(self.vq.embeddings(indices)))
 
