@@ -2,6 +2,8 @@
 
     rewardkit annotate pairs   items (or render folders + prompts) -> items.parquet, pairs.parquet
     rewardkit annotate up      start Label Studio on 127.0.0.1, create/update the project, register renders
+    rewardkit annotate select  the next K pairs where the current scorers are least sure (push those)
+    rewardkit annotate hand-over  a finished round's scorers, samples and labelled data to the next round
     rewardkit annotate push    one task per pair not yet imported
     rewardkit annotate status  tasks, done, per annotator
     rewardkit annotate pull    annotations -> preferences.parquet
@@ -142,6 +144,70 @@ def pairs_cmd(items_path, renders, prompts, out_items, out, strategy, k, seed) -
     click.echo(f"pairs: {pairs.height} over {pairs['prompt_id'].n_unique()} prompts ({strategy}, seed {seed}) -> {out}")
 
 
+# -- select ---------------------------------------------------------------------------------------
+@annotate.command("select")
+@click.option("--scorer", "scorer", required=True, help="The current scorer (set) directory (an ensemble adds disagreement).")
+@click.option("--stage", type=click.Choice(["global", "local"]), default="global", show_default=True,
+              help="Which stage's scorer and question decide what is uncertain.")
+@click.option("--items", "items_path", type=click.Path(path_type=Path, exists=True), default=Path("data/items.parquet"), show_default=True)
+@click.option("--pool", "pool_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Candidate pairs (a pairs table); default: every within-prompt pair of the items.")
+@click.option("--labelled", "labelled_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Pairs already labelled (a pairs table): never selected again.")
+@click.option("--preferences", "prefs_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Their answers: calibrate the Bradley-Terry temperature.")
+@click.option("--k", type=int, default=60, show_default=True)
+@click.option("--random-fraction", type=float, default=0.2, show_default=True)
+@click.option("--disagreement-fraction", type=float, default=0.3, show_default=True)
+@click.option("--per-prompt-cap", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("data/selected_pairs.parquet"), show_default=True)
+def select_cmd(scorer, stage, items_path, pool_path, labelled_path, prefs_path, k, random_fraction,
+               disagreement_fraction, per_prompt_cap, seed, out) -> None:
+    """Choose the next K pairs to label where the scorers are least sure; push them with
+    `rewardkit annotate push --pairs OUT`."""
+    from rewardkit.data import write_table
+    from rewardkit.data.active import ActiveConfig
+    from rewardkit.train.active import select_next_pairs
+
+    try:
+        cfg = ActiveConfig(k=k, random_fraction=random_fraction, disagreement_fraction=disagreement_fraction,
+                           per_prompt_cap=per_prompt_cap, seed=seed)
+        selected, summary = select_next_pairs(scorer, stage, items_path, cfg, pool=pool_path,
+                                              labelled_pairs=labelled_path, preferences=prefs_path)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(exc)
+    write_table(selected.select("pair_id", "prompt_id", "item_a", "item_b"), out, "pairs")
+    selected.write_csv(out.with_suffix(".csv"))  # with selected_by, p_a and disagreement
+    click.echo(f"selected {summary['selected']} of {summary['pool']} pairs ({summary['by']}; {summary['members']} "
+               f"member(s), temperature {summary['temperature']:.3g} from {summary['calibration_pairs']} labelled) -> {out}")
+
+
+@annotate.command("hand-over")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=Path("data"),
+              show_default=True, help="The finished round's data folder (items, pairs, preferences, scorers/, rl/candidates/).")
+@click.option("--to", "to", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The previous-round folder of the next round (default DATA/previous_round; pairs.active.previous).")
+@click.option("--rl-candidates", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The policy's samples to offer next (default DATA/rl/candidates).")
+def hand_over_cmd(data_dir, to, rl_candidates) -> None:
+    """Hand a finished round to the next one: its scorers and the policy's samples (replaced) and its
+    labelled pairs, answers, items and renders (added to the earlier rounds'). Then set generate.source
+    own with generate.own.dir PREVIOUS/candidates and pairs.strategy active, and `dvc repro`
+    (docs/active-learning.md)."""
+    from rewardkit.data.rounds import HandOverError, hand_over
+
+    try:
+        entry = hand_over(data_dir, to, rl_candidates=rl_candidates)
+    except (HandOverError, OSError) as exc:
+        _fail(exc)
+    dest = to or data_dir / "previous_round"
+    click.echo(f"round {entry['round']} handed over to {dest}: {entry['pairs']} pairs, {entry['preferences']} answers, "
+               f"{entry['items']} items with renders ({entry['total_pairs']} labelled pairs over all rounds); "
+               + ("the policy's samples in " + str(dest / "candidates") if entry["candidates"]
+                  else "no policy samples (set rl.candidates.every to write them)"))
+
+
 # -- up -------------------------------------------------------------------------------------------
 @annotate.command("up")
 @click.option("--renders", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
@@ -152,9 +218,9 @@ def pairs_cmd(items_path, renders, prompts, out_items, out, strategy, k, seed) -
 @click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1 (0, or taken: a free one).")
 @click.option("--title", default=None, help="Project title (default: rewardkit).")
 @click.option("--label-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Labeling interface (default: annotation/label_config.xml).")
+              help="Labeling interface (default: ./annotation/label_config.xml, else the one shipped with rewardkit).")
 @click.option("--guidelines", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Annotator guidelines shown as instructions (default: annotation/guidelines.md).")
+              help="Annotator guidelines shown as instructions (default: ./annotation/guidelines.md, else the packaged ones).")
 @click.option("--annotators-per-task", type=click.IntRange(min=1), default=1, show_default=True,
               help="Overlap: answers wanted per task (Label Studio's maximum_annotations). qc measures agreement only "
                    "on tasks with 2 or more; running `up` again with another value updates the project.")
@@ -173,7 +239,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
     )
     from rewardkit.annotation.credentials import credentials_path
     from rewardkit.annotation.project import DEFAULT_TITLE, default_guidelines_path, default_label_config_path
-    from rewardkit.annotation.server import check_reachable, find_free_port, start_detached
+    from rewardkit.annotation.server import check_reachable, find_free_port, start_detached, write_state
 
     renders = renders.resolve()
     document_root = (document_root or renders.parent).resolve()
@@ -188,8 +254,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
             if not creds.token:
                 raise AnnotationError(f"no API token for {url}: set LABEL_STUDIO_API_KEY or put it in {cpath}")
             state = {"url": url.rstrip("/"), "pid": None, "document_root": str(document_root), "data_dir": str(data_dir)}
-            Path(data_dir).mkdir(parents=True, exist_ok=True)
-            (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(state, indent=2))
+            write_state(data_dir, state)
             url = url.rstrip("/")
         else:
             creds = load_credentials(credentials).with_defaults()
@@ -241,7 +306,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
         ensure_local_storage(client, info.id, renders, document_root)
     st = read_state(data_dir) or {}
     st.update({"project_id": info.id, "project_title": title, "renders": str(renders)})
-    (Path(data_dir) / "rewardkit-server.json").write_text(json.dumps(st, indent=2))
+    write_state(data_dir, st)
     click.echo(f"project {title!r} (id {info.id}) {'created' if info.created else 'updated'}; "
                f"{annotators_per_task} annotator(s) per task"
                + ("" if annotators_per_task > 1 else " (qc needs 2 or more to measure agreement: --annotators-per-task 3)"))

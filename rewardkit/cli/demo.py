@@ -48,7 +48,7 @@ def generate_cmd(out, prompts_per_category, holdout_per_category, categories, ge
         raise UserError(str(exc)) from None
     with Progress() as bar:
         task = bar.add_task("generate", total=None)
-        items, cands = generate(cfg, out, progress=lambda n, t: bar.update(task, completed=n, total=t))
+        items, _cands = generate(cfg, out, progress=lambda n, t: bar.update(task, completed=n, total=t))
     n_prompts = items["prompt_id"].n_unique()
     click.echo(f"wrote {items.height} candidates for {n_prompts} prompts to {out}")
 

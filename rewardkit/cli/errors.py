@@ -36,7 +36,7 @@ class UserError(click.ClickException):
             prog = ctx.command_path if ctx.parent is not None else ctx.meta.get(PROG_KEY, ctx.command_path)
         self.prog = prog or "rewardkit"
 
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+    def show(self, file=None) -> None:  # click's signature
         click.echo(f"{self.prog}: error: {self.format_message()}", err=True, file=file)
 
 
@@ -45,7 +45,7 @@ class UserError(click.ClickException):
 _DOMAIN_ERRORS = (
     "rewardkit.data.tables:TableError",
     "rewardkit.models.backbone:BackboneError",
-    "rewardkit.scoring.export:ScorerError",
+    "rewardkit.scoring.errors:ScorerError",
     "rewardkit.annotation.errors:AnnotationError",
 )
 

@@ -23,7 +23,7 @@ def _modes(ctx, param, value: str) -> tuple[str, ...]:
 @click.command()
 @click.argument("meshes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder (one render folder per mesh).")
-@click.option("--protocol", default="orbit6", show_default=True, help="Camera preset (orbit4, orbit6, orbit8) or 'az:el,az:el,...'.")
+@click.option("--protocol", default="orbit6", show_default=True, help="Camera preset (orbit4, orbit6, orbit8, toys4k24) or 'az:el,az:el,...'.")
 @click.option("--size", type=int, default=None, help="Image size in pixels (default: the protocol's, 512).")
 @click.option("--modes", default="rgb,geometry,normal", show_default=True, callback=_modes, help=f"Comma-separated, from {', '.join(MODES)}.")
 @click.option("--up", default="+y", show_default=True, type=click.Choice(["+x", "-x", "+y", "-y", "+z", "-z"]), help="Up axis of the source files.")
@@ -41,7 +41,7 @@ def render(meshes, out, protocol, size, modes, up, workers, background) -> None:
         bg = tuple(int(x) for x in background.split(","))
         assert len(bg) == 3 and all(0 <= x <= 255 for x in bg)
     except (ValueError, AssertionError):
-        raise click.BadParameter(f"expected R,G,B with values 0-255, got {background!r}", param_hint="--background")
+        raise click.BadParameter(f"expected R,G,B with values 0-255, got {background!r}", param_hint="--background") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -51,7 +51,7 @@ def render(meshes, out, protocol, size, modes, up, workers, background) -> None:
             meshes, out, protocol, modes, size=size, workers=workers, up=up, config=RenderConfig(background=bg)
         )
     except ValueError as exc:  # bad protocol spec and similar
-        raise click.UsageError(str(exc))
+        raise click.UsageError(str(exc)) from None
     for item in summary.rendered:
         for warning in item["warnings"]:
             click.echo(f"warning: {item['mesh_path']}: {warning}", err=True)

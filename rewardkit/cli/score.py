@@ -26,7 +26,7 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise click.UsageError(f"--pairs-file {path}: {exc.strerror or exc}")
+        raise click.UsageError(f"--pairs-file {path}: {exc.strerror or exc}") from None
     rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["mesh", "prompt"]:
         rows = rows[1:]
@@ -106,7 +106,7 @@ def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, ren
     from rewardkit.devices import resolve_device
     from rewardkit.progress import progress_bar
     from rewardkit.scoring.api import score_meshes
-    from rewardkit.scoring.export import ScorerError
+    from rewardkit.scoring.errors import ScorerError
 
     device = resolve_device(device, what="--device")  # DeviceError: one line, exit 2
     try:
@@ -133,11 +133,14 @@ def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, ren
                 click.echo(f"# {k}: {s.kind}, stage={s.stage}, modes={','.join(s.modes)}, "
                            f"camera={s.camera.name}@{s.render_size}px, from {s.source}")
         width = max(len("mesh"), *(len(r.mesh) for r in results))
-        click.echo("  ".join(["mesh".ljust(width), *(n.rjust(10) for n in names), "prompt"]))
+        std_names = [n for n in names if any(n in r.std for r in results)]  # ensembles: their members' std
+        click.echo("  ".join(["mesh".ljust(width), *(n.rjust(10) for n in names),
+                              *(f"{n}_std".rjust(10) for n in std_names), "prompt"]))
         for r in results:
             if not r.ok:
                 continue
-            click.echo("  ".join([r.mesh.ljust(width), *(_fmt(r.scores.get(n)).rjust(10) for n in names), r.prompt]))
+            click.echo("  ".join([r.mesh.ljust(width), *(_fmt(r.scores.get(n)).rjust(10) for n in names),
+                                  *(_fmt(r.std.get(n)).rjust(10) for n in std_names), r.prompt]))
             if verbose:
                 for n in names:
                     pv = r.per_view.get(n)

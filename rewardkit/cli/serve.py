@@ -53,7 +53,7 @@ def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, ma
     GET /health. Concurrent requests are batched into one forward per scorer. Limits: docs/security.md."""
     from rewardkit.devices import resolve_device
     from rewardkit.scoring.api import as_scorer_set
-    from rewardkit.scoring.export import ScorerError
+    from rewardkit.scoring.errors import ScorerError
     from rewardkit.scoring.service import ServiceLimits, read_token, serve as run
 
     given = {"max_items": max_items, "max_modes": max_modes, "max_views": max_views, "max_image_side": max_image_side,

@@ -46,8 +46,8 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
         raise UserError(str(exc)) from None
     m = result.metrics
     val = m.get("val") or {}
-    lines = [f"stage {cfg.stage} ({', '.join(m['modes'])}) on {cfg.model.backbone.name}: "
-             f"{m['global_step']} steps, {m['epochs']} epochs, {m['fit_seconds']} s"]
+    lines = [(f"stage {cfg.stage} ({', '.join(m['modes'])}) on {cfg.model.backbone.name}: "
+              f"{m['global_step']} steps, {m['epochs']} epochs, {m['fit_seconds']} s")]
     if val:
         lines.append(f"val: pairwise accuracy {val['pairwise_accuracy']}, tie-band accuracy {val['tie_band_accuracy']} "
                      f"(tau {val['tie_threshold']}), BT loss {val['bt_loss']}, ECE {val['ece']} -> "

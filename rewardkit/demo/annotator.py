@@ -10,10 +10,13 @@ annotator. Rows carry ``source="synthetic"``: they stand in for human labels, th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 
 from rewardkit.data.tables import PREFERENCES_SCHEMA, conform
+from rewardkit.errors import RewardkitError
 
 ANNOTATOR = "demo-rules"
 SOURCE = "synthetic"
@@ -21,7 +24,7 @@ CREATED_AT = "2026-01-01T00:00:00+00:00"  # fixed, so the same inputs give a byt
 ANSWERS = ("a", "b", "tie")
 
 
-class UnrecordedDegradation(ValueError):
+class UnrecordedDegradation(RewardkitError, ValueError):
     """Paired candidates whose degradations are not recorded (a lab's own generations): no rule applies."""
 
 
@@ -38,7 +41,8 @@ def rule_label(deg_a: str | None, deg_b: str | None) -> str:
     return "a" if sa < sb else "b"
 
 
-def _flip(label: str, rng: np.random.Generator) -> str:
+def flip_answer(label: str, rng: np.random.Generator) -> str:
+    """One of the two other answers, uniformly (a careless annotator's mistake)."""
     others = [x for x in ANSWERS if x != label]
     return others[int(rng.integers(len(others)))]
 
@@ -72,13 +76,22 @@ def label_pairs(
     if unknown:
         raise UnrecordedDegradation(f"{len(unknown)} paired candidate(s) have no recorded {' / '.join(column[q] for q in questions)} "
                          f"(the rules need them; human labels do not): {unknown[:10]}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    return answer_pairs(pairs, questions, lambda a, b, q: rule_label(table[a][column[q]], table[b][column[q]]),
+                        noise=noise, seed=seed, stream=7, annotator=annotator)
+
+
+def answer_pairs(pairs: pl.DataFrame, questions: tuple[str, ...], rule: Callable[[str, str, str], str], *,
+                 noise: float, seed: int, stream: int, annotator: str) -> pl.DataFrame:
+    """The ``preferences`` table of a rule-based annotator: ``rule(item_a, item_b, question)`` answers each
+    pair and question, and with probability ``noise`` the answer is replaced (:func:`flip_answer`; the
+    random stream is ``SeedSequence([seed, stream])``, so the same inputs give the same table)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
     rows = []
     for pid, a, b in pairs.select("pair_id", "item_a", "item_b").iter_rows():
         for q in questions:
-            label = rule_label(table[a][column[q]], table[b][column[q]])
+            label = rule(a, b, q)
             if noise > 0 and rng.random() < noise:
-                label = _flip(label, rng)
+                label = flip_answer(label, rng)
             rows.append({"pair_id": pid, "question": q, "label": label, "annotator": annotator,
                          "lead_time_s": 0.0, "created_at": CREATED_AT, "source": SOURCE})
     if not rows:

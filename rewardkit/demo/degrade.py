@@ -3,7 +3,7 @@
 Geometry degradations change the parts and leave the texture atlas alone; texture degradations change
 the atlas (or remove it) and leave the parts alone. That split is what lets the stand-in annotator
 answer the global question from geometry alone and the local question from texture alone, and what the
-two reward stages are expected to pick up (DESIGN.md, "Two reward stages").
+two reward stages are expected to pick up (docs/architecture.md, "Two reward stages").
 """
 
 from __future__ import annotations

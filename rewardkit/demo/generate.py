@@ -18,7 +18,6 @@ exactly the clean texture and a texture degradation exactly the clean shape.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ class DemoConfig:
 
 @dataclass
 class Candidate:
+    """One generated demo candidate: its object spec, the geometry/texture degradations applied and the mesh."""
     item_id: str
     spec: ObjectSpec
     degradation: str
@@ -83,7 +83,7 @@ def prompt_specs(cfg: DemoConfig) -> list[tuple[str, ObjectSpec, str]]:
     """``(prompt_id, spec, split)`` for every prompt, in a fixed order, deterministic in ``cfg.seed``."""
     out = []
     n = cfg.prompts_per_category + cfg.holdout_per_category
-    for ci, cat in enumerate(cfg.categories):
+    for cat in cfg.categories:
         seen: set[str] = set()
         k, tries = 0, 0
         while k < n:
@@ -172,6 +172,3 @@ def generate(cfg: DemoConfig, out_dir: str | Path, progress: Callable[[int, int]
     cands_df.write_parquet(out_dir / "candidates.parquet")
     return items_df, cands_df
 
-
-def load_glb(data: bytes) -> trimesh.Scene:
-    return trimesh.load(io.BytesIO(data), file_type="glb")

@@ -25,6 +25,8 @@ CATEGORIES = ("chair", "table", "mug", "lamp", "bottle", "car")
 
 @dataclass(frozen=True)
 class ObjectSpec:
+    """A demo object to build: category, colour, material, accent, variant and seed (the prompt is made
+    from them)."""
     category: str
     colour: str
     material: str
@@ -39,6 +41,7 @@ class ObjectSpec:
 
 @dataclass
 class Part:
+    """One named part of a demo object: its mesh, which texture tile it uses and its removal group."""
     name: str
     mesh: trimesh.Trimesh
     tile: str = "main"  # "main" | "secondary"

@@ -172,15 +172,15 @@ def _worker(memory_bytes: int) -> None:  # pragma: no cover - runs in the child
         except MeshError as exc:
             result = ("mesh_error", exc.reason)
         except MemoryError:
-            result = ("error", f"out of memory while reading it (memory cap of {memory_bytes} bytes, "
-                               "MeshLimits.max_memory_bytes)")
+            result = ("error", (f"out of memory while reading it (memory cap of {memory_bytes} bytes, "
+                                "MeshLimits.max_memory_bytes)"))
         except BaseException as exc:
             result = ("error", f"{type(exc).__name__}: {exc}")
         try:
             _write_msg(out, result)
         except MemoryError:
-            _write_msg(out, ("error", f"out of memory sending the loaded mesh back (memory cap of {memory_bytes} "
-                                      "bytes, MeshLimits.max_memory_bytes)"))
+            _write_msg(out, ("error", (f"out of memory sending the loaded mesh back (memory cap of {memory_bytes} "
+                                       "bytes, MeshLimits.max_memory_bytes)")))
 
 
 _default: IsolatedLoader | None = None

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from rewardkit.errors import RewardkitError
 from rewardkit.io.limits import DEFAULT_LIMITS, MeshLimits
 from rewardkit.io import resources
 
@@ -46,7 +47,7 @@ UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 DEFAULT_MAX_FACES = DEFAULT_LIMITS.max_faces
 
 
-class MeshError(Exception):
+class MeshError(RewardkitError):
     """A mesh could not be loaded or is unusable. ``path`` names the file, ``reason`` says why."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

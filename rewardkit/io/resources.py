@@ -19,13 +19,14 @@ from pathlib import Path
 
 import trimesh
 
+from rewardkit.errors import RewardkitError
 from rewardkit.io.limits import MeshLimits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tga", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ktx2", ".dds")
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
 
 
-class LimitExceeded(Exception):
+class LimitExceeded(RewardkitError):
     """A file breaks one of the :class:`MeshLimits`; ``load_mesh`` turns it into a MeshError."""
 
 
@@ -166,7 +167,7 @@ class SafeResolver(trimesh.resolvers.Resolver):
     def __getitem__(self, name: str) -> bytes:
         return self.get(name)
 
-    def keys(self):  # noqa: D401 - trimesh API
+    def keys(self):  # trimesh's API
         return iter(())
 
     def namespaced(self, namespace: str) -> "SafeResolver":
@@ -274,7 +275,7 @@ def scan_obj(data: bytes, resolver: SafeResolver, report: ResourceReport, limits
 def _glb_chunks(data: bytes) -> tuple[bytes, bytes]:
     if len(data) < 20 or data[:4] != b"glTF":
         raise ValueError("not a GLB file (no 'glTF' magic)")
-    _, length = struct.unpack_from("<II", data, 4)
+    _, _length = struct.unpack_from("<II", data, 4)
     json_len, json_type = struct.unpack_from("<II", data, 12)
     if json_type != 0x4E4F534A:
         raise ValueError("the first GLB chunk is not JSON")

@@ -27,6 +27,7 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class BatchSummary:
+    """What ``render_batch`` did: the protocol and modes, one entry per rendered mesh and per failure."""
     protocol: dict
     modes: list[str]
     rendered: list[dict] = field(default_factory=list)

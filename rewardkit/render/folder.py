@@ -24,6 +24,7 @@ import numpy as np
 import PIL.Image
 
 from rewardkit import __version__
+from rewardkit.errors import RewardkitError
 from rewardkit.io import LoadedMesh, load_mesh
 from rewardkit.render.grid import make_grid
 from rewardkit.render.protocol import CameraProtocol, get_protocol
@@ -32,12 +33,13 @@ from rewardkit.render.renderer import Renderer
 META_FILE = "meta.json"
 
 
-class RenderFolderError(FileNotFoundError):
+class RenderFolderError(RewardkitError, FileNotFoundError):
     """A render folder is missing, incomplete or has no metadata."""
 
 
 @dataclass
 class RenderResult:
+    """One mesh rendered into a render folder: paths, the mesh's sha256, views, modes and warnings."""
     mesh_path: str
     render_dir: str
     mesh_sha256: str

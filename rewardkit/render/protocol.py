@@ -6,6 +6,11 @@ can refuse (or at least flag) views rendered with another. Presets:
 - ``orbit6`` (default): azimuths 0, 60, ..., 300 deg at 20 deg elevation
 - ``orbit4``: azimuths 0, 90, 180, 270 deg at 20 deg elevation
 - ``orbit8``: azimuths 0, 45, ..., 315 deg at 20 deg elevation
+- ``toys4k24``: the 24 views of the Toys4K ground-truth renders that AR3D-R1's evaluation compares against
+  (a spiral from -62 to +79 deg elevation, radius 2, FoV 40 deg), read off the released ``transforms.json``
+  (3DGen-R1 ``example/<sha256>/transforms.json``; Blender, +Z up) and written in this frame: elevation as
+  given, azimuth = Blender's atan2(y, x) + 90 deg, which is the same camera once the Z-up source is loaded
+  with ``up="+z"`` (rewardkit.io maps Blender (x, y, z) to (x, z, -y)).
 
 all with radius 2.0, vertical field of view 40 deg, 512x512 pixels, looking at the origin of the
 canonical frame (mesh normalized into [-0.5, 0.5]^3, +Y up). Azimuth 0 looks at the object from +Z
@@ -15,10 +20,13 @@ canonical frame (mesh normalized into [-0.5, 0.5]^3, +Y up). Azimuth 0 looks at 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
+
+from rewardkit import config as _config
 
 PROTOCOL_VERSION = 1
 
@@ -65,11 +73,9 @@ class CameraProtocol:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CameraProtocol":
-        d = dict(d)
-        d["azimuths"] = tuple(float(x) for x in d["azimuths"])
-        d["elevations"] = tuple(float(x) for x in d["elevations"])
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "CameraProtocol":
+        """A protocol from plain data (``to_dict``'s output), strictly typed (:func:`rewardkit.config.from_dict`)."""
+        return _config.from_dict(cls, d)
 
 
 def look_at_pose(azimuth_deg: float, elevation_deg: float, radius: float) -> np.ndarray:
@@ -89,7 +95,20 @@ def _orbit(name: str, n: int, elevation: float = 20.0) -> CameraProtocol:
     return CameraProtocol(name=name, azimuths=tuple(360.0 * i / n for i in range(n)), elevations=(elevation,) * n)
 
 
-PRESETS: dict[str, CameraProtocol] = {p.name: p for p in (_orbit("orbit6", 6), _orbit("orbit4", 4), _orbit("orbit8", 8))}
+# (elevation, azimuth) per frame 000..023 of the Toys4K GT renders (see the module docstring)
+_TOYS4K24_ELEVATIONS = (
+    -62.16, -45.856, -33.43, -22.597, -12.567, -2.919, 2.211, 5.402, 8.609, 11.844, 15.118, 18.443,
+    21.834, 25.307, 28.883, 32.587, 36.451, 40.518, 44.85, 49.535, 54.722, 60.682, 68.044, 79.428,
+)
+_TOYS4K24_AZIMUTHS = (
+    -53.263, 126.737, 36.737, -143.263, -8.263, 171.737, 81.737, -98.263, -30.763, 149.237, 59.237, -120.763,
+    14.237, -165.763, 104.237, -75.763, -42.013, 137.987, 47.987, -132.013, 2.987, -177.013, 92.987, -87.013,
+)
+
+PRESETS: dict[str, CameraProtocol] = {p.name: p for p in (
+    _orbit("orbit6", 6), _orbit("orbit4", 4), _orbit("orbit8", 8),
+    CameraProtocol(name="toys4k24", azimuths=_TOYS4K24_AZIMUTHS, elevations=_TOYS4K24_ELEVATIONS),
+)}
 
 
 def get_protocol(

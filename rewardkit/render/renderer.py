@@ -21,17 +21,18 @@ from typing import Iterable, Sequence
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import trimesh  # noqa: E402
+import numpy as np
+import PIL.Image
+import trimesh
 
-from rewardkit.io import LoadedMesh, from_trimesh, load_mesh  # noqa: E402
-from rewardkit.render.protocol import CameraProtocol, get_protocol  # noqa: E402
+from rewardkit.errors import RewardkitError
+from rewardkit.io import LoadedMesh, from_trimesh, load_mesh
+from rewardkit.render.protocol import CameraProtocol, get_protocol
 
 MODES = ("rgb", "geometry", "normal", "mask")
 
 
-class RenderError(RuntimeError):
+class RenderError(RewardkitError, RuntimeError):
     """The renderer could not produce images (e.g. no EGL device)."""
 
 
