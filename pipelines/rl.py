@@ -3,8 +3,13 @@
 The run's :class:`rewardkit.rl.HiGRPOConfig` is the ``rl`` section of params.yaml; the pipeline fixes
 only where it writes (``data/rl/``: warm-started policy, checkpoints, logs, final policy, samples before
 and after). A small report for DVC goes to ``reports/``: ``rl.json`` (metrics: R_high and R_low at the
-start and end of the run, before/after evaluation), ``rl_rewards.csv`` (the reward curve, one row per
-step) and ``rl/`` (``reward_curve.png`` and the before/after renders).
+start and end of the run, before/after evaluation, the reward-hacking guard's flags), ``rl_rewards.csv``
+(the reward curve, one row per step: R_high/R_low and every term's mean and within-group std, the guard's
+agreement and flag per learned term) and ``rl/`` (``reward_curve.png``, the before/after renders,
+``prompts.csv`` + ``prompts.png``: per prompt R_high and every R_high term before and after, flagged
+prompts marked, and ``audit/step-N.png``: the guard's audit grids). The policy's samples written as
+candidates (``rl.candidates``) are in ``data/rl/candidates/`` (a ``generate.source: own`` folder), the
+audits' meshes and pairs in ``data/rl/audit/step-N/``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,19 @@ CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std
 HELDOUT_COLUMNS = ("heldout/r_high", "heldout/r_low")
 
 
+def _is_term_column(k: str) -> bool:
+    """Per-term means / within-group stds / uncertainties (``high/<term>...``) and the guard's agreement
+    and flag (``guard/<step>/<term>/agreement|flag``)."""
+    if k.startswith(("high/", "low/")):
+        return True
+    return k.startswith("guard/") and k.endswith(("/agreement", "/flag"))
+
+
 def curve_columns(records: list[dict]) -> list[str]:
-    return list(CURVE_COLUMNS) + [c for c in HELDOUT_COLUMNS if any(c in r for r in records)]
+    terms: list[str] = []
+    for r in records:
+        terms += [k for k in r if _is_term_column(k) and k not in terms]
+    return list(CURVE_COLUMNS) + terms + [c for c in HELDOUT_COLUMNS if any(c in r for r in records)]
 
 
 def curve_rows(records: list[dict]) -> list[dict]:
@@ -45,7 +61,66 @@ def report(summary: dict) -> dict:
     for when in ("eval_before", "eval_after"):
         ev = summary.get(when) or {}
         out[when] = {k: ev[k] for k in ("r_high", "r_low") if k in ev}
+    out["guard"] = {term: {"flagged_steps": len(g["flagged_steps"]), "flagged_prompts": g["flagged_prompts"]}
+                    for term, g in (summary.get("guard") or {}).items()}
     return out
+
+
+def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[dict]:
+    """Per evaluation prompt: R_high and every R_high term (``high/<term>``) before and after training
+    (the fixed-seed evaluations' ``per_prompt`` means) and the learned terms the guard flagged on it."""
+    b = {r["prompt"]: r for r in before.get("per_prompt", [])}
+    a = {r["prompt"]: r for r in after.get("per_prompt", [])}
+    flagged: dict[str, list[str]] = {}
+    for term, g in (guard or {}).items():
+        for p in g.get("flagged_prompts", []):
+            flagged.setdefault(p, []).append(term)
+    rows = []
+    for prompt in [p for p in b if p in a]:
+        keys = ["r_high"] + [k for k in b[prompt] if k.startswith("high/") and not k.endswith(("_group_std", "_uncertainty"))]
+        row: dict = {"prompt": prompt}
+        for k in keys:
+            row[f"{k}_before"], row[f"{k}_after"] = b[prompt].get(k), a[prompt].get(k)
+            if row[f"{k}_before"] is not None and row[f"{k}_after"] is not None:
+                row[f"{k}_change"] = row[f"{k}_after"] - row[f"{k}_before"]
+        row["guard_flagged"] = " ".join(sorted(flagged.get(prompt, [])))
+        rows.append(row)
+    return rows
+
+
+def plot_prompts(rows: list[dict], path: Path) -> None:
+    """One panel per quantity (R_high, each R_high term): before/after bars per prompt; a flagged prompt's
+    label carries the flagged terms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not rows:
+        return
+    keys = [c[: -len("_before")] for c in rows[0] if c.endswith("_before")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 1.2, 0.45 * len(rows) + 1.4), squeeze=False)
+    y = np.arange(len(rows))
+    labels = [r["prompt"] + (f"\n(flagged: {r['guard_flagged']})" if r["guard_flagged"] else "") for r in rows]
+    for ax, k in zip(axes[0], keys):
+        bv = [r.get(f"{k}_before") or 0.0 for r in rows]
+        av = [r.get(f"{k}_after") or 0.0 for r in rows]
+        ax.barh(y - 0.2, bv, height=0.4, label="before", color="#9aa5b1")
+        ax.barh(y + 0.2, av, height=0.4, label="after", color="#1f77b4")
+        ax.set_title(k.replace("high/", "R_high term: ") if k != "r_high" else "R_high", fontsize=9)
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=8)
+        for t, r in zip(ax.get_yticklabels(), rows):
+            if r["guard_flagged"]:
+                t.set_color("#c92a2a")
+        ax.axvline(0, color="0.5", lw=0.6)
+        ax.invert_yaxis()
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Per prompt, fixed-seed evaluation before vs after Hi-GRPO (red: the guard flagged a learned term)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def reward_line(rep: dict) -> str | None:
@@ -94,6 +169,24 @@ def main() -> None:
                      (RL_DIR / "samples_after" / "renders.png", "samples_after.png")):
         if src.exists():
             shutil.copy2(src, RL_PLOTS / dst)
+    for grid in sorted((RL_DIR / "audit").glob("step-*/grid.png")):
+        (RL_PLOTS / "audit").mkdir(exist_ok=True)
+        shutil.copy2(grid, RL_PLOTS / "audit" / f"{grid.parent.name}.png")
+    samples = [RL_DIR / w / "samples.json" for w in ("samples_before", "samples_after")]
+    if all(f.exists() for f in samples):
+        rows = prompt_rows(*(json.loads(f.read_text()) for f in samples), summary.get("guard"))
+        if rows:
+            cols: list[str] = []
+            for r in rows:
+                cols += [c for c in r if c not in cols]
+            with open(RL_PLOTS / "prompts.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols)
+                w.writeheader()
+                w.writerows(rows)
+            plot_prompts(rows, RL_PLOTS / "prompts.png")
+    for term, g in rep["guard"].items():
+        if g["flagged_steps"]:
+            print(f"  guard: {term} rose while its anchors fell on {g['flagged_steps']} step(s), prompts {g['flagged_prompts']}")
     line = reward_line(rep)
     if line:
         print(f"  {line}")

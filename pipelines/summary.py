@@ -20,6 +20,16 @@ def main() -> None:
     line = reward_line(json.loads(RL_REPORT.read_text())) if RL_REPORT.exists() else None
     if line:
         print(f"  rl:       {line}; policy in {RL_DIR / 'policy'}/, plots in {RL_PLOTS}/")
+    eval_gen = REPORTS_DIR / "eval_gen.json"
+    if eval_gen.exists():
+        eg = json.loads(eval_gen.read_text())
+        a, b = eg["init"]["overall"], eg["final"]["overall"]
+        parts = [f"{k} {a[k]:.3g} -> {b[k]:.3g}" for k in ("kd_incep_x100", "fd_incep", "kd_dinov2_x100", "clip_score")
+                 if k in a and k in b]
+        note = " (RANDOM-INIT extractors: compares the two policies, not comparable with the paper)" \
+            if eg.get("random_init_extractors") else ""
+        print(f"  eval_gen: init -> final policy on {eg['heldout_prompts']} held-out prompts: {', '.join(parts)}{note}; "
+              f"{REPORTS_DIR / 'eval_gen'}/metrics.png")
     print()
 
 

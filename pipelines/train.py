@@ -46,6 +46,28 @@ def learning_curve_rows(metrics_csv: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _with_previous_rounds(previous: Path, folder: Path) -> tuple[dict[str, Path], dict[str, int]]:
+    """This round's items, pairs and preferences joined with the earlier rounds' in ``previous``
+    (rewardkit.data.rounds), written under ``folder``."""
+    from rewardkit.data.rounds import with_previous_rounds
+    from rewardkit.data.tables import TableError, read_items, read_pairs, read_preferences, write_table
+
+    try:
+        items, pairs, prefs, stats = with_previous_rounds(read_items(ITEMS), read_pairs(PAIRS),
+                                                          read_preferences(PREFERENCES), previous)
+    except TableError as exc:
+        raise SystemExit(f"train: the earlier rounds in {previous}: {exc}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"items": folder / "items.parquet", "pairs": folder / "pairs.parquet",
+           "preferences": folder / "preferences.parquet"}
+    write_table(items, out["items"], "items")
+    write_table(pairs, out["pairs"], "pairs")
+    write_table(prefs, out["preferences"], "preferences")
+    print(f"  with the earlier rounds in {previous}: +{stats['previous_pairs']} pairs, "
+          f"+{stats['previous_preferences']} answers")
+    return out, stats
+
+
 def main() -> None:
     chdir_root()
     if len(sys.argv) != 2 or sys.argv[1] not in ("global", "local"):
@@ -56,11 +78,19 @@ def main() -> None:
 
     d = deep_merge(p.get("common") or {}, p.get(stage) or {})
     out_dir = MODELS_DIR / stage
-    d.update(stage=stage, items=str(ITEMS), pairs=str(PAIRS), preferences=str(PREFERENCES), probes=str(PROBES),
-             out_dir=str(out_dir), resume=None, export=True)
-    cfg = TrainConfig.from_dict(d)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a DVC out is rebuilt from scratch (resume is for interactive runs)
+    tables = {"items": ITEMS, "pairs": PAIRS, "preferences": PREFERENCES}
+    include = p.get("include_previous", True)
+    if not isinstance(include, bool):
+        raise SystemExit(f"params.yaml: train.include_previous must be true or false, not {include!r}")
+    previous = Path(params("pairs").get("active", {}).get("previous") or "data/previous_round")
+    prev_stats = {"previous_pairs": 0, "previous_preferences": 0}
+    if include and (previous / "pairs.parquet").is_file() and (previous / "items.parquet").is_file():
+        tables, prev_stats = _with_previous_rounds(previous, out_dir / "training_data")
+    d.update(stage=stage, items=str(tables["items"]), pairs=str(tables["pairs"]),
+             preferences=str(tables["preferences"]), probes=str(PROBES), out_dir=str(out_dir), resume=None, export=True)
+    cfg = TrainConfig.from_dict(d)
     with step(f"train_{stage}"):
         result = train(cfg)
     m = result.metrics
@@ -79,6 +109,7 @@ def main() -> None:
         "selected_epoch": m.get("selected_epoch"),  # the epoch whose checkpoint was exported (best by monitor)
         "selected_weights": m.get("weights"),
         "fit_seconds": m.get("fit_seconds"),
+        **prev_stats,  # pairs and answers of earlier rounds trained on (train.include_previous)
     }
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / f"train_{stage}.json").write_text(json.dumps(report, indent=2) + "\n")

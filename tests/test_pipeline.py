@@ -41,9 +41,14 @@ SMALL_PARAMS = {
         "mixed": 1, "seed": 0,
     },
     "render": {"protocol": "30:20,150:20,270:20", "size": 64, "modes": ["rgb", "geometry"], "workers": 2},
-    "pairs": {"strategy": "k_per_prompt", "k": 7, "seed": 0, "splits": ["train"]},
-    "preferences": {"source": "synthetic", "noise": 0.0, "seed": 0},
+    "pairs": {"strategy": "k_per_prompt", "k": 7, "seed": 0, "splits": ["train"],
+              "active": {"previous": "data/previous_round", "stage": "global", "k": 30, "random_fraction": 0.2,
+                         "disagreement_fraction": 0.3, "per_prompt_cap": 2, "exposure_weight": 0.02, "seed": 0}},
+    "preferences": {"source": "synthetic", "noise": 0.0, "seed": 0, "rules": "auto",
+                    "anchors": {"global_terms": ["occupancy_iou"], "local_terms": ["surface_f1", "mirror_symmetry"],
+                                "resolution": 8, "margin": 0.05}},
     "train": {
+        "include_previous": True,
         "common": {
             "model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": False},
             "batch_size": 16, "max_epochs": 6, "lr": 0.0005, "val_fraction": 0.2, "seed": 0,
@@ -51,7 +56,8 @@ SMALL_PARAMS = {
         "global": {"model": {"backbone": {"name": "rk-tiny-rn", "pretrained": None}}},
         "local": {},
     },
-    "export": {"name": "rewardkit-demo-small"},
+    "export": {"name": "rewardkit-demo-small", "ensemble": {"members": 3, "bootstrap": True, "seed": 0, "epochs": 10,
+                                                             "lr": 0.001, "init_noise": 0.5, "batch_size": 64}},
     "evaluate": {"grids": 2},
     # Hi-GRPO on a tiny warm-started policy, rewarded by the exported scorers (a few steps: the outputs and
     # the scorer terms are what this run checks; the reward rise is the default run's and test_rl_*'s)
@@ -70,11 +76,22 @@ SMALL_PARAMS = {
         "warm_start": {"enabled": True, "arch": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                        "steps": 60, "batch_size": 16, "lr": 0.003, "max_shift": 1},
     },
+    # the policy before vs after RL on held-out prompts, random-init extractors (labelled so in the report)
+    "eval_gen": {
+        "prompts": [{"prompt": "a small cube", "shape": "cube", "category": "spatial_structural_geometry"},
+                    {"prompt": "a tall cone", "shape": "cone", "category": "stylized_representation"},
+                    {"prompt": "a table", "shape": "table", "category": "mechanical_affordances"}],
+        "samples_per_prompt": 3, "references_per_prompt": 2, "seed": 0, "random_init_extractors": True,
+        "inception_input_size": 75,
+        "protocol": {"views": "30:20,150:20,270:20", "size": 64, "shading": "untextured",
+                     "background": [255, 255, 255], "untextured_color": [190, 190, 190],
+                     "clip": {"prompt": "first_sentence"}, "kd": {"subsets": 10, "subset_size": 100}, "batch_size": 32},
+    },
 }
 
 N_CANDIDATES = 1 + 4 + 3 + 1  # clean + geometry + texture + mixed
 N_PROMPTS = 6 * (8 + 2)
-STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl"]
+STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl", "eval_gen"]
 
 
 def git(args: list[str], cwd: Path) -> str:
@@ -247,6 +264,24 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
     assert curve[0].startswith("step,r_high,r_low") and len(curve) == 1 + rl["steps"]
     for name in ("reward_curve.png", "samples_before.png", "samples_after.png"):
         assert (ws / "reports/rl" / name).stat().st_size > 1000, name
+    # eval_gen: both policies scored on the held-out prompts, per category, random-init extractors labelled
+    eg, ev = json.loads((ws / "reports/eval_gen.json").read_text()), SMALL_PARAMS["eval_gen"]
+    assert eg["random_init_extractors"] is True and len(eg["labels"]) == 3
+    assert all("RANDOM-INIT" in label for label in eg["labels"])
+    assert eg["heldout_prompts"] == len(ev["prompts"]) and not {p["prompt"] for p in ev["prompts"]} & set(rl["prompts"])
+    for run in ("init", "final"):
+        o = eg[run]["overall"]
+        for key in ("clip_score", "kd_incep_x100", "kd_incep_x100_std", "fd_incep", "kd_dinov2_x100"):
+            assert isinstance(o[key], float) and o[key] == o[key], (run, key, o)  # a number, not NaN
+        assert o["fd_incep"] >= 0 and -100 <= o["clip_score"] <= 100
+        assert o["objects"] + eg[run]["excluded"] == len(ev["prompts"]) * ev["samples_per_prompt"]
+        assert set(eg[run]["per_category"]) == {p["category"] for p in ev["prompts"]}
+        full = json.loads((ws / f"reports/eval_gen/{run}.json").read_text())
+        assert full["protocol"]["cameras"]["azimuths"] == [30.0, 150.0, 270.0] and full["protocol"]["size"] == 64
+        assert full["inputs"]["excluded_count"] == eg[run]["excluded"]
+    assert set(eg["change"]) >= {"clip_score", "kd_incep_x100", "fd_incep", "kd_dinov2_x100"}
+    assert eg["change"]["fd_incep"] == pytest.approx(eg["final"]["overall"]["fd_incep"] - eg["init"]["overall"]["fd_incep"])
+    assert (ws / "reports/eval_gen/metrics.png").stat().st_size > 5000
     assert not list(ws.rglob("*.pkl")) and not list(ws.rglob("*.pickle"))
 
 
@@ -340,15 +375,20 @@ def test_a_training_param_reruns_training_onwards(pipeline_run):
     try:
         set_params(ws, lambda p: p["train"]["common"].update(lr=0.0004))
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
-        assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl"]
+        assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl",
+                                                   "eval_gen"]
         git(["checkout", "params.yaml"], ws)
         set_params(ws, lambda p: p["train"].update(local={"max_epochs": 3}))
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
-        assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl"]
+        assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl", "eval_gen"]
         git(["checkout", "params.yaml"], ws)
-        set_params(ws, lambda p: p["rl"].update(steps=4))  # an RL parameter re-runs only the rl stage
+        set_params(ws, lambda p: p["rl"].update(steps=4))  # an RL parameter re-runs rl and its evaluation
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
-        assert stages_run(p.stdout + p.stderr) == ["rl"]
+        assert stages_run(p.stdout + p.stderr) == ["rl", "eval_gen"]
+        git(["checkout", "params.yaml"], ws)
+        set_params(ws, lambda p: p["eval_gen"].update(samples_per_prompt=2))  # only the evaluation
+        p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
+        assert stages_run(p.stdout + p.stderr) == ["eval_gen"]
     finally:
         git(["checkout", "params.yaml"], ws)
 
@@ -368,10 +408,18 @@ def test_a_code_edit_reruns_the_stages_that_run_that_code(pipeline_run):
             git(["checkout", rel], ws)
 
     assert after_edit("rewardkit/render/renderer.py", *DRY_RUN) == STAGES[1:]  # render and all that follows
-    assert after_edit("rewardkit/train/module.py", *DRY_RUN) == ["train_global", "train_local", "export", "evaluate",
-                                                                  "rl"]
-    assert after_edit("rewardkit/scoring/api.py", *DRY_RUN) == ["export", "evaluate", "rl"]
-    assert after_edit("rewardkit/rl/hi_grpo.py", *DRY_RUN) == ["rl"]
+    # `pairs` runs the scoring and training code (pairs.strategy active scores the pool with round r's scorers),
+    # so an edit there re-runs pairs (and, downstream, label) too
+    assert after_edit("rewardkit/train/module.py", *DRY_RUN) == ["pairs", "label", "train_global", "train_local",
+                                                                  "export", "evaluate", "rl", "eval_gen"]
+    assert after_edit("rewardkit/scoring/api.py", *DRY_RUN) == ["pairs", "label", "train_global", "train_local",
+                                                                 "export", "evaluate", "rl", "eval_gen"]
+    # `label` runs the anchor rules of rewardkit.rl.annotator (the loop's round r+1 on the policy's samples),
+    # so an RL edit re-runs label too; its answers on the demo do not change, so a real run stops there
+    # and goes on with rl (DRY_RUN's --force-downstream cannot know that and lists what follows label)
+    assert after_edit("rewardkit/rl/hi_grpo.py", *DRY_RUN) == ["label", "train_global", "train_local", "export",
+                                                                "evaluate", "rl", "eval_gen"]
+    assert after_edit("rewardkit/rl/hi_grpo.py", "repro", "--dry") == ["label", "rl", "eval_gen"]
     assert after_edit("rewardkit/cli/score.py", *DRY_RUN) == []  # the CLI runs in no stage
     # the annotation code runs in `label` (it pulls from Label Studio); the synthetic labels it writes here
     # are the same, so a real run re-runs `label` and nothing else: training does not re-run
@@ -453,6 +501,8 @@ def test_dvc_metrics_and_plots_read_the_report(pipeline_run):
     p = in_clone(ws, dvc_cmd(ws, "plots", "show", "--json"))
     assert "accuracy_by_degradation" in p.stdout and "learning_curve_global" in p.stdout
     assert "rl_rewards" in p.stdout and "reward_curve.png" in p.stdout
+    p = in_clone(ws, dvc_cmd(ws, "metrics", "show", "--json"))
+    assert "kd_incep_x100" in p.stdout and "eval_gen.json" in p.stdout
 
 
 @pytest.mark.slow
@@ -487,7 +537,7 @@ def test_train_params_merge_per_stage():
 def test_clean_vs_degraded_credit_and_stage_report():
     import polars as pl
 
-    from pipelines.evaluate import clean_vs_degraded, stage_report
+    from rewardkit.eval.heldout import clean_vs_degraded, stage_report
 
     scored = pl.DataFrame({
         "prompt_id": ["p"] * 5,
@@ -542,7 +592,7 @@ def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
     records = [{"step": 1, "skipped": 1.0}, {"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
                                              "r_low_group_std": 0.02, "high/shape_iou": 0.1}]
     assert curve_rows(records) == [{"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
-                                    "r_low_group_std": 0.02}]
+                                    "r_low_group_std": 0.02, "high/shape_iou": 0.1}]  # per-term columns too
     rep = report({"steps": 2, "window": 1, "r_high_first": 0.1, "r_high_last": 0.3, "r_low_first": 0.2,
                   "r_low_last": 0.1, "r_high_rose": True, "r_low_rose": False,
                   "eval_before": {"r_high": 0.1, "r_low": 0.2, "high/shape_iou": 0.1}, "eval_after": {}})
@@ -629,7 +679,7 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     # what a lab changes in params.yaml: where the candidates and the preferences come from
     params["generate"]["source"] = "own"
     params["preferences"] = {"source": "labelstudio", "labelstudio": {"url": None, "project": "own generations"}}
-    params["pairs"] = {"strategy": "all", "k": None, "seed": 0, "splits": ["train"]}
+    params["pairs"].update(strategy="all", k=None, seed=0, splits=["train"])
     params["train"]["common"].update(max_epochs=2, batch_size=4, val_fraction=0.25)
     # under the server's document root, so Label Studio can serve the renders
     ws = clone_repo(env.document_root / "own-pipeline" / "clone", params)
@@ -734,3 +784,97 @@ def test_own_generations_table_names_every_problem(tmp_path):
     _, cands = read_generations(tmp_path)
     assert cands["degradation"].to_list() == ["clean", "missing_part", "missing_part+blur"]
     assert cands["kind"].to_list() == ["none", "geometry", "both"]
+
+
+def test_eval_gen_params_are_heldout_prompts_of_demo_shapes_and_the_report_helpers():
+    from pipelines.eval_gen import change, heldout_prompts
+    from rewardkit.eval.generation.protocol import EvalGenConfig
+
+    for section in (yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL_PARAMS):
+        ev, rl = section["eval_gen"], section["rl"]
+        rows = heldout_prompts(ev, rl["prompts"])
+        assert len(rows) == len(ev["prompts"]) and all(r["category"] for r in rows)
+        cfg = EvalGenConfig.from_dict(ev["protocol"])
+        assert cfg.shading == "untextured" and cfg.kd.subsets >= 10
+    with pytest.raises(SystemExit, match="is an rl training prompt"):
+        heldout_prompts({"prompts": [{"prompt": "a cube", "shape": "cube", "category": "x"}]}, ["a cube"])
+    with pytest.raises(SystemExit, match="shape must be one of"):
+        heldout_prompts({"prompts": [{"prompt": "a dog", "shape": "dog", "category": "x"}]}, [])
+    init = {"overall": {"fd_incep": 2.0, "kd_incep_x100": 0.5, "kd_incep_x100_std": 0.1, "objects": 4}}
+    final = {"overall": {"fd_incep": 1.5, "kd_incep_x100": 0.25, "kd_incep_x100_std": 0.1, "objects": 4}}
+    assert change(init, final) == {"fd_incep": -0.5, "kd_incep_x100": -0.25}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_round_two_runs_the_loop_on_the_policys_samples(pipeline_run):
+    """The loop's next round through DVC (docs/active-learning.md), in the CI clone after round 1:
+    round 1's rl writes the policy's samples as candidates; `rewardkit annotate hand-over` puts them, round
+    1's scorers (ensembles: export.ensemble.members 3), pairs, answers, items and renders in
+    data/previous_round; with generate.source own on those
+    samples and pairs.strategy active, `dvc repro rl` runs round 2 through generate, render, pairs (k new
+    pairs, per-prompt capped), label (the anchor rules: the samples record no degradations), train (on
+    both rounds' labels), export and rl again. Runs last on the shared clone and puts it back."""
+    import polars as pl
+
+    ws, _, _ = pipeline_run
+    prev = ws / "data" / "previous_round"
+    cfg = json.loads((ws / "data" / "scorers" / "global" / "config.json").read_text())
+    assert cfg["kind"] == "stage-ensemble" and cfg["architecture"]["members"] == 3
+    round1_pairs = pl.read_parquet(ws / "data" / "pairs.parquet")
+    round1_global = (ws / "data" / "scorers" / "global" / "model.safetensors").read_bytes()
+    try:
+        # round 1's rl again, writing its samples (every step's, and the before/after evaluation ones)
+        set_params(ws, lambda p: p["rl"].update(candidates={"every": 1, "eval": True, "meshes": "both"}))
+        p = in_clone(ws, dvc_cmd(ws, "repro", "rl"))
+        assert stages_run(p.stdout + p.stderr) == ["rl"], (p.stdout + p.stderr)[-3000:]
+        samples = ws / "data" / "rl" / "candidates"
+        rows = pl.read_csv(samples / "candidates.csv")
+        assert rows.height > 0 and set(rows["mesh"]) == {"coarse", "refined"}
+        # hand round 1 to round 2 (the command the docs give)
+        p = in_clone(ws, [py(ws), "-m", "rewardkit", "annotate", "hand-over"])
+        assert "round 1 handed over" in p.stdout and "the policy's samples in" in p.stdout, p.stdout + p.stderr
+        handed = pl.read_parquet(prev / "items.parquet")
+        assert set(handed["item_id"]) == set(round1_pairs["item_a"]) | set(round1_pairs["item_b"])
+        assert all((ws / d / "meta.json").is_file() and d.startswith("data/previous_round/renders/")
+                   for d in handed["render_dir"])
+        assert (prev / "scorers" / "config.json").is_file() and (prev / "candidates" / "candidates.csv").is_file()
+
+        def round_two(p):
+            p["generate"].update(source="own", own={"dir": "data/previous_round/candidates", "holdout_fraction": 0.0,
+                                                    "seed": 0})
+            p["pairs"].update(strategy="active")
+            p["pairs"]["active"].update(k=24, per_prompt_cap=8)
+            p["train"]["common"].update(max_epochs=3)  # round 1's 336 pairs and round 2's: fewer epochs in CI
+
+        set_params(ws, round_two)
+        p = in_clone(ws, dvc_cmd(ws, "repro", "rl"))
+        out = p.stdout + p.stderr
+        assert stages_run(out) == ["generate", "render", "pairs", "label", "train_global", "train_local", "export",
+                                   "rl"], out[-3000:]
+        assert "active:" in out and "rules: anchors" in out
+        items = pl.read_parquet(ws / "data" / "items.parquet")
+        assert set(items["item_id"]) == set(rows["item_id"])  # round 2's candidates are the policy's samples
+        pairs = pl.read_parquet(ws / "data" / "pairs.parquet")
+        assert 0 < pairs.height <= 24 and not set(pairs["pair_id"]) & set(round1_pairs["pair_id"])
+        assert set(pairs["item_a"]) | set(pairs["item_b"]) <= set(rows["item_id"])
+        assert pairs.group_by("prompt_id").len()["len"].max() <= 8
+        prefs = pl.read_parquet(ws / "data" / "preferences.parquet")
+        assert set(prefs["pair_id"]) == set(pairs["pair_id"]) and set(prefs["annotator"]) == {"anchor-rules"}
+        assert set(prefs["source"]) == {"synthetic"} and len(set(prefs["label"])) > 1
+        # retrained on both rounds' labels (train.include_previous), exported and used by RL again
+        assert "with the earlier rounds in data/previous_round: +" in out
+        for stage in ("global", "local"):
+            report = json.loads((ws / f"reports/train_{stage}.json").read_text())
+            assert report["previous_pairs"] == round1_pairs.height, report
+        assert (ws / "data" / "scorers" / "global" / "model.safetensors").read_bytes() != round1_global
+        records = [json.loads(line) for line in (ws / "data/rl/metrics.jsonl").read_text().splitlines()]
+        assert len(records) == SMALL_PARAMS["rl"]["steps"]
+        assert all(r["high/global_scorer"] == r["high/global_scorer"] for r in records)  # scored, not NaN
+    finally:
+        for d in ("candidates", "scorers", "renders"):
+            shutil.rmtree(prev / d, ignore_errors=True)
+        for f in ("pairs.parquet", "preferences.parquet", "items.parquet", "rounds.json"):
+            (prev / f).unlink(missing_ok=True)
+        git(["checkout", "params.yaml", "dvc.lock"], ws)
+        in_clone(ws, dvc_cmd(ws, "checkout", "-f"), check=False)

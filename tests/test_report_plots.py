@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.evaluate import accuracy_table, clean_vs_degraded, plot_accuracy, plot_learning_curves
+from rewardkit.eval.heldout import accuracy_table, clean_vs_degraded
+from rewardkit.eval.plots import plot_accuracy, plot_learning_curves
 
 
 def _scored() -> pl.DataFrame:
@@ -20,7 +21,7 @@ def _scored() -> pl.DataFrame:
         ("p1", "blur", "texture", 0.9, 0.3), ("p2", "clean", "clean", 0.5, 0.5),
         ("p2", "missing_part", "geometry", 0.8, 0.5),
     ]
-    return pl.DataFrame([{"prompt_id": p, "degradation": d, "kind": k, "global": g, "local": l} for p, d, k, g, l in rows])
+    return pl.DataFrame([{"prompt_id": p, "degradation": d, "kind": k, "global": glo, "local": loc} for p, d, k, glo, loc in rows])
 
 
 def test_accuracy_table_counts_pairs_and_marks_types_without_pairs(tmp_path):
@@ -102,7 +103,7 @@ def test_rl_evaluation_records_the_grid_data(tmp_path):
         group_size=2, prompts_per_step=1, steps=0, output_dir=str(tmp_path / "run"), save_every=0,
         eval_group_size=2, render=False, accelerator="cpu", num_threads=1, seed=0))
     rew = StepReward([RewardTerm("occupied", occupied_fraction(2), weight=2.0)])
-    trainer = HiGRPOTrainer(cfg, reward_high=rew, reward_low=rew)
+    trainer = HiGRPOTrainer(cfg, rewards_high=rew, rewards_low=rew)
     trainer.evaluate("samples_after")
     grid = json.loads((tmp_path / "run" / "samples_after" / "samples.json").read_text())["grid"]
     assert grid["rows"] == ["fill"] and grid["samples_per_prompt"] == 2
