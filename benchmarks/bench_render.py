@@ -20,10 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from rewardkit.io import load_mesh  # noqa: E402
-from rewardkit.render import Renderer, get_protocol, render_batch  # noqa: E402
+from rewardkit.io import load_mesh
+from rewardkit.render import Renderer, get_protocol, render_batch
 
 MODES = ("rgb", "geometry", "normal")
 

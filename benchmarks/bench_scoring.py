@@ -34,15 +34,15 @@ from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import trimesh  # noqa: E402
+import numpy as np
+import torch
+import trimesh
 
-from rewardkit.io import SUPPORTED_FORMATS, load_mesh  # noqa: E402
-from rewardkit.models import BackboneConfig, StageModelConfig, StageRewardModel  # noqa: E402
-from rewardkit.render import Renderer  # noqa: E402
-from rewardkit.scoring import Scorer, ScorerSet, ScoringTimings, load_scorer, score_meshes  # noqa: E402
-from rewardkit.scoring.api import render_groups, views_to_tensor  # noqa: E402
+from rewardkit.io import SUPPORTED_FORMATS, load_mesh
+from rewardkit.models import BackboneConfig, StageModelConfig, StageRewardModel
+from rewardkit.render import Renderer
+from rewardkit.scoring import Scorer, ScorerSet, ScoringTimings, load_scorer, score_meshes
+from rewardkit.scoring.core import render_groups, views_to_tensor
 
 
 def make_meshes(n: int, out: Path, source: Path | None) -> list[Path]:
@@ -80,9 +80,9 @@ def export_scorers(root: Path, backbone: str, camera: str, render_size: int) -> 
     torch.manual_seed(0)
     g = StageRewardModel(StageModelConfig(stage="global", backbone=BackboneConfig(backbone)))
     torch.manual_seed(1)
-    l = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig(backbone)))
+    loc = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig(backbone)))
     s = ScorerSet(global_scorer=Scorer(g, camera=camera, render_size=render_size),
-                  local_scorer=Scorer(l, camera=camera, render_size=render_size))
+                  local_scorer=Scorer(loc, camera=camera, render_size=render_size))
     return s.save_pretrained(root / "scorers")
 
 
@@ -153,7 +153,7 @@ def main() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for name, s in scorers.items():
+        for s in scorers.values():
             s.score_views({k: torch.stack([v[k] for v in batch]) for k in s.modes}, [prompt] * len(batch))
         if device.startswith("cuda"):
             torch.cuda.synchronize()
