@@ -2,7 +2,7 @@
 # Set up rewardkit on a fresh Debian/Ubuntu machine (python3 + pip; no GPU needed).
 #
 #   scripts/setup.sh            system GL libraries + .venv with rewardkit and its dependencies
-#   scripts/setup.sh --test     also the Label Studio server (.venv-ls) and headless chromium, for the tests
+#   scripts/setup.sh --test     also the Label Studio server (.venv-ls), headless chromium and verl (--no-deps), for the tests
 #   scripts/setup.sh --labelstudio   also the Label Studio server (.venv-ls), for `rewardkit annotate`
 #
 # Idempotent: re-running skips what is already installed.
@@ -37,7 +37,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 2. the rewardkit environment
+# 2. the rewardkit environment (about 8 GB on disk with its CUDA torch wheel; pip's cache adds about 3 GB)
+free_gb=$(df -Pk . | awk 'NR==2 {printf "%d", $4 / 1048576}')
+if [ ! -x .venv/bin/python ] && [ "${free_gb:-0}" -lt 12 ]; then
+  echo "[setup] warning: $free_gb GB free on $(df -P . | awk 'NR==2 {print $6}'); a new .venv needs about 8 GB and pip's cache about 3 GB more" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PYTHON" -m venv .venv
@@ -45,6 +49,11 @@ fi
 pip_quiet .venv/bin/python -m pip install -q --upgrade pip wheel >/dev/null
 echo "[setup] installing rewardkit and its dependencies into .venv (first time: several minutes, torch is large)"
 pip_quiet .venv/bin/python -m pip install -q -e ".[dev]"
+# the verl reward-manager tests: verl without its pins (they would downgrade transformers); what its reward
+# managers import at load time (omegaconf, tensordict, codetiming, ray) comes with the dev extra
+if [ "$want_ls" = 1 ] && [ "$want_browser" = 1 ]; then
+  pip_quiet .venv/bin/python -m pip install -q --no-deps "verl==${VERL_VERSION:-0.9.1}"
+fi
 
 # 3. the Label Studio server lives in its own environment: it pins Django and friends
 if [ "$want_ls" = 1 ]; then
