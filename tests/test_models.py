@@ -305,3 +305,29 @@ def test_from_config_dict_does_not_reload_backbone_weights(tmp_path):
     assert from_checkpoint(StageRewardModel.from_config_dict(cfg, load_backbone_weights=True)) == loaded
     (tmp_path / "w.pt").unlink()  # the exported config must not need the original checkpoint (or a download)
     assert from_checkpoint(StageRewardModel.from_config_dict(cfg)) == []
+
+
+def test_view_tiles_cut_the_object_not_the_background():
+    from rewardkit.models.stage import object_box, view_tiles
+
+    v = torch.ones(3, 64, 64)
+    v[:, 16:48, 24:40] = 0.2                      # a dark object 32 tall, 16 wide, on a white background
+    v[0, 16:32, 24:40] = 0.9                      # its top half reddish
+    assert object_box(v) == (16, 16, 48, 48)      # square, centred on the object
+    assert object_box(torch.ones(3, 8, 8)) == (0, 0, 8, 8)  # nothing but background: the whole view
+    t = view_tiles(v[None, None], 2, 32)
+    assert t.shape == (1, 5, 3, 32, 32)           # whole + 2 x 2 tiles
+    assert torch.allclose(t[0, 0], torch.nn.functional.interpolate(v[None], size=(32, 32), mode="bilinear", antialias=True)[0])
+    top_left, bottom_left = t[0, 1], t[0, 3]      # row-major tiles of the 32 x 32 box, each at 32 px
+    assert top_left[0, 24:, 24:].mean() > 0.85 and bottom_left[0, :8, 24:].mean() < 0.3
+    assert view_tiles(v[None, None], 2, 32, keep_whole=False).shape == (1, 4, 3, 32, 32)
+    with pytest.raises(ValueError, match="view_tiles"):
+        StageModelConfig(stage="local", view_tiles=1)
+    with pytest.raises(ValueError, match="tiles_only"):
+        StageModelConfig(stage="local", tiles_only=True)
+    m = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig("rk-tiny"), view_tiles=2))
+    assert m.load_size == 2 * m.image_size
+    feats, mode_index, view_index = m.encode_views(torch.rand(2, 3, 3, 128, 128))
+    assert feats.shape[:2] == (2, 3 * 5) and view_index.tolist() == list(range(15))
+    assert mode_index.tolist() == [0] * 15        # the tiles are views of the same mode
+    assert m(torch.rand(2, 3, 3, 128, 128), ["a", "b"]).shape == (2,)

@@ -163,3 +163,30 @@ def test_local_stage_learns_colour_on_the_pretrained_tower(dataset, tmp_path):
     r = train(_cfg(dataset, tmp_path, "local", max_epochs=20))
     assert r.metrics["val"]["pairwise_accuracy"] >= 0.9, r.metrics["val"]
     assert isinstance(r.datamodule.feature_cache, FeatureCache)
+
+
+def test_local_stage_on_tiles_of_its_views_cached_as_scored(dataset, tmp_path):
+    """``view_tiles``: the local model sees each rgb view whole plus the 2 x 2 tiles of its object, read at
+    twice the tower's input; the cache stores the tiles' features and the exported model, given the plain
+    renders, scores exactly as training scored the cached tiles."""
+    r = train(_cfg(dataset, tmp_path, "local", max_epochs=20, image_size=None,
+                   model={"backbone": {**LITE0, "image_size": 32}, "unlocked_image_blocks": 0,
+                          "train_image_head": True, "lock_text": False, "view_tiles": 2}))
+    assert r.metrics["val"]["pairwise_accuracy"] >= 0.9, r.metrics["val"]
+    cache = r.datamodule.feature_cache
+    some = next(iter(cache._mem.values()))
+    assert some.shape[0] == 2 * (1 + 4)  # 2 rgb views, each whole + 4 tiles
+    model = StageRewardModel.from_pretrained(Path(tmp_path / "local") / "model")
+    assert model.config.view_tiles == 2 and model.load_size == 64
+    d_feat, _, _ = predict_deltas(model, r.datamodule.val_dataloader())
+    from rewardkit.train import PreferenceDataModule
+
+    dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="local",
+                              modes=["rgb"], image_size=64, val_fraction=0.25, seed=0)
+    d_img, _, _ = predict_deltas(model, dm.val_dataloader())
+    assert np.allclose(d_feat, d_img, atol=1e-4)
+    # another tiling is another cache key: the features of whole views are never reused for tiles
+    plain = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig("rk-effnet-lite0", image_size=32),
+                                              unlocked_image_blocks=0))
+    assert tower_key(plain) != tower_key(StageRewardModel(StageModelConfig(
+        stage="local", backbone=BackboneConfig("rk-effnet-lite0", image_size=32), unlocked_image_blocks=0, view_tiles=2)))

@@ -77,6 +77,11 @@ class StageModelConfig:
     fusion_heads: int = 1
     max_views: int = 32
     view_dropout: float = 0.0
+    # Tiles (:func:`view_tiles`): 0 sees each view whole; n >= 2 also cuts each view's object (its bounding box
+    # against the background) into an n x n grid of tiles, each at the tower's input size, as further views
+    # of the same mode: surface texture at n times the resolution, with less of the silhouette in each input.
+    view_tiles: int = 0
+    tiles_only: bool = False  # with view_tiles: the tiles replace the whole views
     # Score heads.
     use_alignment: bool = True
     quality_head: bool = True
@@ -101,6 +106,10 @@ class StageModelConfig:
             raise ValueError("the global stage must not see rgb (texture) renders: use geometry and/or normal")
         if self.fusion not in ("attention", "mean"):
             raise ValueError(f"fusion must be 'attention' or 'mean', got {self.fusion!r}")
+        if self.view_tiles < 0 or self.view_tiles == 1:
+            raise ValueError(f"view_tiles must be 0 (whole views) or >= 2 (an n x n grid), got {self.view_tiles}")
+        if self.tiles_only and not self.view_tiles:
+            raise ValueError("tiles_only needs view_tiles >= 2")
         if not (0.0 <= self.view_dropout < 1.0):
             raise ValueError(f"view_dropout must be in [0, 1), got {self.view_dropout}")
         if not (self.use_alignment or self.quality_head):
@@ -113,6 +122,44 @@ class StageModelConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> StageModelConfig:
         """A StageModelConfig from plain data, strictly typed (:func:`rewardkit.config.from_dict`)."""
         return _config.from_dict(cls, d)
+
+
+def object_box(view: torch.Tensor, threshold: float = 8 / 255) -> tuple[int, int, int, int]:
+    """The square box (x0, y0, x1, y1) around the pixels of ``view`` [3, H, W] (floats in [0, 1]) that differ
+    from its corner (background) colour by more than ``threshold``: centred on the object, kept inside the
+    image; the whole view when nothing differs."""
+    h, w = view.shape[-2:]
+    fg = (view - view[:, :1, :1]).abs().amax(dim=0) > threshold
+    ys, xs = torch.nonzero(fg, as_tuple=True)
+    if ys.numel() == 0:
+        return 0, 0, w, h
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = min(max(y1 - y0, x1 - x0), h, w)
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    top = min(max(cy - side // 2, 0), h - side)
+    left = min(max(cx - side // 2, 0), w - side)
+    return left, top, left + side, top + side
+
+
+def view_tiles(views: torch.Tensor, n: int, size: int, *, keep_whole: bool = True) -> torch.Tensor:
+    """One mode's views [..., V, 3, H, W] (floats in [0, 1]) -> [..., V', 3, size, size]: each view resized
+    whole (unless ``keep_whole`` is false), then for each view in order the n x n tiles of its
+    :func:`object_box`, row-major, each resized to ``size`` (V' = V·(1 + n²), or V·n² without the wholes)."""
+    lead = views.shape[:-3]
+    flat = views.reshape(-1, *views.shape[-3:]).float()
+    tiles = []
+    for v in flat:
+        x0, y0, x1, y1 = object_box(v)
+        crop = v[:, y0:y1, x0:x1].unsqueeze(0)
+        grid = F.interpolate(crop, size=(n * size, n * size), mode="bilinear", align_corners=False, antialias=True)[0]
+        tiles.append(grid.view(3, n, size, n, size).permute(1, 3, 0, 2, 4).reshape(n * n, 3, size, size))
+    t = torch.stack(tiles).view(*lead[:-1], lead[-1] * n * n, 3, size, size) if tiles else flat.new_zeros(
+        *lead[:-1], 0, 3, size, size)
+    if not keep_whole:
+        return t
+    whole = flat if flat.shape[-2:] == (size, size) else F.interpolate(
+        flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return torch.cat([whole.view(*lead, 3, size, size), t], dim=-4)
 
 
 class StageRewardModel(nn.Module):
@@ -173,7 +220,14 @@ class StageRewardModel(nn.Module):
 
     @property
     def image_size(self) -> int:
+        """The image tower's input size in pixels."""
         return int(self.preprocess_cfg["size"])
+
+    @property
+    def load_size(self) -> int:
+        """The size to read training views at: the tower's input, times n with ``view_tiles`` = n (each tile
+        then reaches the tower at the resolution it was rendered at)."""
+        return self.image_size * max(1, self.config.view_tiles)
 
     def train(self, mode: bool = True) -> StageRewardModel:
         """As ``nn.Module.train``; frozen batch-norm layers of the image tower stay in eval mode."""
@@ -270,9 +324,26 @@ class StageRewardModel(nn.Module):
             if v % len(modes):
                 raise ValueError(f"{v} views cannot be split evenly over modes {modes}")
             counts = [v // len(modes)] * len(modes)
+        if self.config.view_tiles:
+            x, counts = self.tile_views(x, counts)
         mode_index = torch.cat([torch.full((c,), i, dtype=torch.long) for i, c in enumerate(counts)])
         view_index = torch.cat([torch.arange(c) for c in counts])
         return x, mode_index, view_index
+
+    def tile_views(self, x: torch.Tensor, counts: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+        """Views [B, V, 3, H, W] (modes in blocks of ``counts``; uint8 or floats in [0, 1]) -> the
+        :func:`view_tiles` of each mode's block at the tower's input size and the new counts (identity when
+        ``view_tiles`` is 0). The feature cache applies it too, so cached and live views are the same."""
+        n = self.config.view_tiles
+        if not n:
+            return x, list(counts)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        parts, start = [], 0
+        for c in counts:
+            parts.append(view_tiles(x[:, start:start + c], n, self.image_size, keep_whole=not self.config.tiles_only))
+            start += c
+        return torch.cat(parts, dim=1), [p.shape[1] for p in parts]
 
     def encode_views(self, views: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-view image features [B, V, D] (not normalised), mode_index [V], view_index [V]."""
@@ -414,5 +485,5 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 __all__ = [
     "CHECKPOINT_CONFIG_FILE", "DEFAULT_MODES", "RENDER_MODES", "STAGES", "StageModelConfig", "StageRewardModel", "CHECKPOINT_WEIGHTS_FILE",
-    "trainable_parameters",
+    "object_box", "trainable_parameters", "view_tiles",
 ]

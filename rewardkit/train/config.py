@@ -38,7 +38,7 @@ class TrainConfig:
     model: StageModelConfig = field(default_factory=StageModelConfig)
     # -- data ---------------------------------------------------------------------------------------
     views: list[int] | None = None  # which view indices of each mode to use (None: all)
-    image_size: int | None = None  # resize on load (None: the backbone's input size)
+    image_size: int | None = None  # resize on load (None: the model's load_size: the tower input, times n with view_tiles)
     augment_hflip: float = 0.0  # training views: probability of a horizontal mirror per candidate (train/augment.py)
     augment_shift: int = 0  # training views: random translation of up to this many pixels per candidate
     # Frozen image trunk (model.unlocked_image_blocks=0): encode each view once and train on the cached

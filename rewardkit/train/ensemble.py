@@ -232,7 +232,7 @@ def _train_ensemble(model: StageRewardModel, tc: dict[str, Any], cfg: EnsembleCo
     examples = examples.with_columns(pl.col("prompt_id").replace_strict(split, return_dtype=pl.Utf8).alias("split"))
     train_ex = add_prompt_weights(examples.filter(pl.col("split") == "train"))
     val_ex = examples.filter(pl.col("split") == "val")
-    size = int(tc.get("image_size") or model.image_size)
+    size = int(tc.get("image_size") or model.load_size)
     feats = HeadFeatures(model, ViewCache(model.modes, size, tc.get("views")))
     feats.add_dirs([*train_ex["dir_a"], *train_ex["dir_b"], *val_ex["dir_a"], *val_ex["dir_b"]])
     feats.add_prompts([*train_ex["prompt"], *val_ex["prompt"]])
@@ -285,7 +285,7 @@ def item_member_rewards(model: StageRewardModel | StageEnsemble, items: pl.DataF
     base = model.base if isinstance(model, StageEnsemble) else model
     heads = list(model.heads) if isinstance(model, StageEnsemble) else []
     offsets = model.offsets.cpu().numpy() if isinstance(model, StageEnsemble) else np.zeros(1)
-    feats = HeadFeatures(base, ViewCache(base.modes, int(image_size or base.image_size), views), batch_size)
+    feats = HeadFeatures(base, ViewCache(base.modes, int(image_size or base.load_size), views), batch_size)
     dirs = [str(resolve_render_dir(d, render_root, items_path)) for d in items["render_dir"]]
     prompts = items["prompt"].to_list()
     feats.add_dirs(dirs)

@@ -41,7 +41,8 @@ def tower_key(model: StageRewardModel) -> str:
         raise ValueError("feature cache: the image trunk trains (set unlocked_image_blocks=0 to freeze it)")
     h = hashlib.sha256()
     h.update(json.dumps({"backbone": model.config.backbone.name, "trunk": type(trunk).__name__,
-                         "preprocess": model.preprocess_cfg}, sort_keys=True).encode())
+                         "preprocess": model.preprocess_cfg, "view_tiles": model.config.view_tiles,
+                         "tiles_only": model.config.tiles_only}, sort_keys=True).encode())
     for name, t in trunk.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -71,6 +72,15 @@ class FeatureCache:
         self.batch_size = int(batch_size)
         self._mem: dict[str, torch.Tensor] = {}
         self.stats = {"hits": 0, "encoded": 0}
+
+    def _tiled(self, views: torch.Tensor) -> torch.Tensor:
+        """A candidate's views [V_total, 3, S, S] (modes in equal blocks) as the model sees them: with
+        ``view_tiles`` its tiles (:meth:`StageRewardModel.tile_views`), otherwise unchanged."""
+        if not self.model.config.view_tiles:
+            return views
+        n_modes = len(self.model.modes)
+        x, _ = self.model.tile_views(views.unsqueeze(0), [views.shape[0] // n_modes] * n_modes)
+        return x[0]
 
     def _file(self, rhash: str) -> Path:
         return self.dir / rhash[:2] / f"{rhash}.safetensors"
@@ -108,6 +118,7 @@ class FeatureCache:
                 continue
             views = self.views(d)
             rh = render_hash(views)
+            views = self._tiled(views)
             hit = self._load(rh)
             if hit is not None and hit.shape[0] == views.shape[0]:
                 self._mem[d] = hit

@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    dm = build_datamodule(cfg, module.model.image_size, module.model)
+    dm = build_datamodule(cfg, module.model.load_size, module.model)
     dm.setup()
     trainer, ckpt = build_trainer(cfg, out_dir, callbacks, has_val=dm.splits["val"].height > 0)
     resume = _resume_path(cfg, out_dir / "checkpoints")
