@@ -130,6 +130,18 @@ def _cfg(dataset, tmp_path, stage, **kw) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+def _assert_scores_images_as_cached(model, result, dataset, stage: str, modes: list[str]) -> None:
+    """The exported ``model``, given the 64 px renders of the validation pairs, gives the reward deltas that
+    training computed from the cached trunk features (``result``: the training run)."""
+    from rewardkit.train import PreferenceDataModule
+
+    d_feat, _, _ = predict_deltas(model, result.datamodule.val_dataloader())
+    dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage=stage,
+                              modes=modes, image_size=64, val_fraction=0.25, seed=0)
+    d_img, _, _ = predict_deltas(model, dm.val_dataloader())
+    assert np.allclose(d_feat, d_img, atol=1e-4)
+
+
 def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_path):
     cfg = _cfg(dataset, tmp_path, "global")
     r1 = train(cfg)
@@ -143,13 +155,7 @@ def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_
     assert r2.metrics["val"]["pairwise_accuracy"] == r1.metrics["val"]["pairwise_accuracy"]
     # the exported model scores images exactly as training scored the cached features
     model = StageRewardModel.from_pretrained(Path(cfg.out_dir) / "model")
-    d_feat, _, _ = predict_deltas(model, r1.datamodule.val_dataloader())
-    from rewardkit.train import PreferenceDataModule
-
-    dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="global",
-                              modes=["geometry"], image_size=64, val_fraction=0.25, seed=0)
-    d_img, _, _ = predict_deltas(model, dm.val_dataloader())
-    assert np.allclose(d_feat, d_img, atol=1e-4)
+    _assert_scores_images_as_cached(model, r1, dataset, "global", ["geometry"])
     # the key follows the tower: other weights, another cache folder
     other = StageRewardModel(StageModelConfig(stage="global", backbone=BackboneConfig("rk-effnet-lite0", image_size=64),
                                               unlocked_image_blocks=0))
@@ -178,13 +184,7 @@ def test_local_stage_on_tiles_of_its_views_cached_as_scored(dataset, tmp_path):
     assert some.shape[0] == 2 * (1 + 4)  # 2 rgb views, each whole + 4 tiles
     model = StageRewardModel.from_pretrained(Path(tmp_path / "local") / "model")
     assert model.config.view_tiles == 2 and model.load_size == 64
-    d_feat, _, _ = predict_deltas(model, r.datamodule.val_dataloader())
-    from rewardkit.train import PreferenceDataModule
-
-    dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="local",
-                              modes=["rgb"], image_size=64, val_fraction=0.25, seed=0)
-    d_img, _, _ = predict_deltas(model, dm.val_dataloader())
-    assert np.allclose(d_feat, d_img, atol=1e-4)
+    _assert_scores_images_as_cached(model, r, dataset, "local", ["rgb"])
     # another tiling is another cache key: the features of whole views are never reused for tiles
     plain = StageRewardModel(StageModelConfig(stage="local", backbone=BackboneConfig("rk-effnet-lite0", image_size=32),
                                               unlocked_image_blocks=0))
