@@ -28,6 +28,9 @@ def demo(p: dict) -> pl.DataFrame:
         geometry=tuple(p["geometry"]),
         texture=tuple(p["texture"]),
         mixed=int(p["mixed"]),
+        design=str(p.get("design", "single")),
+        factorial_geometry=int((p.get("factorial") or {}).get("geometry", 2)),
+        factorial_texture=int((p.get("factorial") or {}).get("texture", 2)),
         seed=int(p["seed"]),
     )
     return generate(cfg, CANDIDATES_DIR)[1]

@@ -67,6 +67,59 @@ def test_tables_and_splits(tmp_path):
     assert items.group_by("prompt_id").agg(pl.col("prompt").first())["prompt"].n_unique() == 6
 
 
+def test_factorial_design_makes_texture_independent_of_shape_in_candidates_and_labels():
+    """Training prompts: every combination of {none + 2 geometry} x {none + 2 texture}, the types rotated so
+    each is used; held-out prompts keep the single design (clean vs each type). The decided answers of each
+    question are then not predictable from the other kind's degradation (the confound of the single design:
+    its local winners are geometry-degraded far more often than its losers)."""
+    from rewardkit.data.pairs import sample_pairs
+    from rewardkit.demo.generate import candidate_plan
+
+    def confound(cfg: DemoConfig) -> dict[str, tuple[float, float]]:
+        rows = []
+        for prompt_id, spec, split in prompt_specs(cfg):
+            if split != "train":
+                continue
+            for g, t in candidate_plan(cfg, spec.seed, split, int(prompt_id.rsplit("-", 1)[1])):
+                name = "+".join(n for n in (g, t) if n != "none") or "clean"
+                rows.append({"item_id": f"{prompt_id}-{name}", "prompt_id": prompt_id,
+                             "geometry_degradation": g, "texture_degradation": t})
+        cands = pl.DataFrame(rows)
+        pairs = sample_pairs(cands.select("item_id", "prompt_id"), strategy="k_per_prompt", k=10, seed=0)
+        prefs = label_pairs(pairs, cands).join(pairs, on="pair_id")
+        other = {"global": "texture_degradation", "local": "geometry_degradation"}
+        deg = {r["item_id"]: r for r in cands.iter_rows(named=True)}
+        out = {}
+        for q, col in other.items():
+            decided = prefs.filter((pl.col("question") == q) & (pl.col("label") != "tie"))
+            win = [deg[a if lab == "a" else b][col] != "none" for a, b, lab in decided.select("item_a", "item_b", "label").iter_rows()]
+            lose = [deg[b if lab == "a" else a][col] != "none" for a, b, lab in decided.select("item_a", "item_b", "label").iter_rows()]
+            out[q] = (float(np.mean(win)), float(np.mean(lose)))
+        return out
+
+    cfg = DemoConfig(design="factorial", factorial_geometry=2, factorial_texture=2)
+    specs = prompt_specs(cfg)
+    train = [(p, s) for p, s, split in specs if split == "train"]
+    used_g, used_t = set(), set()
+    for prompt_id, spec in train:
+        plan = candidate_plan(cfg, spec.seed, "train", int(prompt_id.rsplit("-", 1)[1]))
+        gs, ts = {g for g, _ in plan}, {t for _, t in plan}
+        assert len(plan) == 9 and len(gs) == 3 and len(ts) == 3 and set(plan) == {(g, t) for g in gs for t in ts}
+        used_g |= gs
+        used_t |= ts
+    assert used_g == {"none", *GEOMETRY} and used_t == {"none", *TEXTURE}
+    holdout = [s for p, s, split in specs if split == "holdout"]
+    assert candidate_plan(cfg, holdout[0].seed, "holdout") == candidate_plan(DemoConfig(), holdout[0].seed, "holdout")
+    for q, (win, lose) in confound(cfg).items():
+        assert abs(win - lose) < 0.1, (q, win, lose)  # the other kind says nothing about who wins
+    single = confound(DemoConfig(design="single"))
+    assert single["local"][0] - single["local"][1] > 0.3 and single["global"][0] - single["global"][1] > 0.3
+    with pytest.raises(ValueError, match="factorial_texture"):
+        DemoConfig(design="factorial", factorial_texture=9)
+    with pytest.raises(ValueError, match="unknown design"):
+        DemoConfig(design="grid")
+
+
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_every_category_and_degradation_loads_with_rewardkit_io(category, tmp_path):
     from rewardkit.io import load_mesh

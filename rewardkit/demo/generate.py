@@ -13,6 +13,19 @@
 
 Every candidate of a prompt is built from the same :class:`ObjectSpec`, so a geometry degradation has
 exactly the clean texture and a texture degradation exactly the clean shape.
+
+Two candidate designs per prompt (``DemoConfig.design``):
+
+- ``single``: the clean candidate, one candidate per geometry and per texture degradation, plus ``mixed``
+  candidates with one of each. Held-out prompts always use it: it is the evaluation protocol (clean against
+  each degradation type).
+- ``factorial`` (training prompts only): every combination of ``{none} + factorial_geometry`` geometry
+  degradations with ``{none} + factorial_texture`` texture degradations, the types rotated over the prompts
+  so each is used equally often. Whether a candidate's texture is degraded is then *independent* of whether
+  its shape is, so a reward model cannot learn one question's answer from the other kind's cue. Under
+  ``single`` it can: a candidate with a degraded shape is rarely also texture-degraded (5 of 7 are clean in
+  texture, against 1 of 5 without a shape degradation), and a local model that sees shape learns "shape looks
+  degraded, so texture is fine" (measured: docs/reward-models.md, "Where the geometry bias comes from").
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from rewardkit.demo import degrade
 from rewardkit.demo.objects import CATEGORIES, ObjectSpec, assemble, build_atlas, build_parts, sample_spec
 
 GENERATOR_NAME = "rewardkit-demo"
+DESIGNS = ("single", "factorial")
 
 
 @dataclass
@@ -43,7 +57,10 @@ class DemoConfig:
     categories: Sequence[str] = CATEGORIES
     geometry: Sequence[str] = degrade.GEOMETRY  # geometry degradations, one candidate each
     texture: Sequence[str] = degrade.TEXTURE  # texture degradations, one candidate each
-    mixed: int = 2  # extra candidates with one geometry and one texture degradation together
+    mixed: int = 2  # extra candidates with one geometry and one texture degradation together (design single)
+    design: str = "single"  # training prompts: single | factorial (held-out prompts: always single)
+    factorial_geometry: int = 2  # design factorial: geometry degradation types per prompt
+    factorial_texture: int = 2  # design factorial: texture degradation types per prompt
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +75,13 @@ class DemoConfig:
                 raise ValueError(f"unknown texture degradation {d!r}; known: {degrade.TEXTURE}")
         if self.mixed and not (self.geometry and self.texture):
             raise ValueError("mixed candidates need at least one geometry and one texture degradation")
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown design {self.design!r}; known: {DESIGNS}")
+        if self.design == "factorial":
+            for name, k, kinds in (("factorial_geometry", self.factorial_geometry, self.geometry),
+                                   ("factorial_texture", self.factorial_texture, self.texture)):
+                if not 0 <= k <= len(kinds):
+                    raise ValueError(f"{name} must be between 0 and the {len(kinds)} degradation types listed, got {k}")
 
 
 @dataclass
@@ -112,8 +136,20 @@ def make_candidate(spec: ObjectSpec, geometry: str = "none", texture: str = "non
     return Candidate(item_id, spec, "+".join(names) or "clean", geometry, texture, assemble(parts, atlas))
 
 
-def candidate_plan(cfg: DemoConfig, spec_seed: int) -> list[tuple[str, str]]:
-    """``(geometry, texture)`` degradation names for the candidates of one prompt (clean first)."""
+def _rotated(kinds: Sequence[str], k: int, index: int) -> list[str]:
+    """``k`` of ``kinds``, the window starting at ``index * k`` (wrapping): over consecutive prompts each kind
+    is picked equally often."""
+    return [kinds[(index * k + j) % len(kinds)] for j in range(k)] if kinds else []
+
+
+def candidate_plan(cfg: DemoConfig, spec_seed: int, split: str = "holdout", index: int = 0) -> list[tuple[str, str]]:
+    """``(geometry, texture)`` degradation names for the candidates of one prompt (clean first).
+
+    ``index`` is the prompt's position within its category (it rotates the factorial design's types)."""
+    if cfg.design == "factorial" and split == "train":
+        geometry = ["none", *_rotated(cfg.geometry, cfg.factorial_geometry, index)]
+        texture = ["none", *_rotated(cfg.texture, cfg.factorial_texture, index)]
+        return [(g, t) for g in geometry for t in texture]
     plan = [("none", "none")]
     plan += [(g, "none") for g in cfg.geometry]
     plan += [("none", t) for t in cfg.texture]
@@ -128,7 +164,7 @@ def candidate_plan(cfg: DemoConfig, spec_seed: int) -> list[tuple[str, str]]:
 def iter_candidates(cfg: DemoConfig) -> Iterator[tuple[str, str, Candidate]]:
     """``(prompt_id, split, candidate)`` for the whole data set."""
     for prompt_id, spec, split in prompt_specs(cfg):
-        for j, (g, t) in enumerate(candidate_plan(cfg, spec.seed)):
+        for j, (g, t) in enumerate(candidate_plan(cfg, spec.seed, split, int(prompt_id.rsplit("-", 1)[1]))):
             name = "+".join(n for n in (g, t) if n != "none") or "clean"
             yield prompt_id, split, make_candidate(spec, g, t, _rng(spec.seed, 5, j), f"{prompt_id}-{name}")
 
@@ -146,7 +182,7 @@ def generate(cfg: DemoConfig, out_dir: str | Path, progress: Callable[[int, int]
     for old in mesh_dir.glob("*.glb"):
         old.unlink()
     specs = prompt_specs(cfg)
-    total = len(specs) * len(candidate_plan(cfg, 0))
+    total = sum(len(candidate_plan(cfg, spec.seed, split, int(pid.rsplit("-", 1)[1]))) for pid, spec, split in specs)
     items, cands = [], []
     for n, (prompt_id, split, cand) in enumerate(iter_candidates(cfg)):
         data = glb_bytes(cand.mesh)
