@@ -10,6 +10,13 @@ agreement and flag per learned term) and ``rl/`` (``reward_curve.png``, the befo
 prompts marked, and ``audit/step-N.png``: the guard's audit grids). The policy's samples written as
 candidates (``rl.candidates``) are in ``data/rl/candidates/`` (a ``generate.source: own`` folder), the
 audits' meshes and pairs in ``data/rl/audit/step-N/``.
+
+Stage ``rl_penalised`` (``python -m pipelines.rl penalised``) runs the same ``rl`` params again from the
+same warm-started policy (``data/rl/init_policy``) with every learned (scorer) term's reward replaced by
+``mean - k * std`` over its ensemble members (``rl_penalised.uncertainty_penalty``: k), into
+``data/rl_penalised/`` and ``reports/rl_penalised*``. Its ``compare.csv`` + ``compare.png`` put the two arms
+side by side per prompt: R_high, the IoU anchor and the scorer term before RL, after the plain run and after
+the penalised one, and which learned terms the guard flagged in each arm.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ RL_DIR = Path("data/rl")  # rl: init_policy/, checkpoints/, policy/, metrics.*, 
 RL_REPORT = REPORTS_DIR / "rl.json"
 RL_CURVE = REPORTS_DIR / "rl_rewards.csv"
 RL_PLOTS = REPORTS_DIR / "rl"
+# the uncertainty-penalised arm (stage rl_penalised)
+PEN_DIR = Path("data/rl_penalised")
+PEN_REPORT = REPORTS_DIR / "rl_penalised.json"
+PEN_CURVE = REPORTS_DIR / "rl_penalised_rewards.csv"
+PEN_PLOTS = REPORTS_DIR / "rl_penalised"
 
 # Columns of the reward curve DVC plots (the full per-term log stays in data/rl/metrics.csv).
 CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std")
@@ -138,59 +150,166 @@ def progress_to_stdout() -> None:
     log_progress(sys.stdout, "  %(message)s")
 
 
-def main() -> None:
-    chdir_root()
-    p = dict(params("rl"))
-    if "output_dir" in p:
-        raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
+def penalised_params(p: dict, k: float) -> dict:
+    """``p`` (the ``rl`` params) with ``uncertainty_penalty: k`` on every learned (scorer) reward term."""
+    if k < 0:
+        raise SystemExit(f"params.yaml rl_penalised.uncertainty_penalty must be >= 0, got {k}")
+    out = dict(p)
+    learned = 0
+    for key in ("rewards_high", "rewards_low"):
+        terms = []
+        for t in p.get(key) or []:
+            t = dict(t)
+            if t.get("scorer"):
+                t["uncertainty_penalty"] = k
+                learned += 1
+            terms.append(t)
+        out[key] = terms
+    if not learned:
+        raise SystemExit("params.yaml rl: no reward term has a scorer, so rl_penalised has nothing to penalise")
+    return out
+
+
+def compare_rows(before: dict, plain: dict, penalised: dict, guard_plain: dict | None, guard_pen: dict | None,
+                 ) -> list[dict]:
+    """Per evaluation prompt: R_high and every R_high term before RL, after the plain arm and after the
+    penalised arm (fixed-seed evaluations), and the learned terms the guard flagged in each arm."""
+    plain_rows = {r["prompt"]: r for r in prompt_rows(before, plain, guard_plain)}
+    pen_rows = {r["prompt"]: r for r in prompt_rows(before, penalised, guard_pen)}
+    rows = []
+    for prompt, a in plain_rows.items():
+        b = pen_rows.get(prompt)
+        if b is None:
+            continue
+        row: dict = {"prompt": prompt}
+        for k in [c[: -len("_before")] for c in a if c.endswith("_before")]:
+            row[f"{k}_before"] = a[f"{k}_before"]
+            row[f"{k}_plain"] = a.get(f"{k}_after")
+            row[f"{k}_penalised"] = b.get(f"{k}_after")
+        row["guard_flagged_plain"] = a["guard_flagged"]
+        row["guard_flagged_penalised"] = b["guard_flagged"]
+        rows.append(row)
+    return rows
+
+
+def plot_compare(rows: list[dict], path: Path, k: float) -> None:
+    """One panel per quantity: before / after plain RL / after penalised RL, per prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not rows:
+        return
+    keys = [c[: -len("_before")] for c in rows[0] if c.endswith("_before")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys) + 1.2, 0.55 * len(rows) + 1.5), squeeze=False)
+    y = np.arange(len(rows))
+    arms = (("before", "before RL", "#9aa5b1"), ("plain", "after RL", "#1f77b4"),
+            ("penalised", f"after RL, penalised (k={k:g})", "#e8590c"))
+    for ax, key in zip(axes[0], keys):
+        for j, (arm, label, colour) in enumerate(arms):
+            ax.barh(y + (j - 1) * 0.27, [r.get(f"{key}_{arm}") or 0.0 for r in rows], height=0.27, label=label,
+                    color=colour)
+        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else "R_high", fontsize=9)
+        ax.set_yticks(y)
+        ax.set_yticklabels([r["prompt"] for r in rows] if ax is axes[0][0] else [], fontsize=8)
+        ax.axvline(0, color="0.5", lw=0.6)
+        ax.invert_yaxis()
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run_arm(p: dict, out_dir: Path, report_path: Path, curve_path: Path, plots_dir: Path, name: str) -> dict:
+    """One Hi-GRPO run of the params ``p`` into ``out_dir`` and its reports; returns the trainer's summary."""
     from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
-    progress_to_stdout()
-    p["output_dir"] = str(RL_DIR)
+    p = dict(p)
+    p["output_dir"] = str(out_dir)
     cfg = HiGRPOConfig.from_dict(p)
-    if RL_DIR.exists():
-        shutil.rmtree(RL_DIR)  # a DVC out is rebuilt from scratch (resume is for interactive `rewardkit rl`)
-    with step("rl"):
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a DVC out is rebuilt from scratch (resume is for interactive `rewardkit rl`)
+    with step(name):
         trainer = HiGRPOTrainer(cfg)
         summary = trainer.train(resume=False)
         records = list(trainer.records)
     rep = report(summary)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    RL_REPORT.write_text(json.dumps(rep, indent=2) + "\n")
-    with open(RL_CURVE, "w", newline="") as f:
+    report_path.write_text(json.dumps(rep, indent=2) + "\n")
+    with open(curve_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=curve_columns(records))
         w.writeheader()
         w.writerows(curve_rows(records))
-    if RL_PLOTS.exists():
-        shutil.rmtree(RL_PLOTS)
-    RL_PLOTS.mkdir(parents=True)
-    for src, dst in ((RL_DIR / "reward_curve.png", "reward_curve.png"),
-                     (RL_DIR / "samples_before" / "renders.png", "samples_before.png"),
-                     (RL_DIR / "samples_after" / "renders.png", "samples_after.png")):
+    if plots_dir.exists():
+        shutil.rmtree(plots_dir)
+    plots_dir.mkdir(parents=True)
+    for src, dst in ((out_dir / "reward_curve.png", "reward_curve.png"),
+                     (out_dir / "samples_before" / "renders.png", "samples_before.png"),
+                     (out_dir / "samples_after" / "renders.png", "samples_after.png")):
         if src.exists():
-            shutil.copy2(src, RL_PLOTS / dst)
-    for grid in sorted((RL_DIR / "audit").glob("step-*/grid.png")):
-        (RL_PLOTS / "audit").mkdir(exist_ok=True)
-        shutil.copy2(grid, RL_PLOTS / "audit" / f"{grid.parent.name}.png")
-    samples = [RL_DIR / w / "samples.json" for w in ("samples_before", "samples_after")]
+            shutil.copy2(src, plots_dir / dst)
+    for grid in sorted((out_dir / "audit").glob("step-*/grid.png")):
+        (plots_dir / "audit").mkdir(exist_ok=True)
+        shutil.copy2(grid, plots_dir / "audit" / f"{grid.parent.name}.png")
+    samples = [out_dir / w / "samples.json" for w in ("samples_before", "samples_after")]
     if all(f.exists() for f in samples):
         rows = prompt_rows(*(json.loads(f.read_text()) for f in samples), summary.get("guard"))
         if rows:
-            cols: list[str] = []
-            for r in rows:
-                cols += [c for c in r if c not in cols]
-            with open(RL_PLOTS / "prompts.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=cols)
-                w.writeheader()
-                w.writerows(rows)
-            plot_prompts(rows, RL_PLOTS / "prompts.png")
+            write_csv(rows, plots_dir / "prompts.csv")
+            plot_prompts(rows, plots_dir / "prompts.png")
     for term, g in rep["guard"].items():
         if g["flagged_steps"]:
             print(f"  guard: {term} rose while its anchors fell on {g['flagged_steps']} step(s), prompts {g['flagged_prompts']}")
     line = reward_line(rep)
     if line:
         print(f"  {line}")
-    print(f"  policy in {RL_DIR / 'policy'}/, reward curve and before/after renders in {RL_PLOTS}/")
+    print(f"  policy in {out_dir / 'policy'}/, reward curve and before/after renders in {plots_dir}/")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["penalised"]):
+        raise SystemExit("usage: python -m pipelines.rl [penalised]")
+    chdir_root()
+    p = dict(params("rl"))
+    if "output_dir" in p:
+        raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
+    progress_to_stdout()
+    if not argv:
+        run_arm(p, RL_DIR, RL_REPORT, RL_CURVE, RL_PLOTS, "rl")
+        return
+    k = float((params("rl_penalised") or {}).get("uncertainty_penalty", 1.0))
+    init = RL_DIR / "init_policy"
+    if not (init / "config.json").is_file():
+        raise SystemExit(f"rl_penalised starts from the rl stage's {init}/ and it is missing: run `dvc repro rl` first")
+    p = penalised_params(p, k)
+    p["policy_path"] = str(init)  # the same warm-started policy as the plain arm
+    summary = run_arm(p, PEN_DIR, PEN_REPORT, PEN_CURVE, PEN_PLOTS, "rl_penalised")
+    samples = [RL_DIR / "samples_before/samples.json", RL_DIR / "samples_after/samples.json",
+               PEN_DIR / "samples_after/samples.json"]
+    if all(f.exists() for f in samples):
+        plain_guard = (json.loads(RL_REPORT.read_text()).get("guard") if RL_REPORT.exists() else None) or {}
+        rows = compare_rows(*(json.loads(f.read_text()) for f in samples),
+                            {t: {"flagged_prompts": g["flagged_prompts"]} for t, g in plain_guard.items()},
+                            summary.get("guard"))
+        write_csv(rows, PEN_PLOTS / "compare.csv")
+        plot_compare(rows, PEN_PLOTS / "compare.png", k)
+        print(f"  per prompt, before / after plain / after penalised: {PEN_PLOTS / 'compare.csv'} (+ .png)")
 
 
 if __name__ == "__main__":

@@ -19,3 +19,36 @@ def test_reward_curve_has_heldout_columns_only_when_evaluated():
     assert curve_columns(held)[-2:] == ["heldout/r_high", "heldout/r_low"]
     rows = curve_rows(held)
     assert rows[0]["heldout/r_high"] is None and rows[1]["heldout/r_high"] == 0.25
+
+
+def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_path):
+    """Stage rl_penalised: the rl params with uncertainty_penalty on the scorer terms only; its comparison
+    puts before / after plain / after penalised side by side per prompt with each arm's guard flags."""
+    import pytest
+
+    from pipelines.rl import compare_rows, penalised_params, plot_compare
+
+    p = {"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}, {"name": "g", "scorer": "data/scorers"}],
+         "rewards_low": [{"name": "f1", "builtin": "surface_f1"}, {"name": "l", "scorer": "data/scorers"}], "steps": 3}
+    out = penalised_params(p, 2.0)
+    assert [t.get("uncertainty_penalty") for t in out["rewards_high"] + out["rewards_low"]] == [None, 2.0, None, 2.0]
+    assert "uncertainty_penalty" not in p["rewards_high"][1]  # the rl params themselves are untouched
+    with pytest.raises(SystemExit, match="no reward term has a scorer"):
+        penalised_params({"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}]}, 1.0)
+    with pytest.raises(SystemExit, match=">= 0"):
+        penalised_params(p, -1.0)
+
+    def ev(iou: float, g: float) -> dict:
+        return {"per_prompt": [{"prompt": "a tall cylinder", "r_high": iou + 0.5 * g, "high/shape_iou": iou,
+                                "high/global_scorer": g, "high/global_scorer_uncertainty": 0.3},
+                               {"prompt": "a cube", "r_high": 0.7, "high/shape_iou": 0.6, "high/global_scorer": 0.2}]}
+
+    before, plain, pen = ev(0.5, -1.0), ev(0.14, -0.1), ev(0.45, -0.8)
+    rows = compare_rows(before, plain, pen, {"high/global_scorer": {"flagged_prompts": ["a tall cylinder"]}}, {})
+    cyl = next(r for r in rows if r["prompt"] == "a tall cylinder")
+    assert (cyl["high/shape_iou_before"], cyl["high/shape_iou_plain"], cyl["high/shape_iou_penalised"]) == (0.5, 0.14, 0.45)
+    assert cyl["high/global_scorer_plain"] == -0.1 and cyl["high/global_scorer_penalised"] == -0.8
+    assert cyl["guard_flagged_plain"] == "high/global_scorer" and cyl["guard_flagged_penalised"] == ""
+    assert not any(k.endswith("_uncertainty_before") for k in cyl)
+    plot_compare(rows, tmp_path / "compare.png", 1.0)
+    assert (tmp_path / "compare.png").stat().st_size > 5000
