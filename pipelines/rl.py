@@ -211,15 +211,17 @@ def plot_compare(rows: list[dict], path: Path, k: float) -> None:
         for j, (arm, label, colour) in enumerate(arms):
             ax.barh(y + (j - 1) * 0.27, [r.get(f"{key}_{arm}") or 0.0 for r in rows], height=0.27, label=label,
                     color=colour)
-        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else "R_high", fontsize=9)
+        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else "R_high (each arm's own objective)",
+                     fontsize=9)
         ax.set_yticks(y)
         ax.set_yticklabels([r["prompt"] for r in rows] if ax is axes[0][0] else [], fontsize=8)
         ax.axvline(0, color="0.5", lw=0.6)
         ax.invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(arms), fontsize=8, frameon=False)
     fig.suptitle("Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
