@@ -10,7 +10,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rewardkit.data.active import ActiveConfig, all_pool_pairs, fit_temperature, pair_predictions, select_pairs
+from rewardkit.data.active import (
+    ActiveConfig,
+    all_pool_pairs,
+    fit_temperature,
+    indistinguishable,
+    pair_predictions,
+    select_pairs,
+)
 
 
 def _pool(n_prompts=6, n_items=5):
@@ -67,6 +74,32 @@ def test_exposure_balance_spreads_ties_over_items():
         ActiveConfig(random_fraction=0.8, disagreement_fraction=0.5)
     with pytest.raises(ValueError, match="predictions"):
         select_pairs(pool, p[:-1], None, ActiveConfig())
+
+
+def test_criteria_skip_pairs_the_scorers_cannot_tell_apart():
+    # items 0-2 of each prompt share their stage input (as texture-only variants do for the global stage):
+    # every member scores them alike, so their pairs sit at exactly p = 0.5 with no disagreement
+    items, pool = _pool(n_prompts=4, n_items=6)
+    rng = np.random.default_rng(2)
+    members = rng.normal(0, 2, (3, items.height))
+    for p in range(4):
+        members[:, 6 * p + 1] = members[:, 6 * p + 2] = members[:, 6 * p] + 1e-9
+    index = {x: i for i, x in enumerate(items["item_id"])}
+    same = indistinguishable(pool, members, index)
+    twins = {f"p{p}-i{i}" for p in range(4) for i in range(3)}
+    assert same.tolist() == [a in twins and b in twins for a, b in zip(pool["item_a"], pool["item_b"])]
+    assert same.sum() == 4 * 3
+    p, dis = pair_predictions(pool, members, index, 1.0)
+    cfg = ActiveConfig(k=12, random_fraction=0.0, disagreement_fraction=0.25, per_prompt_cap=6)
+    naive = select_pairs(pool, p, dis, cfg)
+    assert (naive["p_a"] == 0.5).sum() >= 4  # without the flag, uncertainty goes for them first
+    sel = select_pairs(pool, p, dis, cfg, skip=same)
+    assert sel.height == 12 and not set(sel["pair_id"]) & set(pool.filter(pl.Series(same))["pair_id"])
+    # the random part still draws from the whole pool
+    rand = select_pairs(pool, p, dis, ActiveConfig(k=pool.height, random_fraction=1.0, disagreement_fraction=0.0, per_prompt_cap=100), skip=same)
+    assert rand.height == pool.height
+    with pytest.raises(ValueError, match="skip flags"):
+        select_pairs(pool, p, dis, cfg, skip=same[:-1])
 
 
 def test_without_members_disagreement_falls_back_to_uncertainty():

@@ -10,6 +10,13 @@ preference under the current scorer, :func:`select_pairs` picks K pairs in three
 - ``disagreement`` (with an ensemble): the pairs whose members disagree most on the preference, measured
   as the std over members of each member's ``P(a > b)``; its share is ``disagreement_fraction``.
 
+The two criteria skip **pairs the current scorers cannot tell apart at all** (:func:`indistinguishable`:
+every member gives both items the same reward, because the stage's input is the same for both, e.g. two
+candidates that differ only in texture for the global stage, which reads geometry renders). Their
+probability is exactly 0.5 and their disagreement 0, so uncertainty sampling would pick them first, yet
+the stage's answer to them is a tie by construction and teaches it nothing. The random part may still draw
+them (it estimates accuracy on the pool as it is).
+
 Every part respects a per-prompt cap (``per_prompt_cap`` selected pairs per prompt), balances exposure
 (among equally good pairs, those whose items have been shown least, counting the labelled pairs, win:
 the criterion is penalised by ``exposure_weight`` per earlier appearance), never returns a pair that is
@@ -107,15 +114,31 @@ def pair_predictions(pool: pl.DataFrame, member_rewards: np.ndarray, item_index:
     return p_mean, disagreement
 
 
+def indistinguishable(pool: pl.DataFrame, member_rewards: np.ndarray, item_index: dict[str, int],
+                      rtol: float = 1e-6) -> np.ndarray:
+    """Per pool pair: True where every member gives both items the same reward (within ``rtol`` of the
+    rewards' scale), i.e. the scorers see the same input for both: a pair the criteria of
+    :func:`select_pairs` skip."""
+    r = np.atleast_2d(np.asarray(member_rewards, dtype=np.float64))
+    ia = np.array([item_index[x] for x in pool["item_a"]], dtype=np.int64)
+    ib = np.array([item_index[x] for x in pool["item_b"]], dtype=np.int64)
+    scale = max(1.0, float(np.abs(r).max())) if r.size else 1.0
+    return np.abs(r[:, ia] - r[:, ib]).max(0) <= rtol * scale if len(ia) else np.zeros(0, dtype=bool)
+
+
 def select_pairs(pool: pl.DataFrame, p_a: Sequence[float], disagreement: Sequence[float] | None,
-                 cfg: ActiveConfig, *, labelled: pl.DataFrame | Iterable[str] | None = None) -> pl.DataFrame:
+                 cfg: ActiveConfig, *, labelled: pl.DataFrame | Iterable[str] | None = None,
+                 skip: Sequence[bool] | None = None) -> pl.DataFrame:
     """The K selected pairs of ``pool`` (its columns plus ``selected_by``: random | uncertainty |
     disagreement, ``p_a`` and ``disagreement``), in selection order. ``labelled``: a pairs table (its
-    ``pair_id`` s and item exposure count) or pair ids that must not be selected again."""
+    ``pair_id`` s and item exposure count) or pair ids that must not be selected again. ``skip``: per pool
+    pair, True where the criteria must not pick it (:func:`indistinguishable`); the random part ignores it."""
     p_a = np.asarray(p_a, dtype=np.float64)
     dis = np.zeros(len(p_a)) if disagreement is None else np.asarray(disagreement, dtype=np.float64)
-    if len(p_a) != pool.height or len(dis) != pool.height:
-        raise ValueError(f"{len(p_a)} predictions / {len(dis)} disagreements for a pool of {pool.height} pairs")
+    no_crit = np.zeros(len(p_a), dtype=bool) if skip is None else np.asarray(skip, dtype=bool)
+    if len(p_a) != pool.height or len(dis) != pool.height or len(no_crit) != pool.height:
+        raise ValueError(f"{len(p_a)} predictions / {len(dis)} disagreements / {len(no_crit)} skip flags for a pool "
+                         f"of {pool.height} pairs")
     exposure: dict[str, int] = {}
     done: set[str] = set()
     if isinstance(labelled, pl.DataFrame):
@@ -168,7 +191,7 @@ def select_pairs(pool: pl.DataFrame, p_a: Sequence[float], disagreement: Sequenc
     for why, n, base in (("disagreement", n_dis, -dis), ("uncertainty", n_unc, np.abs(p_a - 0.5))):
         for _ in range(n):
             cost = np.array([base[i] + cfg.exposure_weight * (exposure.get(a_items[i], 0) + exposure.get(b_items[i], 0))
-                             + tiebreak[i] if eligible(i) else np.inf for i in range(len(pids))])
+                             + tiebreak[i] if eligible(i) and not no_crit[i] else np.inf for i in range(len(pids))])
             if not np.isfinite(cost).any():
                 break
             take(int(np.argmin(cost)), why)
@@ -179,4 +202,5 @@ def select_pairs(pool: pl.DataFrame, p_a: Sequence[float], disagreement: Sequenc
                             pl.Series("disagreement", [float(dis[i]) for i in idx], dtype=pl.Float64))
 
 
-__all__ = ["ActiveConfig", "all_pool_pairs", "fit_temperature", "pair_predictions", "select_pairs", "sigmoid"]
+__all__ = ["ActiveConfig", "all_pool_pairs", "fit_temperature", "indistinguishable", "pair_predictions", "select_pairs",
+           "sigmoid"]

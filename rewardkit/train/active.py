@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rewardkit.data.active import ActiveConfig, all_pool_pairs, fit_temperature, pair_predictions, select_pairs
+from rewardkit.data.active import (ActiveConfig, all_pool_pairs, fit_temperature, indistinguishable, pair_predictions,
+                                   select_pairs)
 from rewardkit.data.tables import read_items, read_pairs, read_preferences
 from rewardkit.models.losses import LABEL_TARGETS
 
@@ -70,9 +71,11 @@ def select_next_pairs(scorer: Any, stage: str, items: pl.DataFrame | str | Path,
             temperature = fit_temperature(d, [LABEL_TARGETS[x] for x in rows["label"]])
             n_cal = rows.height
     p_a, dis = pair_predictions(pool_df, rewards, index, temperature)
-    selected = select_pairs(pool_df, p_a, dis if rewards.shape[0] > 1 else None, cfg, labelled=lab)
+    same = indistinguishable(pool_df, rewards, index)
+    selected = select_pairs(pool_df, p_a, dis if rewards.shape[0] > 1 else None, cfg, labelled=lab, skip=same)
     summary = {"stage": stage, "members": int(rewards.shape[0]), "temperature": temperature,
-               "calibration_pairs": n_cal, "pool": pool_df.height, "selected": selected.height,
+               "calibration_pairs": n_cal, "pool": pool_df.height,
+               "indistinguishable": int(same.sum()), "selected": selected.height,
                "by": {k: int(v) for k, v in selected.group_by("selected_by").len().iter_rows()} if selected.height else {},
                "mean_abs_p_minus_half": float(np.abs(selected["p_a"].to_numpy() - 0.5).mean()) if selected.height else None}
     return selected, summary
