@@ -19,10 +19,15 @@ measures the ensemble mean's held-out pairwise accuracy. ``active`` picks the ne
 :func:`rewardkit.data.active.select_pairs` (calibrated BT uncertainty, ensemble disagreement, 20 %
 random); ``random`` draws K uniformly from the unlabelled pool.
 
-Caveat (read the numbers with it): the frozen tower is the demo model's, which was trained on the demo's
-own 480 labelled training pairs; both strategies share it, so the comparison between them is fair, but the
-features already encode what those labels taught, and absolute accuracies are higher than a head on an
-untrained tower would reach.
+``--tower`` picks the frozen image tower whose view features the heads read:
+
+- ``pretrained`` (the fair test): a fresh ``rk-effnet-lite0`` with the ImageNet trunk of the
+  ``efficientnet-lite0`` wheel and a seeded random projection; it has seen none of the demo's labels, so
+  every label the heads learn from is one the strategy chose.
+- ``trained``: the demo model's own tower (``data/models/<stage>/model``). It was trained on the demo's
+  labelled training pairs; both strategies share it, so the comparison between them is fair, but its
+  features already encode what those labels taught, and a head on them learns the direction from a few
+  dozen labels whichever pairs they are.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rewardkit.data.active import ActiveConfig, all_pool_pairs, fit_temperature, pair_predictions, select_pairs  # noqa: E402
+from rewardkit.data.active import (  # noqa: E402
+    ActiveConfig,
+    all_pool_pairs,
+    fit_temperature,
+    indistinguishable,
+    pair_predictions,
+    select_pairs,
+)
 from rewardkit.data.candidates import read_candidates  # noqa: E402
 from rewardkit.data.tables import read_items  # noqa: E402
 from rewardkit.demo.annotator import label_pairs  # noqa: E402
@@ -64,6 +76,8 @@ def main() -> None:
     ap.add_argument("--csv", default="reports/label_efficiency.csv")
     ap.add_argument("--plot", default="docs/figures/label_efficiency.png")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tower", default="pretrained", choices=["pretrained", "trained"],
+                    help="pretrained: ImageNet trunk + random projection, no label seen; trained: the demo model's")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -71,9 +85,16 @@ def main() -> None:
     items = read_items(data / "items.parquet")
     cands = read_candidates(data / "candidates" / "candidates.parquet")
     split = dict(zip(cands["item_id"], cands["split"]))
-    model = StageRewardModel.from_pretrained(data / "models" / a.stage / "model")
-    tc = json.loads((data / "models" / a.stage / "train_config.json").read_text())
-    feats = HeadFeatures(model, ViewCache(model.modes, int(tc.get("image_size") or model.image_size), tc.get("views")))
+    if a.tower == "trained":
+        model = StageRewardModel.from_pretrained(data / "models" / a.stage / "model")
+        tc = json.loads((data / "models" / a.stage / "train_config.json").read_text())
+        size, views = int(tc.get("image_size") or model.load_size), tc.get("views")
+    else:
+        torch.manual_seed(0)  # the random projection of the trunk's pooled features
+        model = StageRewardModel({"stage": a.stage, "use_alignment": False,
+                                  "backbone": {"name": "rk-effnet-lite0", "pretrained": "efficientnet-lite0"}})
+        size, views = model.load_size, None
+    feats = HeadFeatures(model, ViewCache(model.modes, size, views))
     dir_of = {i: str(resolve_render_dir(d, None, data / "items.parquet")) for i, d in zip(items["item_id"], items["render_dir"])}
     prompt_of = dict(zip(items["item_id"], items["prompt"]))
     feats.add_dirs(list(dir_of.values()))
@@ -143,7 +164,7 @@ def main() -> None:
                                            [LABEL_TARGETS[x] for x in lab["label"]])
                     p, dis = pair_predictions(pool, r, pool_index, temp)
                     sel = select_pairs(pool, p, dis, ActiveConfig(k=a.k, seed=100 * seed + rnd, per_prompt_cap=4),
-                                       labelled=labelled)
+                                       labelled=labelled, skip=indistinguishable(pool, r, pool_index))
                     new = sel.select(pool.columns)
                 labels = pl.concat([labels, label_pairs(new, cands, noise=a.noise, seed=10_000 * seed + rnd + 1,
                                                         questions=(a.stage,))])
@@ -166,7 +187,7 @@ def main() -> None:
         if m < target - 1e-9:
             break
         needed = int(n)
-    summary = {"stage": a.stage, "random_final_labels": int(rand["labels"].max()), "random_final_accuracy": target,
+    summary = {"stage": a.stage, "tower": a.tower, "random_final_labels": int(rand["labels"].max()), "random_final_accuracy": target,
                "random_best_accuracy": float(rand["mean"].max()), "active_best_accuracy": float(act["mean"].max()),
                "active_final_accuracy": float(act.filter(pl.col("labels") == act["labels"].max())["mean"][0]),
                "active_labels_to_reach_and_keep_random_final": needed,
@@ -186,7 +207,7 @@ def main() -> None:
     ax.axhline(target, color="tab:gray", ls=":", lw=1, label=f"random's final accuracy ({target:.3f})")
     ax.set_xlabel("labelled pairs")
     ax.set_ylabel(f"held-out pairwise accuracy ({a.stage})")
-    ax.set_title(f"Label efficiency, {a.stage} stage: active vs random selection")
+    ax.set_title(f"Label efficiency, {a.stage} stage ({a.tower} tower): active vs random", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
