@@ -38,9 +38,9 @@ SMALL_PARAMS = {
         # CI run can spend on a 2-core CPU; the default params.yaml run includes and reports them
         "geometry": ["vertex_noise", "missing_part", "extra_part", "wrong_proportions"],
         "texture": ["texture_noise", "blur", "texture_removed"],
-        "mixed": 1, "seed": 0,
+        "mixed": 1, "design": "factorial", "factorial": {"geometry": 2, "texture": 2}, "seed": 0,
     },
-    "render": {"protocol": "30:20,150:20,270:20", "size": 64, "modes": ["rgb", "geometry"], "workers": 2},
+    "render": {"protocol": "30:20,150:20,270:20", "size": 128, "modes": ["rgb", "geometry"], "workers": 2},
     "pairs": {"strategy": "k_per_prompt", "k": 7, "seed": 0, "splits": ["train"],
               "active": {"previous": "data/previous_round", "stage": "global", "k": 30, "random_fraction": 0.2,
                          "disagreement_fraction": 0.3, "per_prompt_cap": 2, "exposure_weight": 0.02, "seed": 0}},
@@ -49,11 +49,13 @@ SMALL_PARAMS = {
                                 "resolution": 8, "margin": 0.05}},
     "train": {
         "include_previous": True,
-        "common": {
-            "model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": False},
-            "batch_size": 16, "max_epochs": 6, "lr": 0.0005, "val_fraction": 0.2, "seed": 0,
+        "common": {  # the demo's pretrained, frozen EfficientNet-Lite0 trunk on cached view features
+            "model": {"backbone": {"name": "rk-effnet-lite0", "pretrained": "efficientnet-lite0"},
+                      "unlocked_image_blocks": 0, "train_image_head": True, "lock_text": False},
+            "feature_cache": True, "num_threads": 1,
+            "batch_size": 16, "max_epochs": 8, "lr": 0.001, "val_fraction": 0.2, "seed": 0,
         },
-        "global": {"model": {"backbone": {"name": "rk-tiny-rn", "pretrained": None}}},
+        "global": {},
         "local": {},
     },
     "export": {"name": "rewardkit-demo-small", "ensemble": {"members": 3, "bootstrap": True, "seed": 0, "epochs": 10,
@@ -76,6 +78,7 @@ SMALL_PARAMS = {
         "warm_start": {"enabled": True, "arch": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                        "steps": 60, "batch_size": 16, "lr": 0.003, "max_shift": 1},
     },
+    "rl_penalised": {"uncertainty_penalty": 1.0},
     # the policy before vs after RL on held-out prompts, random-init extractors (labelled so in the report)
     "eval_gen": {
         "prompts": [{"prompt": "a small cube", "shape": "cube", "category": "spatial_structural_geometry"},
@@ -89,9 +92,10 @@ SMALL_PARAMS = {
     },
 }
 
-N_CANDIDATES = 1 + 4 + 3 + 1  # clean + geometry + texture + mixed
-N_PROMPTS = 6 * (8 + 2)
-STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl", "eval_gen"]
+N_CANDIDATES = {"train": 3 * 3, "holdout": 1 + 4 + 3 + 1}  # factorial; single: clean + geometry + texture + mixed
+N_PROMPTS = {"train": 6 * 8, "holdout": 6 * 2}
+STAGES = ["generate", "render", "pairs", "label", "train_global", "train_local", "export", "evaluate", "rl", "rl_penalised",
+          "eval_gen"]
 
 
 def git(args: list[str], cwd: Path) -> str:
@@ -148,6 +152,7 @@ def clone_env(ws: Path) -> dict[str, str]:
     path = [p for p in e.get("PATH", "").split(os.pathsep) if p and Path(p) not in (outer_bin, ROOT / ".venv/bin")]
     e["PATH"] = os.pathsep.join([str(ws / ".venv" / "bin"), *path])
     e["DVC_NO_ANALYTICS"] = "1"
+    e["REWARDKIT_FEATURE_CACHE"] = str(ws.parent / "view-features")  # not the user's ~/.cache
     for who in ("AUTHOR", "COMMITTER"):
         e.setdefault(f"GIT_{who}_NAME", "rewardkit-test")
         e.setdefault(f"GIT_{who}_EMAIL", "test@example.invalid")
@@ -227,7 +232,7 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
     from rewardkit.data.tables import read_items, read_pairs, read_preferences
 
     items = read_items(ws / "data/items.parquet")
-    assert items.height == N_PROMPTS * N_CANDIDATES
+    assert items.height == sum(N_PROMPTS[s] * N_CANDIDATES[s] for s in N_PROMPTS)
     for row in items.iter_rows(named=True):
         assert (ws / row["mesh_path"]).is_file()
         assert (ws / row["render_dir"] / "meta.json").is_file()
@@ -264,6 +269,14 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
     assert curve[0].startswith("step,r_high,r_low") and len(curve) == 1 + rl["steps"]
     for name in ("reward_curve.png", "samples_before.png", "samples_after.png"):
         assert (ws / "reports/rl" / name).stat().st_size > 1000, name
+    # rl_penalised: the same run from the same policy with mean - k * std scorer terms, compared per prompt
+    pen = [json.loads(line) for line in (ws / "data/rl_penalised/metrics.jsonl").read_text().splitlines()]
+    assert len(pen) == rl["steps"] and all(r["high/global_scorer_uncertainty"] >= 0 for r in pen), pen[0]
+    assert (ws / "data/rl_penalised/init_policy").exists() is False  # started from data/rl/init_policy
+    compare = (ws / "reports/rl_penalised/compare.csv").read_text().splitlines()
+    assert compare[0].startswith("prompt,r_high_before,r_high_plain,r_high_penalised")
+    assert {line.split(",")[0] for line in compare[1:]} == set(rl["prompts"])
+    assert (ws / "reports/rl_penalised/compare.png").stat().st_size > 5000
     # eval_gen: both policies scored on the held-out prompts, per category, random-init extractors labelled
     eg, ev = json.loads((ws / "reports/eval_gen.json").read_text()), SMALL_PARAMS["eval_gen"]
     assert eg["random_init_extractors"] is True and len(eg["labels"]) == 3
@@ -293,10 +306,9 @@ def test_exported_scorers_rank_clean_above_degradations_on_heldout_prompts(pipel
     assert m["holdout_prompts"] == 12
     for stage in ("global", "local"):
         r = m[stage]
-        # The issue asks for >= 0.9. Measured on this data (12 held-out prompts, 48-60 comparisons per stage):
-        # global 0.92, local 0.875 (blur and texture noise of the finer patterns are barely resolved at 64 px by
-        # the tiny ViT); the bar here is what the CI-sized run reliably reaches, not the target.
-        assert r["holdout_owned_accuracy"] >= 0.85, (stage, r)
+        # issues 7 and 17: >= 0.90 on the held-out prompts' own degradations. Measured with these params: seed 0
+        # global 0.967 / local 0.958, seed 1 (every seed of the params set to 1) 0.983 / 0.958 (docs/reward-models.md)
+        assert r["holdout_owned_accuracy"] >= 0.90, (stage, r)
         assert abs(r["holdout_other_accuracy"] - 0.5) <= 0.2, (stage, r)  # near chance
         for key in ("val_accuracy", "val_tie_band_accuracy", "val_ece", "disentanglement"):
             assert r[key] is not None, (stage, key)
@@ -376,15 +388,15 @@ def test_a_training_param_reruns_training_onwards(pipeline_run):
         set_params(ws, lambda p: p["train"]["common"].update(lr=0.0004))
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
         assert stages_run(p.stdout + p.stderr) == ["train_global", "train_local", "export", "evaluate", "rl",
-                                                   "eval_gen"]
+                                                   "rl_penalised", "eval_gen"]
         git(["checkout", "params.yaml"], ws)
         set_params(ws, lambda p: p["train"].update(local={"max_epochs": 3}))
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
-        assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl", "eval_gen"]
+        assert stages_run(p.stdout + p.stderr) == ["train_local", "export", "evaluate", "rl", "rl_penalised", "eval_gen"]
         git(["checkout", "params.yaml"], ws)
         set_params(ws, lambda p: p["rl"].update(steps=4))  # an RL parameter re-runs rl and its evaluation
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
-        assert stages_run(p.stdout + p.stderr) == ["rl", "eval_gen"]
+        assert stages_run(p.stdout + p.stderr) == ["rl", "rl_penalised", "eval_gen"]
         git(["checkout", "params.yaml"], ws)
         set_params(ws, lambda p: p["eval_gen"].update(samples_per_prompt=2))  # only the evaluation
         p = in_clone(ws, dvc_cmd(ws, *DRY_RUN))
@@ -411,15 +423,15 @@ def test_a_code_edit_reruns_the_stages_that_run_that_code(pipeline_run):
     # `pairs` runs the scoring and training code (pairs.strategy active scores the pool with round r's scorers),
     # so an edit there re-runs pairs (and, downstream, label) too
     assert after_edit("rewardkit/train/module.py", *DRY_RUN) == ["pairs", "label", "train_global", "train_local",
-                                                                  "export", "evaluate", "rl", "eval_gen"]
+                                                                  "export", "evaluate", "rl", "rl_penalised", "eval_gen"]
     assert after_edit("rewardkit/scoring/api.py", *DRY_RUN) == ["pairs", "label", "train_global", "train_local",
-                                                                 "export", "evaluate", "rl", "eval_gen"]
+                                                                 "export", "evaluate", "rl", "rl_penalised", "eval_gen"]
     # `label` runs the anchor rules of rewardkit.rl.annotator (the loop's round r+1 on the policy's samples),
     # so an RL edit re-runs label too; its answers on the demo do not change, so a real run stops there
     # and goes on with rl (DRY_RUN's --force-downstream cannot know that and lists what follows label)
     assert after_edit("rewardkit/rl/hi_grpo.py", *DRY_RUN) == ["label", "train_global", "train_local", "export",
-                                                                "evaluate", "rl", "eval_gen"]
-    assert after_edit("rewardkit/rl/hi_grpo.py", "repro", "--dry") == ["label", "rl", "eval_gen"]
+                                                                "evaluate", "rl", "rl_penalised", "eval_gen"]
+    assert after_edit("rewardkit/rl/hi_grpo.py", "repro", "--dry") == ["label", "rl", "rl_penalised", "eval_gen"]
     assert after_edit("rewardkit/cli/score.py", *DRY_RUN) == []  # the CLI runs in no stage
     # the annotation code runs in `label` (it pulls from Label Studio); the synthetic labels it writes here
     # are the same, so a real run re-runs `label` and nothing else: training does not re-run
