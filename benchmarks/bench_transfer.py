@@ -175,8 +175,8 @@ def score_with_cli(rows: list[dict], scorer: str, out: Path, name: str) -> tuple
     pairs = out / f"pairs_{name}.csv"
     with pairs.open("w", newline="") as fh:
         w = csv.writer(fh)
-        for r in rows:
-            w.writerow([r["mesh"], r["prompt"]])
+        for r in rows:  # the CLI resolves a pairs file's mesh paths against the file's own folder
+            w.writerow([os.path.relpath(Path(r["mesh"]).resolve(), pairs.parent.resolve()), r["prompt"]])
     exe = Path(sys.executable).parent / "rewardkit"
     cmd = [str(exe) if exe.exists() else "rewardkit", "score", "--pairs-file", str(pairs), "--scorer", scorer,
            "--json", "--no-progress", "--device", "cpu"]
@@ -187,14 +187,18 @@ def score_with_cli(rows: list[dict], scorer: str, out: Path, name: str) -> tuple
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     results = json.loads(p.stdout)["results"]
-    by_mesh = {r["mesh"]: r for r in json.loads(p.stdout)["results"]}
-    scores = {}
-    for r in rows:
-        res = by_mesh.get(r["mesh"])
-        if res is None or res.get("error"):
+    if len(results) != len(rows):
+        raise SystemExit(f"{' '.join(cmd)}: {len(results)} results for {len(rows)} meshes")
+    scores, errors = {}, []
+    for r, res in zip(rows, results):  # one result per row, in order
+        if res.get("error"):
+            errors.append(res["error"])
             continue
         scores[(r["id"], r["variant"])] = res["scores"]
-    assert len(results) == len(rows)
+    if errors:
+        print(f"  {name}: {len(errors)} of {len(rows)} meshes not scored, e.g. {errors[0]}", flush=True)
+    if not scores:
+        raise SystemExit(f"{' '.join(cmd)} scored no mesh: {errors[0] if errors else p.stderr[-2000:]}")
     return scores, dt
 
 
