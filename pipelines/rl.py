@@ -100,9 +100,10 @@ def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[di
     return rows
 
 
-def plot_prompts(rows: list[dict], path: Path) -> None:
-    """One panel per quantity (R_high, each R_high term): before/after bars per prompt; a flagged prompt's
-    label carries the flagged terms."""
+def plot_bars(rows: list[dict], path: Path, arms: tuple[tuple[str, str, str], ...], title: str, r_high_title: str,
+              ) -> None:
+    """One panel per quantity (R_high, each R_high term), per prompt one bar per arm (``(suffix, label,
+    colour)``: the row's ``<key>_<suffix>``); a prompt the guard flagged is labelled so, in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,27 +113,36 @@ def plot_prompts(rows: list[dict], path: Path) -> None:
     if not rows:
         return
     keys = [c[: -len("_before")] for c in rows[0] if c.endswith("_before")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 1.2, 0.45 * len(rows) + 1.4), squeeze=False)
+    height = 0.8 / len(arms)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys) + 1.2, (height + 0.25) * len(rows) + 1.6),
+                             squeeze=False)
     y = np.arange(len(rows))
-    labels = [r["prompt"] + (f"\n(flagged: {r['guard_flagged']})" if r["guard_flagged"] else "") for r in rows]
-    for ax, k in zip(axes[0], keys):
-        bv = [r.get(f"{k}_before") or 0.0 for r in rows]
-        av = [r.get(f"{k}_after") or 0.0 for r in rows]
-        ax.barh(y - 0.2, bv, height=0.4, label="before", color="#9aa5b1")
-        ax.barh(y + 0.2, av, height=0.4, label="after", color="#1f77b4")
-        ax.set_title(k.replace("high/", "R_high term: ") if k != "r_high" else "R_high", fontsize=9)
+    labels = [r["prompt"] + (f"\n(flagged: {r['guard_flagged']})" if r.get("guard_flagged") else "") for r in rows]
+    for ax, key in zip(axes[0], keys):
+        for j, (arm, label, colour) in enumerate(arms):
+            ax.barh(y + (j - (len(arms) - 1) / 2) * height, [r.get(f"{key}_{arm}") or 0.0 for r in rows],
+                    height=height, label=label, color=colour)
+        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else r_high_title, fontsize=9)
         ax.set_yticks(y)
         ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=8)
         for t, r in zip(ax.get_yticklabels(), rows):
-            if r["guard_flagged"]:
+            if r.get("guard_flagged"):
                 t.set_color("#c92a2a")
         ax.axvline(0, color="0.5", lw=0.6)
         ax.invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Per prompt, fixed-seed evaluation before vs after Hi-GRPO (red: the guard flagged a learned term)", fontsize=9)
-    fig.tight_layout()
+    handles, legend_labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="lower center", ncol=len(arms), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_prompts(rows: list[dict], path: Path) -> None:
+    """Before/after bars per prompt for R_high and each R_high term (:func:`prompt_rows`)."""
+    plot_bars(rows, path, (("before", "before", "#9aa5b1"), ("after", "after", "#1f77b4")),
+              "Per prompt, fixed-seed evaluation before vs after Hi-GRPO (red: the guard flagged a learned term)",
+              "R_high")
 
 
 def reward_line(rep: dict) -> str | None:
@@ -193,37 +203,11 @@ def compare_rows(before: dict, plain: dict, penalised: dict, guard_plain: dict |
 
 
 def plot_compare(rows: list[dict], path: Path, k: float) -> None:
-    """One panel per quantity: before / after plain RL / after penalised RL, per prompt."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    if not rows:
-        return
-    keys = [c[: -len("_before")] for c in rows[0] if c.endswith("_before")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys) + 1.2, 0.55 * len(rows) + 1.5), squeeze=False)
-    y = np.arange(len(rows))
-    arms = (("before", "before RL", "#9aa5b1"), ("plain", "after RL", "#1f77b4"),
-            ("penalised", f"after RL, penalised (k={k:g})", "#e8590c"))
-    for ax, key in zip(axes[0], keys):
-        for j, (arm, label, colour) in enumerate(arms):
-            ax.barh(y + (j - 1) * 0.27, [r.get(f"{key}_{arm}") or 0.0 for r in rows], height=0.27, label=label,
-                    color=colour)
-        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else "R_high (each arm's own objective)",
-                     fontsize=9)
-        ax.set_yticks(y)
-        ax.set_yticklabels([r["prompt"] for r in rows] if ax is axes[0][0] else [], fontsize=8)
-        ax.axvline(0, color="0.5", lw=0.6)
-        ax.invert_yaxis()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(arms), fontsize=8, frameon=False)
-    fig.suptitle("Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
-                 fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Before / after plain RL / after penalised RL per prompt (:func:`compare_rows`)."""
+    plot_bars(rows, path, (("before", "before RL", "#9aa5b1"), ("plain", "after RL", "#1f77b4"),
+                           ("penalised", f"after RL, penalised (k={k:g})", "#e8590c")),
+              "Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
+              "R_high (each arm's own objective)")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

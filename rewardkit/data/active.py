@@ -100,13 +100,18 @@ def all_pool_pairs(items: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"pair_id": pl.Utf8, "prompt_id": pl.Utf8, "item_a": pl.Utf8, "item_b": pl.Utf8})
 
 
+def _sides(pool: pl.DataFrame, item_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of each pool pair's two items in a rewards matrix."""
+    return (np.array([item_index[x] for x in pool["item_a"]], dtype=np.int64),
+            np.array([item_index[x] for x in pool["item_b"]], dtype=np.int64))
+
+
 def pair_predictions(pool: pl.DataFrame, member_rewards: np.ndarray, item_index: dict[str, int],
                      temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Per pool pair: the calibrated ``P(a > b)`` of the members' mean reward, and the std over members of
     each member's ``P(a > b)`` (0 for one member). ``member_rewards`` [N, items]."""
     r = np.atleast_2d(np.asarray(member_rewards, dtype=np.float64))
-    ia = np.array([item_index[x] for x in pool["item_a"]], dtype=np.int64)
-    ib = np.array([item_index[x] for x in pool["item_b"]], dtype=np.int64)
+    ia, ib = _sides(pool, item_index)
     deltas = r[:, ia] - r[:, ib]  # [N, P]
     p_mean = sigmoid(deltas.mean(0) / temperature)
     p_members = sigmoid(deltas / temperature)
@@ -120,8 +125,7 @@ def indistinguishable(pool: pl.DataFrame, member_rewards: np.ndarray, item_index
     rewards' scale), i.e. the scorers see the same input for both: a pair the criteria of
     :func:`select_pairs` skip."""
     r = np.atleast_2d(np.asarray(member_rewards, dtype=np.float64))
-    ia = np.array([item_index[x] for x in pool["item_a"]], dtype=np.int64)
-    ib = np.array([item_index[x] for x in pool["item_b"]], dtype=np.int64)
+    ia, ib = _sides(pool, item_index)
     scale = max(1.0, float(np.abs(r).max())) if r.size else 1.0
     return np.abs(r[:, ia] - r[:, ib]).max(0) <= rtol * scale if len(ia) else np.zeros(0, dtype=bool)
 
