@@ -82,3 +82,13 @@ def test_two_torchrun_nodes_over_loopback_checkpoint_and_resume(tiny_fsdp_policy
     a = load_file(str(tmp_path / "run" / "policy" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "policy" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_fsdp_with_lora_is_refused_in_one_line_before_any_process_starts(tmp_path):
+    from rewardkit import config as _config
+    from rewardkit.rl.trainer import LORA_FSDP_REFUSAL, HiGRPOConfig, HiGRPOTrainer
+
+    cfg = HiGRPOConfig.from_dict(rl_config(tmp_path, strategy="fsdp", lora={"r": 4}, warm_start={"enabled": False}))
+    with pytest.raises(_config.ConfigError) as e:
+        HiGRPOTrainer(cfg)
+    assert str(e.value) == LORA_FSDP_REFUSAL and "\n" not in LORA_FSDP_REFUSAL and "use strategy ddp" in str(e.value)
