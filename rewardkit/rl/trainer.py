@@ -6,7 +6,8 @@ One training step:
    tokens) and, conditioned on each plan, G step-2 rollouts (visual detail + refined mesh tokens);
 2. decode both meshes, score step 1 with the R_high terms and step 2 with the R_low terms;
 3. dynamic sampling: drop groups whose rewards have zero variance in both steps, sample new prompts
-   until the batch is full (at most ``max_sampling_rounds`` rounds);
+   until the batch is full (at most ``max_sampling_rounds`` rounds; on several devices all ranks run the
+   same rounds, decided together);
 4. advantages A1 from R~_high = R_high + lambda R_low and A2 from R_low, group-normalized;
 5. ``mu`` optimizer updates of L1 + L2 (token-level clipped surrogate with k3 KL to the frozen start).
 
