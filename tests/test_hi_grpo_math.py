@@ -175,3 +175,81 @@ def test_total_loss_is_sum_of_the_two_steps():
     l1 = _loss(torch.zeros(1, 2, dtype=torch.float64), None, None, t([1.0]), torch.ones(1, 2)).loss
     l2 = _loss(torch.zeros(1, 4, dtype=torch.float64), None, None, t([-0.5]), torch.ones(1, 4)).loss
     assert (l1 + l2).item() == pytest.approx(-1.0 + 0.5)
+
+
+# -- AR3D-R1 Table 2's ablation switches (docs/hi-grpo.md, "Algorithm ablation") ------------------------
+
+def test_table2_decoupled_clip_against_the_symmetric_clip_by_hand():
+    # one token, ratio 1.25, A = +1: decoupled (0.2 / 0.28) leaves 1.25 < 1.28 alone; symmetric (0.2 / 0.2)
+    # clips it to 1.2 and cuts its gradient
+    for eps_high, loss, grad in ((0.28, -1.25, -1.25), (0.2, -1.2, 0.0)):
+        logp = torch.log(t([[1.25]])).requires_grad_(True)
+        out = _loss(logp, t([[0.0]]), None, t([1.0]), torch.ones(1, 1), eps_low=0.2, eps_high=eps_high)
+        out.loss.backward()
+        assert out.loss.item() == pytest.approx(loss, abs=1e-12)
+        assert logp.grad.item() == pytest.approx(grad, abs=1e-12)  # d(-rA)/dlogp = -rA where unclipped
+
+
+def test_table2_per_sequence_mean_aggregation_by_hand():
+    # ratio 1: per-token term = A. Sample 0: 1 valid token, A = 3; sample 1: 3 tokens, A = -1; sample 2: none
+    logp = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    mask = t([[1, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.float32)
+    adv = t([3.0, -1.0, 5.0])
+    token = _loss(logp, None, None, adv, mask)
+    seq = _loss(logp, None, None, adv, mask, aggregation="sequence")
+    assert token.loss.item() == pytest.approx(-(3 - 1 - 1 - 1) / 4, abs=1e-12)  # = 0
+    # vanilla GRPO: -(1/2)(3/1 + (-1-1-1)/3) = -1; the empty sample 2 is not a sequence of the mean
+    assert seq.loss.item() == pytest.approx(-1.0, abs=1e-12)
+    seq.loss.backward()
+    # d/dlogp_it = -A_i / (T_i * N_seq): -3/2 for sample 0's token, +1/6 for each of sample 1's
+    assert logp.grad.flatten().tolist() == pytest.approx([-1.5, 0, 0, 1 / 6, 1 / 6, 1 / 6, 0, 0, 0], abs=1e-12)
+    # micro-batches with the global sequence count add up to the full-batch loss
+    parts = [_loss(logp[i:i + 1].detach(), None, None, adv[i:i + 1], mask[i:i + 1], aggregation="sequence",
+                   num_sequences=2).loss.item() for i in range(3)]
+    assert sum(parts) == pytest.approx(-1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="aggregation"):
+        _loss(logp, None, None, adv, mask, aggregation="sample")
+
+
+def test_table2_gspo_sequence_ratio_and_clip_by_hand():
+    # sample 0: log-ratios ln 2 and 0, A = +1; sample 1: one token, log-ratio ln 0.9, A = -1
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    lp = t([[math.log(2.0), 0.0], [math.log(0.9), 0.0]])
+    mask = t([[1, 1], [1, 0]], dtype=torch.float32)
+    adv = t([1.0, -1.0])
+    # token-level ratios: 2 -> clipped to 1.28, 1 -> 1; 0.9 (A < 0, inside [0.8, 1.28]) -> -0.9
+    tok = _loss(lp, old, None, adv, mask)
+    assert tok.loss.item() == pytest.approx(-(1.28 + 1.0 - 0.9) / 3, abs=1e-12)
+    # GSPO: s_0 = exp((ln 2 + 0) / 2) = sqrt 2 = 1.414 -> clipped to 1.28 for both tokens; s_1 = 0.9
+    logp = lp.clone().requires_grad_(True)
+    seq = _loss(logp, old, None, adv, mask, ratio_level="sequence")
+    assert seq.loss.item() == pytest.approx(-(1.28 + 1.28 - 0.9) / 3, abs=1e-12)
+    assert seq.ratio_mean.item() == pytest.approx((2 * math.sqrt(2) + 0.9) / 3, abs=1e-12)
+    assert seq.clip_high_frac.item() == pytest.approx(2 / 3, abs=1e-12)  # the whole of sample 0 is cut
+    seq.loss.backward()
+    # sample 0 clipped: no gradient; sample 1: d(-s A / 3)/dlogp = -(0.9)(-1)/3 = 0.3
+    assert logp.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.3, 0.0], abs=1e-12)
+    # at ratio 1 (the first update) the sequence ratio's gradient is the token ratio's: -A/N per token
+    fresh = t([[-1.0, -2.0]]).requires_grad_(True)
+    _loss(fresh, None, None, t([2.0]), torch.ones(1, 2), ratio_level="sequence").loss.backward()
+    assert fresh.grad.flatten().tolist() == pytest.approx([-1.0, -1.0], abs=1e-12)
+
+
+def test_table2_kl_removal_by_hand():
+    # beta = 0: the loss is the clipped surrogate alone, whatever the reference says (and needs none)
+    logp = t([[math.log(0.5), math.log(0.5)]])
+    ref = t([[math.log(0.25), math.log(0.5)]])
+    assert _loss(logp, None, ref, t([1.0]), torch.ones(1, 2), beta=0.0).loss.item() == pytest.approx(-1.0)
+    assert _loss(logp, None, None, t([1.0]), torch.ones(1, 2), beta=0.0).kl.item() == 0.0
+    # beta = 0.01 keeps it: -(1/2)[(1 - 0.01 * (0.5 - ln 0.5 - 1)) + 1]
+    kept = _loss(logp, None, ref, t([1.0]), torch.ones(1, 2), beta=0.01).loss.item()
+    assert kept == pytest.approx(-((1 - 0.01 * (0.5 - math.log(0.5) - 1)) + 1) / 2, abs=1e-12)
+
+
+def test_table2_dynamic_sampling_rule_by_hand():
+    # groups of 4: [0, 1, 0, 1] (population std 0.5) carries signal, [2, 2, 2, 2] none (all advantages 0)
+    r = t([0.0, 1.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    assert group_has_signal(r, 4).tolist() == [True, False]
+    assert group_has_signal(r, 4, min_std=0.49).tolist() == [True, False]
+    assert group_has_signal(r, 4, min_std=0.5).tolist() == [False, False]  # std must exceed the tolerance
+    assert group_advantages(r, 4, EPS)[4:].tolist() == [0.0] * 4

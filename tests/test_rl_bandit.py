@@ -234,27 +234,10 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
 
 def _run_ddp(tmp_path, timeout: float = 300, **overrides) -> list[dict]:
     """``rewardkit rl`` with a 2-process DDP config (gloo) on a warm-started tiny policy; the metric rows."""
-    import subprocess
-    import sys
+    from _rl_runs import metric_rows, rl_config, run_rl
 
-    cfg = {
-        "policy_path": str(tmp_path / "init"), "tokens_per_object": 8,
-        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
-        "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
-        "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
-        "group_size": 4, "prompts_per_step": 1, "lr": 0.001, "steps": 2, "save_every": 2,
-        "output_dir": str(tmp_path / "run"), "eval_group_size": 0, "render": False,
-        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,
-        "warm_start": {"enabled": True, "shapes": ["cube", "sphere", "cone"], "steps": 5, "hidden_size": 32, "num_layers": 1},
-    }
-    for key, value in overrides.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / "ddp.json"
-    path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "rewardkit", "rl", "--config", str(path)], capture_output=True,
-                          text=True, timeout=timeout, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    run_rl(tmp_path, rl_config(tmp_path, **overrides), timeout=timeout, name="ddp")
+    return metric_rows(tmp_path / "run")
 
 
 def test_two_process_ddp_by_config_alone(tmp_path):

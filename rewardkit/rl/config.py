@@ -106,8 +106,17 @@ class HiGRPOConfig:
     prompts_per_step: int = 2  # groups per device per optimizer step
     lam: float = 1.0  # lambda: R~_high = R_high + lam * R_low (step 1 also sees step 2's reward)
     beta: float = 0.01  # weight of the k3 KL to the reference policy (0: no reference at all)
+    # AR3D-R1 Table 2's ablation switches, the paper's best recipe (26.5 CLIP) as defaults: decoupled clip
+    # (eps_high > eps_low; eps_high = eps_low is the symmetric clip), dynamic_sampling, loss_aggregation,
+    # KL removal (beta: 0) and importance_sampling_level (docs/hi-grpo.md, "Algorithm ablation")
     eps_low: float = 0.2  # decoupled clip: ratio lower bound 1 - eps_low
     eps_high: float = 0.28  # ratio upper bound 1 + eps_high (DAPO's clip-higher)
+    # token: the loss is the sum over every valid token of the step / the total token count (DAPO's
+    # token-level average); sequence: the mean over sequences of each sequence's token mean (vanilla GRPO)
+    loss_aggregation: Literal["token", "sequence"] = "token"
+    # token: one importance ratio per token; sequence: GSPO's length-normalized sequence ratio
+    # exp(mean_t log r_it), clipped per sequence
+    importance_sampling_level: Literal["token", "sequence"] = "token"
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
     mu: int = 1  # optimizer updates per rollout batch (> 1 makes the clip act)
     dynamic_sampling: bool = True  # drop groups without reward signal and refill (DAPO)

@@ -13,6 +13,13 @@ docs/hi-grpo.md):
 
 Samples whose reward could not be computed carry NaN rewards; they are excluded from their group's
 statistics, get advantage 0, and the caller masks their tokens out (``valid`` below).
+
+AR3D-R1's algorithm ablation (Table 2) is a set of switches of :func:`clipped_token_loss` (the defaults are the
+paper's best recipe): ``eps_low``/``eps_high`` (decoupled clip; equal values: the symmetric clip),
+``aggregation`` (``"token"``: the sum over all tokens / all tokens, DAPO; ``"sequence"``: the mean over
+sequences of each sequence's token mean, vanilla GRPO), ``beta`` (0: no KL term and no reference log-probs)
+and ``ratio_level`` (``"token"``: r_it; ``"sequence"``: GSPO's s_i = exp(mean_t log r_it), one ratio and one
+clip per sequence). Dynamic sampling is :func:`group_has_signal`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ __all__ = [
     "k3_kl",
     "clipped_token_loss",
     "StepLossOutput",
+    "LOSS_AGGREGATIONS",
+    "RATIO_LEVELS",
 ]
+
+LOSS_AGGREGATIONS = ("token", "sequence")
+RATIO_LEVELS = ("token", "sequence")
 
 
 def combine_step_rewards(r_high: torch.Tensor, r_low: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -120,8 +132,12 @@ def clipped_token_loss(
     eps_high: float = 0.28,
     beta: float = 0.01,
     num_tokens: torch.Tensor | float | None = None,
+    aggregation: str = "token",
+    ratio_level: str = "token",
+    num_sequences: torch.Tensor | float | None = None,
 ) -> StepLossOutput:
-    """Token-level (DAPO) aggregated, decoupled-clip policy loss of one step, paper Eq. 11-13.
+    """Token-level (DAPO) aggregated, decoupled-clip policy loss of one step, paper Eq. 11-13, with the
+    ablation switches of AR3D-R1 Table 2 (module docstring).
 
     Args:
         logp: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
@@ -131,19 +147,38 @@ def clipped_token_loss(
         advantages: ``[B]`` per-sample advantages of this step.
         mask: ``[B, T]`` 1 for tokens the policy sampled (reasoning and mesh tokens), 0 for forced
             tokens, tokens after EOS and padding.
-        num_tokens: the normalizer ``sum_i T_i``. Defaults to ``mask.sum()``; pass the total over all
-            micro-batches (and devices) so that micro-batch losses add up to the full-batch loss.
+        num_tokens: the normalizer ``sum_i T_i`` of ``aggregation="token"``. Defaults to ``mask.sum()``; pass
+            the total over all micro-batches (and devices) so that micro-batch losses add up to the full-batch loss.
+        aggregation: ``"token"``: ``-(1/sum_i T_i) sum_i sum_t m_it x_it``; ``"sequence"``:
+            ``-(1/N_seq) sum_i (1/T_i) sum_t m_it x_it`` (each sequence weighs the same, whatever its length).
+        ratio_level: ``"token"``: ``r_it = exp(logp_it - old_it)``; ``"sequence"``: GSPO's
+            ``s_i = exp((1/T_i) sum_t m_it (logp_it - old_it))`` in place of every ``r_it`` of sequence i, so the
+            clip keeps or cuts whole sequences.
+        num_sequences: ``N_seq`` of ``aggregation="sequence"``: the sequences with at least one valid token.
+            Defaults to this batch's; pass the total over all micro-batches (and devices), as for ``num_tokens``.
 
     Returns the loss ``-(1/N) sum m [min(rA, clip(r)A) - beta KL]`` and diagnostics.
     """
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {LOSS_AGGREGATIONS}, got {aggregation!r}")
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
     mask = mask.to(logp.dtype)
+    valid = mask > 0
     if old_logp is None:
         old_logp = logp.detach()
     if num_tokens is None:
         num_tokens = mask.sum()
     num_tokens = torch.as_tensor(num_tokens, dtype=logp.dtype, device=logp.device).clamp(min=1.0)
+    seq_tokens = mask.sum(dim=1)  # T_i
+    if num_sequences is None:
+        num_sequences = (seq_tokens > 0).sum()
+    num_sequences = torch.as_tensor(num_sequences, dtype=logp.dtype, device=logp.device).clamp(min=1.0)
 
-    ratio = torch.exp(logp - old_logp)
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    if ratio_level == "sequence":  # GSPO: the length-normalized sequence likelihood ratio
+        log_ratio = (log_ratio.sum(dim=1) / seq_tokens.clamp(min=1.0)).unsqueeze(1).expand_as(logp)
+    ratio = torch.exp(log_ratio)
     adv = advantages.to(logp.dtype).unsqueeze(1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
@@ -156,7 +191,10 @@ def clipped_token_loss(
         per_token = per_token - beta * kl
     else:
         kl = torch.zeros_like(logp)
-    loss = -(per_token * mask).sum() / num_tokens
+    if aggregation == "token":
+        loss = -(per_token * mask).sum() / num_tokens
+    else:
+        loss = -((per_token * mask).sum(dim=1) / seq_tokens.clamp(min=1.0)).sum() / num_sequences
 
     with torch.no_grad():
         n_local = mask.sum().clamp(min=1.0)

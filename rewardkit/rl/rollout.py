@@ -125,25 +125,42 @@ class RolloutMixin:
                 return "range"
         return None
 
+    def _any_rank_needs(self, flag: bool) -> bool:
+        """Whether any rank still needs another sampling round: one decision for all ranks (an all-reduce of
+        the flag), so every rank runs the same number of rounds, and the same collectives, whatever its
+        rewards (a rank's own flag alone would let one rank generate while the others wait elsewhere)."""
+        if self.fabric.world_size <= 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor(int(flag), device=self.fabric.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def collect(self, step: int) -> tuple[list[_Group], dict[str, Any]]:
         """Rollouts for one optimizer step, with dynamic sampling (drop groups without reward signal or
-        outside the reward range, refill with new prompts, at most ``max_sampling_rounds`` rounds)."""
+        outside the reward range, refill with new prompts, at most ``max_sampling_rounds`` rounds). The
+        ranks decide together: a new round runs on every rank while any rank still needs groups."""
         cfg = self.cfg
         kept: list[_Group] = []
         sampled: list[_Group] = []
         dropped = {"flat": 0, "range": 0}
-        refilled = 0
-        rounds = 0
+        refilled = surplus = rounds = 0
         rng = np.random.default_rng(_step_seed(cfg.seed, step, self.fabric.global_rank, 1))
-        while len(kept) < cfg.prompts_per_step and rounds < max(1, cfg.max_sampling_rounds):
-            need = cfg.prompts_per_step - len(kept)
+        while rounds < max(1, cfg.max_sampling_rounds) and (
+                rounds == 0 or self._any_rank_needs(len(kept) < cfg.prompts_per_step)):
+            # a rank whose batch is full still samples one group while another rank refills: under FSDP every
+            # forward is a collective (all ranks must generate together); that group is logged, not trained on
+            need = max(1, cfg.prompts_per_step - len(kept))
             n = min(need, len(self.prompts))
             prompts = [self.prompts[i] for i in rng.choice(len(self.prompts), size=n, replace=False)]
             groups = self.rollout(prompts, cfg.group_size, _step_seed(cfg.seed, step, self.fabric.global_rank, 100 + rounds))
             sampled += groups
             for g in groups:
                 why = self._drop_reason(g) if cfg.dynamic_sampling else None
-                if why is None:
+                if why is None and len(kept) >= cfg.prompts_per_step:
+                    surplus += 1  # sampled only to keep this rank in step with a refilling one
+                elif why is None:
                     kept.append(g)
                     refilled += rounds > 0
                 else:
@@ -154,8 +171,9 @@ class RolloutMixin:
         release = getattr(self.policy.generator, "release", None)
         if release is not None:  # the vLLM engine sleeps while the policy trains
             release()
-        stats = {"groups_sampled": len(sampled), "groups_kept": len(kept), "groups_dropped": len(sampled) - len(kept),
+        stats = {"groups_sampled": len(sampled), "groups_kept": len(kept),
+                 "groups_dropped": dropped["flat"] + dropped["range"],
                  "groups_dropped_flat": dropped["flat"], "groups_dropped_range": dropped["range"],
-                 "groups_refilled": refilled, "sampling_rounds": rounds}
-        return kept[: cfg.prompts_per_step], {"sampled": sampled, **stats}
+                 "groups_refilled": refilled, "groups_surplus": surplus, "sampling_rounds": rounds}
+        return kept, {"sampled": sampled, **stats}
 

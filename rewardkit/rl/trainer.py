@@ -6,7 +6,8 @@ One training step:
    tokens) and, conditioned on each plan, G step-2 rollouts (visual detail + refined mesh tokens);
 2. decode both meshes, score step 1 with the R_high terms and step 2 with the R_low terms;
 3. dynamic sampling: drop groups whose rewards have zero variance in both steps, sample new prompts
-   until the batch is full (at most ``max_sampling_rounds`` rounds);
+   until the batch is full (at most ``max_sampling_rounds`` rounds; on several devices all ranks run the
+   same rounds, decided together);
 4. advantages A1 from R~_high = R_high + lambda R_low and A2 from R_low, group-normalized;
 5. ``mu`` optimizer updates of L1 + L2 (token-level clipped surrogate with k3 KL to the frozen start).
 
@@ -66,6 +67,11 @@ __all__ = ["HiGRPOConfig", "WarmStartConfig", "HiGRPOTrainer", "load_config", "S
 
 log = logging.getLogger(__name__)
 
+LORA_FSDP_REFUSAL = (
+    "strategy fsdp with lora is refused: LoRA trains only the adapters, so sharding would save only the frozen "
+    "base's memory, while the sharded checkpoint, the merged export and the vLLM weight sync of PEFT adapters "
+    "under FSDP are untested; use strategy ddp with lora, or fsdp for full fine-tuning")
+
 
 class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
     """Hi-GRPO for a :class:`MeshPolicy`. Rewards default to the config's terms; pass ``rewards_high``/
@@ -93,6 +99,8 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         self.precision = resolve_precision(config.precision, checkpoint_dtype(config.policy_path), config.accelerator)
         self.sharded = fabric is None and is_sharded(config.strategy)
         strategy = config.strategy
+        if self.sharded and config.lora is not None:  # before any process starts: one line, exit code 2
+            raise _config.ConfigError(LORA_FSDP_REFUSAL)
         if self.sharded:
             backend = "gloo" if config.accelerator == "cpu" or not torch.cuda.is_available() else None
             try:
@@ -170,8 +178,6 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         if mode == "adapter" and cfg.lora is None:
             raise ValueError("reference: adapter needs lora (the reference is the base model with adapters disabled)")
         self.reference_mode = None if cfg.beta == 0.0 else mode
-        if self.sharded and cfg.lora is not None:
-            raise ValueError("strategy fsdp with lora is not supported: LoRA adapters are small, use ddp")
         self.ref_model = None
         if self.reference_mode in ("copy", "cpu"):
             dev = self.fabric.device if mode == "copy" else torch.device("cpu")

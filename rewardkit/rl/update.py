@@ -55,16 +55,18 @@ class UpdateMixin:
                 b.mask = b.mask * valid[k, i : i + mb, None]
                 batches.append(b.to(fabric.device))
                 advs.append(adv[k, i : i + mb].to(fabric.device))
-            n_tok = torch.tensor(float(sum(b.mask.sum() for b in batches)), device=fabric.device)
-            n_tok = fabric.all_reduce(n_tok, reduce_op="sum") if fabric.world_size > 1 else n_tok
-            step_data.append((batches, advs, self._ref_logprobs(batches), n_tok))
+            # the normalizers of the token-level and the per-sequence aggregation, over all micro-batches and devices
+            counts = torch.tensor([float(sum(b.mask.sum() for b in batches)),
+                                   float(sum((b.mask.sum(1) > 0).sum() for b in batches))], device=fabric.device)
+            counts = fabric.all_reduce(counts, reduce_op="sum") if fabric.world_size > 1 else counts
+            step_data.append((batches, advs, self._ref_logprobs(batches), counts[0], counts[1]))
         old: dict[tuple[int, int], torch.Tensor] = {}
         metrics: dict[str, list[float]] = {}
         micro = [(k, j) for k, (batches, *_rest) in enumerate(step_data) for j in range(len(batches))]
         for epoch in range(max(1, cfg.mu)):
             self.optimizer.zero_grad(set_to_none=True)
             for idx, (k, j) in enumerate(micro):
-                batches, advs, refs, n_tok = step_data[k]
+                batches, advs, refs, n_tok, n_seq = step_data[k]
                 b, a, ref = batches[j], advs[j], refs[j]
                 # one gradient all-reduce per update on every device, however many micro-batches each has
                 with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1):
@@ -76,7 +78,8 @@ class UpdateMixin:
                         lp = self.policy.logprobs(self.model, b, cfg.sampling)
                     out = clipped_token_loss(
                         lp, old.get((k, j)), ref, a, b.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                        beta=cfg.beta, num_tokens=n_tok,
+                        beta=cfg.beta, num_tokens=n_tok, aggregation=cfg.loss_aggregation,
+                        ratio_level=cfg.importance_sampling_level, num_sequences=n_seq,
                     )
                     fabric.backward(out.loss * fabric.world_size)
                 if epoch == 0 and cfg.mu > 1:
