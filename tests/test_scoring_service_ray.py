@@ -162,6 +162,7 @@ def test_a_replica_killed_under_load_loses_and_duplicates_no_request(replicas, r
     assert attempts > N_LOAD, "the killed replica held no request: nothing was tested"
 
 
+@pytest.mark.slow  # a subprocess that imports torch: 8-21 s here
 def test_serve_engine_ray_without_ray_names_the_extra(tmp_path):
     """With Ray unimportable, ``rewardkit serve --engine ray`` is one line naming rewardkit[ray], exit 2."""
     blocker = tmp_path / "blocker"
@@ -179,3 +180,20 @@ def test_serve_engine_ray_without_ray_names_the_extra(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "rewardkit[ray]" in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_serve_run_app_builder_reads_its_arguments():
+    """``serve run rewardkit.scoring.service_ray:app_builder scorer=DIR replicas=N <limit>=value``: an
+    application, and a clear error for a missing scorer or an unknown argument (no Ray cluster needed)."""
+    from ray.serve import Application
+
+    from rewardkit.scoring.service_ray import app_builder
+
+    app = app_builder({"scorer": str(scorer_set_dir()), "replicas": "3", "max_items": "8", "body_timeout_s": "5"})
+    assert isinstance(app, Application)
+    with pytest.raises(ValueError, match="needs scorer=DIR"):
+        app_builder({"replicas": "2"})
+    with pytest.raises(ValueError, match=r"unknown arguments \['replica'\]"):
+        app_builder({"scorer": str(scorer_set_dir()), "replica": "2"})
+    with pytest.raises(ValueError, match="max_items must be a positive number"):
+        app_builder({"scorer": str(scorer_set_dir()), "max_items": "0"})

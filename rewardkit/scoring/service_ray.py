@@ -29,6 +29,7 @@ Needs ``pip install 'rewardkit[ray]'`` (Ray Serve); nothing else in rewardkit im
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import fields
@@ -114,21 +115,28 @@ def start(scorers: Any, *, host: str = "127.0.0.1", port: int = 8000, address: s
 
 
 def run(scorers: Any, *, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
-    """Serve until Ctrl-C (then Serve is shut down): :func:`start` and wait."""
+    """Serve until Ctrl-C or SIGTERM (then Serve is shut down): :func:`start` and wait."""
     warning = exposure_warning(host, kw.get("token"))
     if warning:
         print(warning, file=sys.stderr)
-    start(scorers, host=host, port=port, **kw)
-    print(f"serving {kw.get('replicas', 2)} replicas on http://{host}:{port} (Ray Serve); Ctrl-C stops",
-          file=sys.stderr)
     serve = _serve_module()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    signal.signal(signal.SIGTERM, _stop)
     try:
+        start(scorers, host=host, port=port, **kw)
+        print(f"serving {kw.get('replicas', 2)} replicas on http://{host}:{port} (Ray Serve); Ctrl-C stops",
+              file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        print("stopping Ray Serve", file=sys.stderr)
         serve.shutdown()
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def app_builder(args: dict[str, str]) -> Any:
