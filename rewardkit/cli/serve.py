@@ -44,13 +44,25 @@ from rewardkit.cli.errors import UserError
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File whose first line is a shared token; every endpoint but /health then needs "
                    "'Authorization: Bearer <token>'. Default: $REWARDKIT_SERVICE_TOKEN, else no token.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one uvicorn process; ray: Ray Serve replicas of the same app (needs rewardkit[ray]).")
+@click.option("--replicas", default=2, show_default=True, type=int,
+              help="--engine ray: replicas, each loading the scorers and rendering uploads in its own process.")
+@click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+              help="--engine ray: the Ray cluster to join (default: start a local one).")
+@click.option("--replica-cpus", default=1.0, show_default=True, type=float,
+              help="--engine ray: CPUs per replica (Ray also sets the replica's OMP_NUM_THREADS to it).")
+@click.option("--replica-gpus", default=None, type=float,
+              help="--engine ray: GPUs per replica (default: 1 when --device is cuda, else 0).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, max_modes, max_items, max_request_mb,
           max_image_side, max_item_pixels, max_request_pixels, max_concurrent, max_connections, header_timeout,
-          body_timeout, token_file, log_level) -> None:
+          body_timeout, token_file, engine, replicas, address, replica_cpus, replica_gpus,
+          log_level) -> None:
     """Serve exported scorers over HTTP: POST /score (JSON, base64 PNG views), POST /score_mesh (upload),
-    GET /health. Concurrent requests are batched into one forward per scorer. Limits: docs/security.md."""
+    GET /health. Concurrent requests are batched into one forward per scorer. Limits: docs/security.md.
+    --engine ray runs --replicas copies of the same app on Ray Serve (docs/scale.md)."""
     from rewardkit.devices import resolve_device
     from rewardkit.scoring.api import as_scorer_set
     from rewardkit.scoring.errors import ScorerError
@@ -67,6 +79,10 @@ def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, ma
         limits = ServiceLimits(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if engine == "ray":
+        return _serve_ray(list(scorers), host=host, port=port, device=device, limits=limits, token=token,
+                          max_batch=max_batch, batch_window_ms=batch_window_ms, replicas=replicas, address=address,
+                          replica_cpus=replica_cpus, replica_gpus=replica_gpus)
     device = resolve_device(device, what="--device")  # DeviceError: one line, exit 2
     try:
         scorer_set = as_scorer_set(list(scorers), device=device)
@@ -78,3 +94,30 @@ def serve(scorers, host, port, device, max_batch, batch_window_ms, max_views, ma
         click.echo("a token is required (Authorization: Bearer ...) on every endpoint but /health", err=True)
     run(scorer_set, host=host, port=port, log_level=log_level, limits=limits, max_batch=max_batch,
         batch_window_ms=batch_window_ms, token=token)
+
+
+def _serve_ray(scorers: list[str], *, device: str, replicas: int, address: str | None, replica_cpus: float,
+               replica_gpus: float | None, **kw) -> None:
+    """``--engine ray``: each replica loads the scorer folders itself (so they must be readable on every node)."""
+    from rewardkit.scoring.api import as_scorer_set
+    from rewardkit.scoring.errors import ScorerError
+    from rewardkit.scoring.service_ray import RayNotInstalled, run
+
+    if replicas < 1:
+        raise UserError(f"--replicas must be at least 1, got {replicas}")
+    try:
+        import ray  # noqa: F401  (fail before loading anything)
+        from ray import serve  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("--engine ray needs Ray Serve, which the core install leaves out: "
+                        "pip install 'rewardkit[ray]'") from None
+    try:
+        for name, s in as_scorer_set(scorers, device="cpu").items():  # check the folders here, before Ray starts
+            click.echo(f"serving {name}: {s!r} from {s.source} on {replicas} Ray Serve replicas", err=True)
+    except ScorerError as exc:
+        raise UserError(str(exc)) from None
+    gpus = replica_gpus if replica_gpus is not None else (1.0 if device.startswith("cuda") else 0.0)
+    try:
+        run(scorers, replicas=replicas, address=address, device=device, num_cpus=replica_cpus, num_gpus=gpus, **kw)
+    except RayNotInstalled as exc:
+        raise UserError(str(exc)) from None

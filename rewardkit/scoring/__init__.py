@@ -30,7 +30,12 @@ Modules, each importing only those above it in this list (docs/architecture.md):
 - ``api``      :func:`score_meshes`, :func:`score_views`, :func:`render_views`, :func:`as_scorer_set`;
 - ``hub``      pushing a scorer (set) to the Hugging Face Hub (loading is ``load_scorer("org/name")``);
 - ``wire``     the HTTP wire format (PNG views, mesh uploads), shared by ``service`` and ``client``;
-- ``service`` / ``client`` / ``adapters``  the HTTP service, its client, the TRL/verl reward functions.
+- ``service_limits``  the service's limits, token, request guard (ASGI middleware) and uvicorn configuration;
+- ``service_batching`` the service's micro-batcher (one forward per scorer and view shape);
+- ``service_requests`` the service's request validation (JSON items, uploads);
+- ``service`` / ``client``  the HTTP service (app wiring and routes) and its client;
+- ``service_ray`` / ``adapters``  the service as Ray Serve replicas (needs ``rewardkit[ray]``); the TRL/verl
+  reward functions.
 """
 
 from rewardkit.scoring.api import (
