@@ -30,7 +30,7 @@ from _fixtures_models import _noisy, _primitive, make_preference_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenGL")]
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenGL")]
 
 # A tiny model on few pairs: the point is the process layout, not the accuracy.
 CONFIG = {
@@ -148,6 +148,23 @@ def _check_run(dataset, tmp_path: Path, out: Path, world_size: int) -> None:
     assert all(torch.isfinite(torch.tensor(s.scores["global"])) for s in scores)
 
 
+def test_rank_zero_from_the_launchers_environment_and_num_nodes_in_the_config():
+    from rewardkit.config import ConfigError
+    from rewardkit.train import TrainConfig
+    from rewardkit.train.distributed import launched_as_rank_zero
+
+    assert launched_as_rank_zero({})  # a plain run
+    assert launched_as_rank_zero({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"})  # torchrun
+    assert not launched_as_rank_zero({"RANK": "1", "LOCAL_RANK": "0", "GROUP_RANK": "1"})  # torchrun, 2nd node
+    assert not launched_as_rank_zero({"LOCAL_RANK": "1", "NODE_RANK": "0"})  # Lightning's launcher, 2nd device
+    assert not launched_as_rank_zero({"NODE_RANK": "1"})  # a 2nd node started by hand, before Lightning's launch
+    assert not launched_as_rank_zero({"SLURM_PROCID": "3"})
+    assert TrainConfig.from_dict({"num_nodes": 2, "devices": 4, "strategy": "ddp"}).num_nodes == 2
+    with pytest.raises(ConfigError, match="num_nodes"):
+        TrainConfig.from_dict({"num_nodes": 0})
+
+
+@pytest.mark.slow
 def test_two_ranks_launched_by_lightning_export_once(dataset, tmp_path):
     """`rewardkit train --set devices=2 --set strategy=ddp` on CPU: Lightning starts the second rank."""
     out = tmp_path / "run"
@@ -160,6 +177,7 @@ def test_two_ranks_launched_by_lightning_export_once(dataset, tmp_path):
     _check_run(dataset, tmp_path, out, world_size=2)
 
 
+@pytest.mark.slow
 def test_two_nodes_through_torchrun_on_loopback(dataset, tmp_path):
     """Two torchrun invocations (`--nnodes 2 --nproc-per-node 1`, c10d rendezvous on 127.0.0.1): one rank
     each, `num_nodes=2` in the config; Lightning checks the config against torchrun's world size."""

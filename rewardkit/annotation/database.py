@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from rewardkit.annotation.errors import AnnotationError
 
@@ -72,7 +72,7 @@ class PostgresDatabase:
 
     def redacted(self) -> str:
         """The URL without its password (for messages, logs and the server state file)."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}" + (
+        return f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/{quote(self.name, safe='')}" + (
             f"?sslmode={self.sslmode}" if self.sslmode else "")
 
     def server_env(self, base: Mapping[str, str]) -> dict[str, str]:

@@ -208,9 +208,9 @@ class LabelStudioServer:
             raise ServerStartError("ServerConfig needs username and password for the first user")
         if cfg.document_root is not None and not Path(cfg.document_root).is_dir():
             raise ServerStartError(f"document root {cfg.document_root} is not a directory")
-        binary = find_label_studio_bin(cfg.label_studio_bin)
         if cfg.database is not None:
             check_database_reachable(cfg.database)
+        binary = find_label_studio_bin(cfg.label_studio_bin)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         explicit_port = bool(cfg.port)
         for attempt in range(3):
