@@ -90,6 +90,13 @@ def test_three_annotators_at_once_on_postgresql(tmp_path):
             write_table(pairs, tmp_path / "pairs.parquet", "pairs")
             assert up.wait(timeout=400) == 0, up_log.read_text()[-4000:]
             cli = ["--data-dir", str(data_dir), "--credentials", str(creds)]
+            up_args = ["annotate", "up", "--renders", str(renders), "--document-root", str(docroot), *cli]
+            # `up` again reuses the running server; naming another database is refused, the password unshown
+            r = _rk(*up_args, env=env)
+            assert r.returncode == 0 and f"database {pg.url(with_password=False)})" in r.stdout, r.stdout + r.stderr
+            r = _rk(*up_args, env={**env, "REWARDKIT_LS_DATABASE": pg.url() + "_other"})
+            assert r.returncode == 2 and f"keeps its data in {pg.url(with_password=False)}, not" in r.stderr, r.stderr
+            assert db_password not in r.stdout + r.stderr
             r = _rk("annotate", "push", "--items", str(tmp_path / "items.parquet"), "--pairs",
                     str(tmp_path / "pairs.parquet"), *cli, env=env)
             assert r.returncode == 0 and "imported 10 new task(s)" in r.stdout, r.stdout + r.stderr

@@ -275,17 +275,17 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
             except AnnotationError:
                 state = None
             if url is not None:
-                click.echo(f"Label Studio already running at {url} (data {data_dir})")
+                click.echo(f"Label Studio already running at {url} (data {data_dir}"
+                           + (f", database {state['database']}" if state.get("database") else "") + ")")
                 if state.get("document_root") and Path(state["document_root"]) != document_root:
                     raise AnnotationError(
                         f"the server at {url} serves local files from {state['document_root']}, not {document_root}; "
                         f"run `rewardkit annotate down --data-dir {data_dir}` first"
                     )
-                wanted = db.redacted() if db else None
-                if state.get("database") != wanted:
+                if db is not None and state.get("database") != db.redacted():
                     raise AnnotationError(
                         f"the server at {url} keeps its data in {state.get('database') or 'SQLite in ' + str(data_dir)}, "
-                        f"not {wanted or 'SQLite'}; run `rewardkit annotate down --data-dir {data_dir}` first"
+                        f"not {db.redacted()}; run `rewardkit annotate down --data-dir {data_dir}` first"
                     )
         if url is None:
             if port:
