@@ -5,6 +5,11 @@ paths of this pipeline. Writes the run under ``data/models/<stage>/`` (model, ch
 small report for DVC: ``reports/train_<stage>.json`` (metrics, with ``selected_epoch``: the epoch whose
 checkpoint was exported) and ``reports/learning_curve_<stage>.csv`` (one row per epoch; ``selected`` marks
 that epoch).
+
+With ``devices: N`` and ``strategy: ddp`` in ``train.common`` Lightning re-runs this script once per extra
+device during the fit, after rank 0 has cleared the run folder and written the training tables: only rank 0
+prepares the folder and writes the reports (launching the stage with torchrun or on several machines is not
+supported; use ``rewardkit train`` there, docs/scale.md).
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ def learning_curve_rows(metrics_csv: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _with_previous_rounds(previous: Path, folder: Path) -> tuple[dict[str, Path], dict[str, int]]:
+def _with_previous_rounds(previous: Path, folder: Path, write: bool = True) -> tuple[dict[str, Path], dict[str, int]]:
     """This round's items, pairs and preferences joined with the earlier rounds' in ``previous``
-    (rewardkit.data.rounds), written under ``folder``."""
+    (rewardkit.data.rounds), written under ``folder`` (``write=False``: only their paths and counts, for
+    the ranks of a DDP run that read what rank 0 wrote)."""
     from rewardkit.data.rounds import with_previous_rounds
     from rewardkit.data.tables import TableError, read_items, read_pairs, read_preferences, write_table
 
@@ -57,9 +63,11 @@ def _with_previous_rounds(previous: Path, folder: Path) -> tuple[dict[str, Path]
                                                           read_preferences(PREFERENCES), previous)
     except TableError as exc:
         raise SystemExit(f"train: the earlier rounds in {previous}: {exc}") from None
-    folder.mkdir(parents=True, exist_ok=True)
     out = {"items": folder / "items.parquet", "pairs": folder / "pairs.parquet",
            "preferences": folder / "preferences.parquet"}
+    if not write:
+        return out, stats
+    folder.mkdir(parents=True, exist_ok=True)
     write_table(items, out["items"], "items")
     write_table(pairs, out["pairs"], "pairs")
     write_table(prefs, out["preferences"], "preferences")
@@ -75,10 +83,12 @@ def main() -> None:
     stage = sys.argv[1]
     p = params("train")
     from rewardkit.train import TrainConfig, train
+    from rewardkit.train.distributed import launched_as_rank_zero
 
     d = deep_merge(p.get("common") or {}, p.get(stage) or {})
     out_dir = MODELS_DIR / stage
-    if out_dir.exists():
+    rank_zero = launched_as_rank_zero()  # False in the processes Lightning starts for the other devices
+    if out_dir.exists() and rank_zero:
         shutil.rmtree(out_dir)  # a DVC out is rebuilt from scratch (resume is for interactive runs)
     tables = {"items": ITEMS, "pairs": PAIRS, "preferences": PREFERENCES}
     include = p.get("include_previous", True)
@@ -87,12 +97,14 @@ def main() -> None:
     previous = Path(params("pairs").get("active", {}).get("previous") or "data/previous_round")
     prev_stats = {"previous_pairs": 0, "previous_preferences": 0}
     if include and (previous / "pairs.parquet").is_file() and (previous / "items.parquet").is_file():
-        tables, prev_stats = _with_previous_rounds(previous, out_dir / "training_data")
+        tables, prev_stats = _with_previous_rounds(previous, out_dir / "training_data", write=rank_zero)
     d.update(stage=stage, items=str(tables["items"]), pairs=str(tables["pairs"]),
              preferences=str(tables["preferences"]), probes=str(PROBES), out_dir=str(out_dir), resume=None, export=True)
     cfg = TrainConfig.from_dict(d)
     with step(f"train_{stage}"):
         result = train(cfg)
+    if not result.is_global_zero:
+        return  # rank 0 writes the reports
     m = result.metrics
     val = m.get("val") or {}
     dis = m.get("disentanglement") or {}

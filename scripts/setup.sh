@@ -2,17 +2,18 @@
 # Set up rewardkit on a fresh Debian/Ubuntu machine (python3 + pip; no GPU needed).
 #
 #   scripts/setup.sh            system GL libraries + .venv with rewardkit and its dependencies
-#   scripts/setup.sh --test     also the Label Studio server (.venv-ls), headless chromium and verl (--no-deps), for the tests
+#   scripts/setup.sh --test     also the Label Studio server (.venv-ls), headless chromium, verl (--no-deps) and
+#                               Debian's PostgreSQL server (the tests start private clusters of it), for the tests
 #   scripts/setup.sh --labelstudio   also the Label Studio server (.venv-ls), for `rewardkit annotate`
 #
 # Idempotent: re-running skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_ls=0; want_browser=0
+want_ls=0; want_browser=0; want_pg=0
 for arg in "$@"; do
   case "$arg" in
-    --test) want_ls=1; want_browser=1 ;;
+    --test) want_ls=1; want_browser=1; want_pg=1 ;;
     --labelstudio) want_ls=1 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
@@ -29,6 +30,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; t
 # 1. system packages: Mesa's EGL for headless rendering on CPU (NVIDIA's EGL is used instead where present)
 apt_pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglib2.0-0)
 [ "$want_browser" = 1 ] && apt_pkgs+=(chromium)
+[ "$want_pg" = 1 ] && apt_pkgs+=(postgresql)  # the server binaries; tests run initdb + pg_ctl themselves
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

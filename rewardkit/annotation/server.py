@@ -5,6 +5,9 @@ other packages, so it is not a dependency of rewardkit). It binds to the loopbac
 database and uploads in ``data_dir``, and serves render folders through local-files storage rooted at
 ``document_root`` (images are referenced, never copied).
 
+Its database is SQLite in ``data_dir`` unless ``ServerConfig.database`` names a PostgreSQL database
+(:mod:`rewardkit.annotation.database`; settings passed in the environment, the password never printed).
+
 The first user (an admin) and its API token are created at first start from the credentials, passed
 to the process through its environment (``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` /
 ``LABEL_STUDIO_USER_TOKEN``), never on its command line, so they do not show up in ``ps``.
@@ -30,6 +33,7 @@ from typing import Any, Callable
 import httpx
 
 from rewardkit.annotation.credentials import Credentials
+from rewardkit.annotation.database import PostgresDatabase
 from rewardkit.annotation.errors import AuthError, ServerStartError, ServerUnreachable
 
 STATE_FILE = "rewardkit-server.json"
@@ -79,6 +83,7 @@ class ServerConfig:
     token: str | None = field(default=None, repr=False)
     startup_timeout_s: float = 180.0
     log_level: str = "WARNING"
+    database: PostgresDatabase | None = None  # None: SQLite in data_dir
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +103,17 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         raise ServerUnreachable(url, exc.__class__.__name__ + (f": {exc}" if str(exc) else "")) from None
     if r.status_code != 200:
         raise ServerUnreachable(url, f"/health answered HTTP {r.status_code}")
+
+
+def check_database_reachable(db: PostgresDatabase, timeout: float = 5.0) -> None:
+    """Raise ``ServerStartError`` unless something accepts TCP connections at the database's host and port
+    (a clear message before Label Studio's own traceback in its log)."""
+    try:
+        with socket.create_connection((db.host, db.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ServerStartError(f"PostgreSQL at {db.host}:{db.port} ({db.redacted()}) is unreachable: "
+                               f"{exc.__class__.__name__}: {exc}") from None
 
 
 def check_token(url: str, token: str | None, timeout: float = 10.0) -> dict:
@@ -180,6 +196,8 @@ class LabelStudioServer:
             env["LABEL_STUDIO_PASSWORD"] = cfg.password
         if cfg.token:
             env["LABEL_STUDIO_USER_TOKEN"] = cfg.token
+        if cfg.database is not None:
+            env = cfg.database.server_env(env)
         env.update(cfg.extra_env)
         return env
 
@@ -190,6 +208,8 @@ class LabelStudioServer:
             raise ServerStartError("ServerConfig needs username and password for the first user")
         if cfg.document_root is not None and not Path(cfg.document_root).is_dir():
             raise ServerStartError(f"document root {cfg.document_root} is not a directory")
+        if cfg.database is not None:
+            check_database_reachable(cfg.database)
         binary = find_label_studio_bin(cfg.label_studio_bin)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         explicit_port = bool(cfg.port)
@@ -197,11 +217,14 @@ class LabelStudioServer:
             if not explicit_port:
                 cfg.port = find_free_port(cfg.host)
             try:
-                first = not (self.data_dir / "label_studio.sqlite3").exists()
-                self._say(f"starting Label Studio ({binary}) on {cfg.host}:{cfg.port}, data in {self.data_dir}")
+                db = cfg.database
+                first = db is None and not (self.data_dir / "label_studio.sqlite3").exists()
+                self._say(f"starting Label Studio ({binary}) on {cfg.host}:{cfg.port}, data in {self.data_dir}"
+                          + (f", database {db.redacted()}" if db else ""))
                 self._spawn(binary)
                 self._say(f"waiting for Label Studio to answer at {self.url}"
-                          + (" (first start: creating its database and the admin user, about a minute)" if first else ""))
+                          + (" (first start: creating its database and the admin user, about a minute)" if first else
+                             " (on a new PostgreSQL database it creates its tables first, about a minute)" if db else ""))
                 self._wait_healthy()
                 break
             except ServerStartError as exc:
@@ -268,6 +291,7 @@ class LabelStudioServer:
             "data_dir": str(self.data_dir),
             "document_root": str(Path(self.config.document_root).resolve()) if self.config.document_root else None,
             "log": str(self.log_path),
+            "database": self.config.database.redacted() if self.config.database else None,  # no password
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_state(self.data_dir, state)

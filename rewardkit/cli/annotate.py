@@ -229,9 +229,14 @@ def hand_over_cmd(data_dir, to, rl_candidates) -> None:
 @click.option("--url", default=None,
               help="Use this already running Label Studio instead of starting one (its LOCAL_FILES_DOCUMENT_ROOT "
                    "must be --document-root; the token comes from LABEL_STUDIO_API_KEY or the credentials file).")
+@click.option("--database", envvar="REWARDKIT_LS_DATABASE", default=None, metavar="URL",
+              help="Keep Label Studio's data in PostgreSQL: postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME "
+                   "(default: SQLite in --data-dir). Without a password in the URL, $PGPASSWORD is used; prefer the "
+                   "environment (REWARDKIT_LS_DATABASE, PGPASSWORD) to keep the password out of `ps`. "
+                   "Give it at every `up` that starts the server (docs/annotation.md).")
 @CREDS
 def up(renders, document_root, data_dir, port, title, label_config, guidelines, annotators_per_task,
-       label_studio_bin, timeout, url, credentials) -> None:
+       label_studio_bin, timeout, url, database, credentials) -> None:
     """Start Label Studio (127.0.0.1), create or update the project, register the renders folder."""
     from rewardkit.annotation import (
         AnnotationError, ServerConfig, connect, ensure_local_storage, ensure_project,
@@ -241,10 +246,15 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
     from rewardkit.annotation.project import DEFAULT_TITLE, default_guidelines_path, default_label_config_path
     from rewardkit.annotation.server import check_reachable, find_free_port, start_detached, write_state
 
+    from rewardkit.annotation.database import PostgresDatabase
+
     renders = renders.resolve()
     document_root = (document_root or renders.parent).resolve()
     title = title or DEFAULT_TITLE
+    if database and url:
+        raise click.UsageError("--database applies to the server `up` starts; the server at --url keeps its own database")
     with _errors("starting", url) as step:
+        db = PostgresDatabase.from_url(database) if database else None
         cpath = credentials_path(credentials)
         state = read_state(data_dir)
         external = url is not None
@@ -265,11 +275,17 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
             except AnnotationError:
                 state = None
             if url is not None:
-                click.echo(f"Label Studio already running at {url} (data {data_dir})")
+                click.echo(f"Label Studio already running at {url} (data {data_dir}"
+                           + (f", database {state['database']}" if state.get("database") else "") + ")")
                 if state.get("document_root") and Path(state["document_root"]) != document_root:
                     raise AnnotationError(
                         f"the server at {url} serves local files from {state['document_root']}, not {document_root}; "
                         f"run `rewardkit annotate down --data-dir {data_dir}` first"
+                    )
+                if db is not None and state.get("database") != db.redacted():
+                    raise AnnotationError(
+                        f"the server at {url} keeps its data in {state.get('database') or 'SQLite in ' + str(data_dir)}, "
+                        f"not {db.redacted()}; run `rewardkit annotate down --data-dir {data_dir}` first"
                     )
         if url is None:
             if port:
@@ -283,9 +299,10 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
                     port = find_free_port()
             cfg = ServerConfig.from_credentials(
                 creds, data_dir=data_dir, document_root=document_root, port=port or 0,
-                label_studio_bin=label_studio_bin, startup_timeout_s=timeout,
+                label_studio_bin=label_studio_bin, startup_timeout_s=timeout, database=db,
             )
-            click.echo(f"starting Label Studio (data {data_dir}, document root {document_root}) ...")
+            click.echo(f"starting Label Studio (data {data_dir}, document root {document_root}"
+                       + (f", database {db.redacted()}" if db else "") + ") ...")
             server = start_detached(cfg, progress=_say)
             url = server.url
         step.url = url

@@ -26,6 +26,8 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
     Writes checkpoints, CSV/TensorBoard logs, metrics.json, learning_curve.png and the trained model
     (model/config.json + model/model.safetensors) under the output folder; prints the validation metrics.
     Progress goes to stderr (config `progress_bar`): a bar on a terminal, else one line per epoch.
+    Several GPUs or machines: `--set devices=N --set strategy=ddp [--set num_nodes=M]`, under torchrun or
+    SLURM for several machines (docs/scale.md); rank 0 alone evaluates and exports.
     Exit code 2 for a bad config, override, device or input table.
     """
     from rewardkit.train.config import load_train_config
@@ -44,10 +46,15 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
         result = run(cfg)
     except (TableError, BackboneError, FileNotFoundError) as exc:  # the inputs named by the config
         raise UserError(str(exc)) from None
+    if not result.is_global_zero:  # a DDP rank other than 0: rank 0 evaluated, exported and reports
+        click.echo(f"rank {result.global_rank} of {result.world_size}: trained; rank 0 evaluated and wrote "
+                   f"the outputs in {result.out_dir}", err=True)
+        return
     m = result.metrics
     val = m.get("val") or {}
+    procs = f" on {result.world_size} processes" if result.world_size > 1 else ""
     lines = [(f"stage {cfg.stage} ({', '.join(m['modes'])}) on {cfg.model.backbone.name}: "
-              f"{m['global_step']} steps, {m['epochs']} epochs, {m['fit_seconds']} s")]
+              f"{m['global_step']} steps, {m['epochs']} epochs, {m['fit_seconds']} s{procs}")]
     if val:
         lines.append(f"val: pairwise accuracy {val['pairwise_accuracy']}, tie-band accuracy {val['tie_band_accuracy']} "
                      f"(tau {val['tie_threshold']}), BT loss {val['bt_loss']}, ECE {val['ece']} -> "

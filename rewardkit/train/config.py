@@ -67,6 +67,9 @@ class TrainConfig:
     # -- Lightning ----------------------------------------------------------------------------------
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "cpu"  # Lightning's names (gpu = cuda)
     devices: Any = 1  # int, list or "auto"; multi-GPU: accelerator=gpu devices=4 strategy=ddp
+    # Machines of a multi-node run (devices per node x num_nodes processes; launched by torchrun, SLURM or
+    # Lightning on each node, docs/scale.md); rank 0 evaluates, reports and exports, the others wait.
+    num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

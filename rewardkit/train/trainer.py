@@ -36,6 +36,7 @@ from rewardkit.models.stage import StageRewardModel
 from rewardkit.train.augment import Augment
 from rewardkit.train.config import TrainConfig
 from rewardkit.train.data import PreferenceDataModule
+from rewardkit.train.distributed import on_rank_zero
 from rewardkit.train.module import RewardModelModule
 from rewardkit.train.progress import EpochLines, progress_mode
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the run folder, its metrics, the best/last Lightning checkpoints, the
-    exported model folder, and the fitted module and data module."""
+    exported model folder, and the fitted module and data module (on every rank of a DDP run)."""
     out_dir: Path
     metrics: dict[str, Any]
     best_checkpoint: str | None
@@ -53,6 +54,14 @@ class TrainResult:
     model_dir: Path | None
     module: RewardModelModule = field(repr=False)
     datamodule: PreferenceDataModule = field(repr=False)
+    # This process's rank and the run's process count: with world_size > 1 only rank 0 evaluated and exported
+    # (``module`` holds the evaluated weights there, the last trained weights on the other ranks).
+    global_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
 
 
 def build_datamodule(cfg: TrainConfig, image_size: int, model: StageRewardModel | None = None) -> PreferenceDataModule:
@@ -135,7 +144,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     if cfg.tensorboard and (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
         loggers.append(TensorBoardLogger(out_dir / "logs", name="tensorboard", version=version, default_hp_metric=False))
     trainer = L.Trainer(
-        default_root_dir=out_dir, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        default_root_dir=out_dir, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
         precision=cfg.precision, max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, logger=loggers,
         callbacks=[ckpt, *(callbacks or [])], log_every_n_steps=cfg.log_every_n_steps,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch, deterministic=cfg.deterministic,
@@ -279,19 +289,34 @@ def plot_learning_curve(out_dir: str | Path, out_png: str | Path, title: str = "
     return out_png
 
 
+class _WriteConfig(L.Callback):
+    """Write ``train_config.json`` once, from global rank 0, when the run's ranks are known."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path) -> None:
+        self.cfg, self.out_dir = cfg, out_dir
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            (self.out_dir / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
+
+
 def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
-    """Fit the stage model of ``cfg`` and write every output under ``cfg.out_dir``."""
+    """Fit the stage model of ``cfg`` and write every output under ``cfg.out_dir``.
+
+    With several processes (``devices`` x ``num_nodes``, ``strategy: ddp``) every rank trains, global rank 0
+    alone evaluates, writes the reports and exports the model, and the other ranks wait for it; every rank
+    returns rank 0's metrics (:mod:`rewardkit.train.distributed`)."""
     check_accelerator(cfg.accelerator)  # a one-line DeviceError before any work, not Lightning's traceback
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
     dm = build_datamodule(cfg, module.model.load_size, module.model)
     dm.setup()
-    trainer, ckpt = build_trainer(cfg, out_dir, callbacks, has_val=dm.splits["val"].height > 0)
+    trainer, ckpt = build_trainer(cfg, out_dir, [_WriteConfig(cfg, out_dir), *(callbacks or [])],
+                                  has_val=dm.splits["val"].height > 0)
     resume = _resume_path(cfg, out_dir / "checkpoints")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
@@ -299,44 +324,51 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
 
     best = ckpt.best_model_path or None
     last = ckpt.last_model_path or None
-    model = module.model
-    used = "last"
     # the epoch and step of the weights that are evaluated and exported (marked on the learning curves)
     selected_epoch, selected_step = max(int(trainer.current_epoch) - 1, 0), int(trainer.global_step)
-    if cfg.use_best_checkpoint and best and Path(best).exists():
-        ck = torch.load(best, map_location="cpu", weights_only=True)
-        module.load_state_dict(ck["state_dict"])
-        used = "best"
-        selected_epoch, selected_step = int(ck.get("epoch", selected_epoch)), int(ck.get("global_step", selected_step))
-    model = module.model.cpu()
-    metrics = evaluate(model, dm, ece_bins=cfg.ece_bins, margin=cfg.margin)
-    metrics.update({
-        "stage": cfg.stage,
-        "modes": model.modes,
-        "backbone": cfg.model.backbone.to_dict(),
-        "weights": used,
-        "checkpoint": best if used == "best" else last,
-        "selected_epoch": selected_epoch,
-        "selected_step": selected_step,
-        "epochs": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
-        "fit_seconds": round(fit_s, 2),
-        "resumed_from": resume,
-        "data": dm.summary,
-        "rewardkit_version": __version__,
-    })
-    metrics = _finite(metrics)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    plot_learning_curve(out_dir, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage",
-                        selected_step=selected_step,
-                        selected_label=f"exported: {used} checkpoint (epoch {selected_epoch}, step {selected_step})")
-    model_dir = None
-    if cfg.export:
-        model_dir = model.save_pretrained(out_dir / "model", extra={
-            "training": {"data": metrics.get("data"), "metrics": {k: metrics.get(k) for k in ("val", "test", "disentanglement")},
-                         "train_config": cfg.to_dict()}})
+    used = "last"
+
+    def evaluate_and_export() -> dict[str, Any]:  # global rank 0 only
+        nonlocal selected_epoch, selected_step, used
+        if cfg.use_best_checkpoint and best and Path(best).exists():
+            ck = torch.load(best, map_location="cpu", weights_only=True)
+            module.load_state_dict(ck["state_dict"])
+            used = "best"
+            selected_epoch, selected_step = int(ck.get("epoch", selected_epoch)), int(ck.get("global_step", selected_step))
+        model = module.model.cpu()
+        metrics = evaluate(model, dm, ece_bins=cfg.ece_bins, margin=cfg.margin)
+        metrics.update({
+            "stage": cfg.stage,
+            "modes": model.modes,
+            "backbone": cfg.model.backbone.to_dict(),
+            "weights": used,
+            "checkpoint": best if used == "best" else last,
+            "selected_epoch": selected_epoch,
+            "selected_step": selected_step,
+            "epochs": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "fit_seconds": round(fit_s, 2),
+            "resumed_from": resume,
+            "world_size": int(trainer.world_size),  # training processes (devices x num_nodes)
+            "num_nodes": int(trainer.num_nodes),
+            "data": dm.summary,
+            "rewardkit_version": __version__,
+        })
+        metrics = _finite(metrics)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        plot_learning_curve(out_dir, out_dir / "learning_curve.png", title=f"rewardkit {cfg.stage} stage",
+                            selected_step=selected_step,
+                            selected_label=f"exported: {used} checkpoint (epoch {selected_epoch}, step {selected_step})")
+        if cfg.export:
+            model.save_pretrained(out_dir / "model", extra={
+                "training": {"data": metrics.get("data"), "metrics": {k: metrics.get(k) for k in ("val", "test", "disentanglement")},
+                             "train_config": cfg.to_dict()}})
+        return metrics
+
+    metrics = on_rank_zero(trainer, evaluate_and_export)  # the other ranks wait here for rank 0
     return TrainResult(out_dir=out_dir, metrics=metrics, best_checkpoint=best, last_checkpoint=last,
-                       model_dir=model_dir, module=module, datamodule=dm)
+                       model_dir=out_dir / "model" if cfg.export else None, module=module, datamodule=dm,
+                       global_rank=int(trainer.global_rank), world_size=int(trainer.world_size))
 
 
 __all__ = ["TrainResult", "build_datamodule", "build_module", "build_trainer", "evaluate", "metrics_csv_paths", "model_from_checkpoint",
