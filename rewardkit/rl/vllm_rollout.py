@@ -426,6 +426,7 @@ class VLLMGenerator:
         self.device = torch.device("cpu") if self.on_cpu else torch.device("cuda", torch.cuda.current_device())
         self.records: list[dict[str, Any]] = []  # engine_logprobs: one entry per sampled request
         self.syncs = 0
+        self.sent_per_sync: list[int] = []  # tensors sent by each sync
         self._stale = True  # the checkpoint on disk may predate the policy (a resumed run): sync first
         self._full_sync = True
         self._asleep: set[str] = set()
@@ -458,9 +459,16 @@ class VLLMGenerator:
         ``reload_weights``, then drop the prefix cache. A collective under FSDP: every rank calls it."""
         self._wake("weights")
         names = None if self._full_sync or self.sleep_level == 2 else self._sync_names
+        sent: list[str] = []
+
+        def counted() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, t in policy_weights(self.model, self.dtype, names, self.device):
+                sent.append(name)
+                yield name, t
+
         with torch.no_grad():
-            weights = policy_weights(self.model, self.dtype, names, self.device)
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        self.sent_per_sync.append(len(sent))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         if not self.on_cpu:
             torch.cuda.empty_cache()
