@@ -5,8 +5,8 @@ the repository root on PYTHONPATH); writes ``OUT_DIR/results.json``. In one proc
 
 - a tiny Qwen2 policy (hidden 128, 4 heads of 32, 2 layers) with 256 ``<meshN>`` codes (voxel blocks of
   2^3 on a 4^3 grid, 8 tokens per object) is created and saved;
-- Hi-GRPO steps with ``rollout.backend: vllm`` (engine in float32), embeddings and ``lm_head`` frozen (the
-  first sync sends every weight, later ones skip the frozen two); after every optimizer step:
+- Hi-GRPO steps with ``rollout.backend: vllm`` (engine in float32), the input embeddings frozen (the
+  first sync sends every weight, later ones skip them); after every optimizer step:
   (a) the engine's greedy decode of both phases equals the updated policy's own greedy decode (HF
   ``generate`` with the same masks), and before the sync it did not always (the check can fail);
   (b) the log-probs the loss uses (``policy.logprobs`` on the loss's own micro-batches) equal the engine's
@@ -44,7 +44,7 @@ def _config(policy: str, out: str, backend: str, seed: int) -> dict:
         rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "occupied_fraction"}],
         group_size=8, prompts_per_step=2, lr=0.01, beta=0.01, mu=1, dynamic_sampling=False, steps=STEPS,
         output_dir=out, save_every=0, eval_group_size=0, render=False, accelerator="cpu", num_threads=1,
-        micro_batch_size=8, seed=seed, freeze=["embeddings", "lm_head"],
+        micro_batch_size=8, seed=seed, freeze=["embeddings"],
         rollout={"backend": backend, "dtype": "float32", "engine_logprobs": True, "enforce_eager": True},
     )
 
