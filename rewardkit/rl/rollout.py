@@ -91,12 +91,17 @@ class RolloutMixin:
         rc = self.cfg.rollout
         if rc.backend != "vllm":
             return
-        from rewardkit.rl.vllm_rollout import VLLMGenerator
+        from rewardkit.rl.vllm_rollout import VLLMGenerator, sequence_budget
 
-        f = self.fabric
+        cfg, f = self.cfg, self.fabric
+        prompts = list(self.prompts) + list(cfg.eval_prompts) + list(cfg.heldout_prompts)
+        longest = max(len(self.policy.encode_context(t.format(prompt=p, plan=""))) for p in prompts
+                      for t in (cfg.step1_template, cfg.step2_template))
         self.policy.generator = VLLMGenerator(
-            rc, self.policy, self.model, self.optimizer, self.cfg.policy_path, rank=f.global_rank,
+            rc, self.policy, self.model, self.optimizer, cfg.policy_path, rank=f.global_rank,
             local_rank=f.local_rank, world_size=f.world_size,
+            max_model_len=sequence_budget(longest, cfg.sampling.max_reasoning_tokens, cfg.tokens_per_object),
+            max_num_seqs=cfg.prompts_per_step * cfg.group_size,
         )
         self.policy.synced_generation = False  # each rank's engine samples on its own
 
