@@ -17,7 +17,9 @@ all; ``except <PackageError>`` one concern), and keeps the builtin base it had b
 - ``rewardkit.eval.generation.features.FeatureError`` (ValueError): a feature extractor that cannot be built;
   ``rewardkit.eval.generation.runner.EvalInputError`` (ValueError): an eval-gen prompt set or folder that cannot be used;
 - ``rewardkit.demo.annotator.UnrecordedDegradation`` (ValueError): the stand-in annotator's missing metadata;
-- ``rewardkit.rl.rewards.RewardError`` (RuntimeError).
+- ``rewardkit.rl.rewards.RewardError`` (RuntimeError);
+- ``rewardkit.engines.ManifestError`` (ValueError): a manifest that cannot be read;
+  ``rewardkit.engines.EngineError`` (RuntimeError): a batch engine that cannot run (Ray unreachable, a bad results file).
 
 tests/test_code_quality.py checks that every exception class in rewardkit derives from :class:`RewardkitError`
 (the CLI's, which are click exceptions, aside).
