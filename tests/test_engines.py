@@ -186,9 +186,17 @@ def test_local_engine_scores_a_manifest_like_score_meshes_and_skips_on_rerun(tmp
     for i, r in enumerate(ref):
         assert got[f"item{i}"]["scores"] == pytest.approx(r.scores, abs=1e-5)
     assert got["broken"]["error"]
-    again = score_manifest(manifest, out, LocalEngine(), job, progress=False)
-    assert (again.done, again.failed, again.skipped) == (0, 1, 3)
+    from click.testing import CliRunner
+
+    from rewardkit.cli import main
+
+    res = CliRunner().invoke(main, ["score", "--manifest", str(manifest), "--out", str(out), "--scorer",
+                                    str(scorer_set_dir()), "--device", "cpu", "--no-progress"])  # the re-run
+    assert res.exit_code == 1, res.output
+    assert "scored 0 of 4 items (3 already done, 1 failed) on the local engine" in res.stdout
+    assert "broken: " in res.stderr
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["item0", "item1", "item2", "broken"]
+    assert read_results(out)["item1"]["scores"] == got["item1"]["scores"]
 
 
 # ------------------------------------------------------------------------------------------------------ #
