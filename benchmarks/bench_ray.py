@@ -5,13 +5,16 @@ writes a manifest, and renders (orbit6 x rgb,geometry at --size px) and scores (
 scorer set, 64 px orbit4) them with the local engine and with the Ray engine (1 and 2 actors) on a local
 ``ray.init(num_cpus=--cpus)``. Each run writes into a fresh folder (nothing is skipped). Prints, side by side:
 
-- start-up: ``ray.init`` once; then per run, the time from the call to its first finished item (actor
-  start, GL context / scorer load, first item);
-- steady state: items/s after the first item, and the overhead ratio = Ray's seconds per item / the local
-  engine's seconds per item without start-up (> 1: Ray costs more per item on the same cores);
-- 1 vs 2 actors: the steady-state speed-up of 2 actors over 1.
+- start-up: ``ray.init`` once; then per engine, the fixed cost of a run, from a straight-line fit
+  t(n) = start-up + n x per-item over two runs of the same engine (a small run of ``--small`` items and
+  the full run): actor start, GL context / scorer load, Ray Data scheduling;
+- the overhead ratio without start-up = Ray's per-item seconds / the local engine's (> 1: Ray costs more
+  per item on the same cores);
+- 1 vs 2 actors: the per-item speed-up of 2 actors over 1.
 
-Usage: python benchmarks/bench_ray.py [--meshes 48] [--size 128] [--cpus 2] [--smoke] [--json out.json]
+The machine's load average is printed before and after: on a shared machine the figures move with it.
+
+Usage: python benchmarks/bench_ray.py [--meshes 48] [--size 128] [--cpus 2] [--small 4] [--smoke] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,22 +61,20 @@ def make_meshes(root: Path, n: int) -> Path:
 
 
 def timed(records_iter) -> dict:
-    """Drain an engine's records: total seconds, seconds to the first record, items/s after it."""
+    """Drain an engine's records: items, failures, seconds."""
     t0 = time.perf_counter()
-    stamps, failed = [], 0
+    n = failed = 0
     for rec in records_iter:
-        stamps.append(time.perf_counter() - t0)
+        n += 1
         failed += bool(rec.get("error"))
-    total = time.perf_counter() - t0
-    first = stamps[0]
-    after = len(stamps) - 1
-    # the local engine hands records back per chunk: steady state = items after the first chunk / its time
-    first_chunk = sum(1 for s in stamps if s - first < 1e-3)
-    steady_items = len(stamps) - first_chunk
-    steady_s = max(total - first, 1e-9)
-    return {"items": len(stamps), "failed": failed, "total_s": round(total, 3), "first_item_s": round(first, 3),
-            "steady_items_per_s": round(steady_items / steady_s, 3) if steady_items else None,
-            "steady_s_per_item": round(steady_s / steady_items, 4) if steady_items else None, "after_first": after}
+    return {"items": n, "failed": failed, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def fit(small: dict, full: dict) -> dict:
+    """t(n) = start-up + n x per-item through the two runs."""
+    per_item = (full["seconds"] - small["seconds"]) / max(full["items"] - small["items"], 1)
+    return {"small": small, "full": full, "startup_s": round(small["seconds"] - small["items"] * per_item, 3),
+            "per_item_s": round(per_item, 4)}
 
 
 def main() -> None:
@@ -81,11 +82,12 @@ def main() -> None:
     ap.add_argument("--meshes", type=int, default=48)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--cpus", type=int, default=2, help="num_cpus of the local Ray instance")
+    ap.add_argument("--small", type=int, default=4, help="items of the small run of each engine")
     ap.add_argument("--smoke", action="store_true", help="6 meshes at 32 px, 2 actors only: runs end to end")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.smoke:
-        args.meshes, args.size = 6, 32
+        args.meshes, args.size, args.small = 6, 32, 2
 
     import ray
 
@@ -102,40 +104,48 @@ def main() -> None:
     results: dict = {"meshes": args.meshes, "size": args.size, "cpus": args.cpus, "machine_cpus": os.cpu_count()}
 
     print(f"{args.meshes} meshes, render orbit6 x rgb,geometry at {args.size} px; score: tiny scorer set "
-          f"(orbit4, 64 px); Ray: ray.init(num_cpus={args.cpus})", flush=True)
-    results["render_local"] = timed(LocalEngine().render(render_job("local"), items))
-    results["score_local"] = timed(LocalEngine().score(score_job, items))
+          f"(orbit4, 64 px); Ray: ray.init(num_cpus={args.cpus}); small runs: {args.small} items", flush=True)
+    results["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
+    small = items[:args.small]
+
+    def both(what: str, engine, name: str) -> dict:
+        run = engine.render if what == "render" else engine.score
+        if what == "render":
+            return fit(timed(run(render_job(f"{name}-small"), small)), timed(run(render_job(name), items)))
+        return fit(timed(run(score_job, small)), timed(run(score_job, items)))
+
+    for what in ("render", "score"):
+        results[f"{what}_local"] = both(what, LocalEngine(), "local")
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results["ray_init_s"] = round(time.perf_counter() - t0, 3)
+    actor_counts = [2] if args.smoke else [1, 2]
     try:
-        for actors in ([2] if args.smoke else [1, 2]):
-            eng = RayEngine(actors=actors, batch_size=2)
-            results[f"render_ray{actors}"] = timed(eng.render(render_job(f"ray{actors}"), items))
-            results[f"score_ray{actors}"] = timed(eng.score(score_job, items))
+        for actors in actor_counts:
+            for what in ("render", "score"):
+                results[f"{what}_ray{actors}"] = both(what, RayEngine(actors=actors, batch_size=2), f"ray{actors}")
     finally:
         ray.shutdown()
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    def row(name: str, r: dict, base: dict | None) -> str:
-        ratio = (f"{r['steady_s_per_item'] / base['steady_s_per_item']:.2f}"
-                 if base and r["steady_s_per_item"] and base["steady_s_per_item"] else "-")
-        ips = r["steady_items_per_s"]
-        return (f"{name:<16}{r['items']:>6}{r['failed']:>7}{r['total_s']:>10.2f}{r['first_item_s']:>14.2f}"
-                f"{(ips if ips is not None else float('nan')):>12.2f}{ratio:>10}")
-
+    print(f"load average before: {results['loadavg_before']}, after: {results['loadavg_after']}")
     print(f"ray.init: {results['ray_init_s']:.2f} s")
-    print(f"{'run':<16}{'items':>6}{'failed':>7}{'total s':>10}{'first item s':>14}{'items/s*':>12}{'ratio*':>10}")
+    print(f"{'run':<16}{'failed':>7}{'small run s':>13}{'full run s':>12}{'start-up s':>12}{'s / item':>10}"
+          f"{'overhead':>10}")
     for what in ("render", "score"):
         base = results[f"{what}_local"]
-        print(row(f"{what} local", base, base))
-        for actors in ([2] if args.smoke else [1, 2]):
-            print(row(f"{what} ray x{actors}", results[f"{what}_ray{actors}"], base))
+        for name in ["local", *(f"ray{a}" for a in actor_counts)]:
+            r = results[f"{what}_{name}"]
+            ratio = r["per_item_s"] / base["per_item_s"] if base["per_item_s"] > 0 else float("nan")
+            label = f"{what} {name if name == 'local' else 'ray x' + name[3:]}"
+            print(f"{label:<16}{r['small']['failed'] + r['full']['failed']:>7}{r['small']['seconds']:>13.2f}"
+                  f"{r['full']['seconds']:>12.2f}{r['startup_s']:>12.2f}{r['per_item_s']:>10.3f}{ratio:>10.2f}")
         if not args.smoke:
-            one, two = results[f"{what}_ray1"], results[f"{what}_ray2"]
-            if one["steady_items_per_s"] and two["steady_items_per_s"]:
-                results[f"{what}_2_vs_1_actors"] = round(two["steady_items_per_s"] / one["steady_items_per_s"], 2)
-                print(f"{what}: 2 actors / 1 actor (steady items/s): {results[f'{what}_2_vs_1_actors']:.2f}x")
-    print("* after the first finished item (start-up excluded); ratio = s per item / the local engine's")
+            one, two = results[f"{what}_ray1"]["per_item_s"], results[f"{what}_ray2"]["per_item_s"]
+            results[f"{what}_2_vs_1_actors"] = round(one / two, 2) if two > 0 else None
+            print(f"{what}: 2 actors vs 1 (per-item speed-up): {results[f'{what}_2_vs_1_actors']}x")
+    print("start-up and s / item: the line t(n) = start-up + n x s/item through the small and the full run; "
+          "overhead = s / item / the local engine's")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -22,4 +22,5 @@ def test_bench_ray_smoke(tmp_path):
     assert "ray.init:" in p.stdout and "render ray x2" in p.stdout and "score local" in p.stdout
     res = json.loads(out.read_text())
     for run in ("render_local", "score_local", "render_ray2", "score_ray2"):
-        assert res[run]["items"] == 6 and res[run]["failed"] == 0, (run, res[run])
+        assert res[run]["full"]["items"] == 6 and res[run]["small"]["items"] == 2, (run, res[run])
+        assert res[run]["full"]["failed"] == res[run]["small"]["failed"] == 0, (run, res[run])

@@ -64,6 +64,7 @@ class RayEngine:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise EngineError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from None
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines per run
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # rewardkit shows its own progress
         ctx.print_on_execution_start = False
