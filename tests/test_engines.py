@@ -205,6 +205,9 @@ def test_local_engine_scores_a_manifest_like_score_meshes_and_skips_on_rerun(tmp
 def _ray_checks(tmp_path: Path, engine, n_nodes: int, rerun: bool) -> None:
     """Render and score a manifest on ``engine``: pixels, scores, per-row failures, nodes used (and, with
     ``rerun``, that a second run skips the finished items)."""
+    from click.testing import CliRunner
+
+    from rewardkit.cli import main
     from rewardkit.engines import ScoreJob, read_results, render_manifest, score_manifest
     from rewardkit.render import render_batch
     from rewardkit.scoring import score_meshes
@@ -220,10 +223,12 @@ def _ray_checks(tmp_path: Path, engine, n_nodes: int, rerun: bool) -> None:
     render_batch([tmp_path / n for n in names], tmp_path / "ref", CAMERA, MODES, size=RENDER_SIZE, names=ids,
                  progress=False)
     _same_folders(tmp_path / "ref", tmp_path / "ray", ids)
-    if rerun:
-        again = render_manifest(manifest, tmp_path / "ray", engine, protocol=CAMERA, size=RENDER_SIZE, modes=MODES,
-                                progress=False)
-        assert (again.done, again.failed, again.skipped) == (0, 3, len(names))  # the broken mesh is tried again
+    if rerun:  # through the command, on the Ray this test initialised; the broken mesh is tried again
+        res = CliRunner().invoke(main, ["render", "--manifest", str(manifest), "--out", str(tmp_path / "ray"),
+                                        "--engine", "ray", "--workers", "2", "--protocol", CAMERA, "--size",
+                                        str(RENDER_SIZE), "--modes", ",".join(MODES)])
+        assert res.exit_code == 1, res.output
+        assert f"rendered 0 of {len(names) + 3} items ({len(names)} already done, 3 failed) on the ray engine" in res.stdout
 
     out = tmp_path / "scores.jsonl"
     job = ScoreJob(scorers=(str(scorer_set_dir()),), device="cpu", batch_size=2)
@@ -239,8 +244,11 @@ def _ray_checks(tmp_path: Path, engine, n_nodes: int, rerun: bool) -> None:
     assert "GLB" in got["broken"]["error"] and "outside" in got["escape"]["error"]
     if rerun:
         (tmp_path / "m" / "broken.glb").write_bytes((tmp_path / names[0]).read_bytes())  # fixed: scored now
-        again = score_manifest(manifest, out, engine, job, progress=False)
-        assert (again.done, again.failed, again.skipped) == (1, 2, len(names))
+        res = CliRunner().invoke(main, ["score", "--manifest", str(manifest), "--out", str(out), "--engine", "ray",
+                                        "--workers", "2", "--scorer", str(scorer_set_dir()), "--device", "cpu",
+                                        "--batch-size", "2"])
+        assert res.exit_code == 1, res.output
+        assert f"scored 1 of {len(names) + 3} items ({len(names)} already done, 2 failed) on the ray engine" in res.stdout
         fixed = read_results(out)["broken"]
         assert fixed["error"] is None and set(fixed["scores"]) == {"global", "local"}
 
