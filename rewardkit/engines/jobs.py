@@ -157,10 +157,10 @@ class ManifestRun:
         return out
 
 
-def _progress(label: str, total: int, enabled: bool):
+def _progress(label: str, enabled: bool):
     from rewardkit.progress import progress_bar
 
-    return progress_bar(label, disable=not enabled), total
+    return progress_bar(label, disable=not enabled)
 
 
 def _split(items: Iterable[Item], done: Callable[[Item], bool], run: ManifestRun,
@@ -202,7 +202,7 @@ def render_manifest(manifest: str | Path, out_root: str | Path, engine: Engine, 
                 run.failed += 1
             else:
                 pending.append(it)
-    bar, _ = _progress("render", len(pending), progress)
+    bar = _progress("render", progress)
     with bar:
         task = bar.add_task("", total=len(pending))
         for rec in engine.render(job, pending):
@@ -317,7 +317,7 @@ def score_manifest(manifest: str | Path, results_path: str | Path, engine: Engin
         pending += _split(chunk, lambda it: it.id in previous and previous[it.id].get("error") is None, run,
                           lambda it: score_record(it, None, None, it.error))
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    bar, _ = _progress("score", len(pending), progress)
+    bar = _progress("score", progress)
     with bar, open(results_path, "a", encoding="utf-8") as fh:
         for rec in run.records:  # the rows that broke a rule
             fh.write(json.dumps(rec) + "\n")
