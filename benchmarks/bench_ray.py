@@ -1,6 +1,6 @@
 """Local engine vs Ray Data engine on the same manifest of meshes (issue 27).
 
-Generates N meshes (default 48: icospheres, tori, boxes, cones, capsules with vertex colours, 1-5k faces),
+Generates N meshes (default 48: icospheres, tori, boxes, cones, capsules with vertex colours, 12 to ~2.3k faces),
 writes a manifest, and renders (orbit6 x rgb,geometry at --size px) and scores (the tests' tiny exported
 scorer set, 64 px orbit4) them with the local engine and with the Ray engine (1 and 2 actors) on a local
 ``ray.init(num_cpus=--cpus)``. Each run writes into a fresh folder (nothing is skipped). Prints, side by side:
