@@ -18,7 +18,9 @@ all; ``except <PackageError>`` one concern), and keeps the builtin base it had b
   ``rewardkit.eval.generation.runner.EvalInputError`` (ValueError): an eval-gen prompt set or folder that cannot be used;
 - ``rewardkit.demo.annotator.UnrecordedDegradation`` (ValueError): the stand-in annotator's missing metadata;
 - ``rewardkit.rl.rewards.RewardError`` (RuntimeError);
-- ``rewardkit.train.distributed.RankZeroError`` (RuntimeError): rank 0 of a DDP run failed after training.
+- ``rewardkit.train.distributed.RankZeroError`` (RuntimeError): rank 0 of a DDP run failed after training;
+- ``rewardkit.engines.ManifestError`` (ValueError): a manifest that cannot be read;
+  ``rewardkit.engines.EngineError`` (RuntimeError): a batch engine that cannot run (Ray unreachable, a bad results file).
 
 tests/test_code_quality.py checks that every exception class in rewardkit derives from :class:`RewardkitError`
 (the CLI's, which are click exceptions, aside).

@@ -41,7 +41,7 @@ PACKAGE_EXTRAS: dict[str, str] = {
     "lightning": "train", "pytorch_lightning": "train", "lightning_fabric": "train", "datasets": "train",
     "matplotlib": "train", "transformers": "rl", "peft": "rl",
     "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-    "dvc": "pipeline",
+    "dvc": "pipeline", "ray": "ray", "pyarrow": "ray",
 }
 
 
@@ -50,7 +50,8 @@ _EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
     "train": ("lightning", "pytorch_lightning", "lightning_fabric", "datasets", "matplotlib", "polars", "transformers"),
     "serve": ("fastapi", "uvicorn", "multipart", "python_multipart"),
     "rl": ("lightning", "pytorch_lightning", "lightning_fabric", "transformers", "matplotlib", "polars", "peft"),
-    "pipeline": tuple(PACKAGE_EXTRAS),
+    "ray": ("ray", "pyarrow"),
+    "pipeline": tuple(p for p, extra in PACKAGE_EXTRAS.items() if extra != "ray"),
 }
 
 

@@ -47,6 +47,8 @@ _DOMAIN_ERRORS = (
     "rewardkit.models.backbone:BackboneError",
     "rewardkit.scoring.errors:ScorerError",
     "rewardkit.annotation.errors:AnnotationError",
+    "rewardkit.engines.manifest:ManifestError",
+    "rewardkit.engines.jobs:EngineError",
 )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from rewardkit.cli.engine import engine_options, make_engine, report
 from rewardkit.cli.errors import UserError
 
 BASELINE_PREFIXES = ("clip-multiview:", "hps-multiview:")
@@ -57,6 +58,39 @@ def _load_scorers(specs: tuple[str, ...], baseline_arch: str | None, device: str
     return as_scorer_set(loaded, device=device)
 
 
+def _score_manifest(manifest, out, scorers, engine, address, workers, device, batch_size, render_size, up,
+                    progress, other_inputs) -> None:
+    if manifest is None or out is None:
+        raise click.UsageError("--manifest FILE and --out RESULTS.jsonl go together (and --engine ray needs them)")
+    if other_inputs:
+        raise click.UsageError("with --manifest, give no MESHES, --pairs-file, --json or --verbose "
+                               "(the results go to --out)")
+    scorers = scorers or tuple(filter(None, os.environ.get("REWARDKIT_SCORER", "").split(os.pathsep)))
+    if not scorers:
+        raise click.UsageError("no scorer: pass --scorer DIR (an exported scorer or scorer set) or set REWARDKIT_SCORER")
+    if any(s.startswith(BASELINE_PREFIXES) and not Path(s).exists() for s in scorers):
+        raise click.UsageError("with --manifest, --scorer names exported scorer folders or Hub ids (no baselines)")
+    if batch_size < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    from rewardkit.engines import ScoreJob, score_manifest
+    from rewardkit.io import MeshLimits
+
+    runner = make_engine(engine, address, workers, manifest)
+    job = ScoreJob(scorers=tuple(scorers), device=device, batch_size=batch_size, render_size=render_size, up=up,
+                   limits=MeshLimits.from_env())
+    if engine == "local":
+        from rewardkit.devices import resolve_device
+        from rewardkit.scoring.errors import ScorerError
+
+        try:
+            runner.scorer_set = _load_scorers(scorers, None, resolve_device(device, what="--device"))
+        except ScorerError as exc:
+            raise UserError(str(exc)) from None
+    run = score_manifest(manifest, out, runner, job, progress=progress)
+    report(run, "scored", f"results: {out}")
+    sys.exit(1 if run.failed else 0)
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
@@ -79,13 +113,27 @@ def _fmt(x: float | None) -> str:
               help="Progress on stderr (a bar on a terminal, else a line every ~10 %% of the meshes).")
 @click.option("--baseline-arch", default=None, help="open_clip architecture (or JSON config) for baseline weights.")
 @click.option("--up", default="+y", show_default=True, type=click.Choice(["+x", "-x", "+y", "-y", "+z", "-z"]))
+@engine_options
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="With --manifest: the results table to write (JSON lines, one record per item; a re-run "
+                   "skips the items it holds without an error).")
+@click.option("--workers", type=int, default=None,
+              help="With --engine ray: actors, each with one loaded scorer set (default: one per CPU of the "
+                   "cluster, or per GPU where it has GPUs).")
 def score(meshes, prompt, scorers, pairs_file, as_json, verbose, batch_size, render_size, device, progress,
-          baseline_arch, up) -> None:
+          baseline_arch, up, manifest, engine, address, out, workers) -> None:
     """Score MESHES against --prompt with each scorer (e.g. the global and local stage models).
 
     Each mesh is rendered once with the camera protocol the scorers were trained on. A mesh that cannot
-    be read is reported and the others are still scored (exit code 1).
+    be read is reported and the others are still scored (exit code 1). With --manifest the items
+    (mesh, prompt, id) come from a file of any size and the results go to --out.
     """
+    if manifest is not None or engine != "local" or out is not None:
+        _score_manifest(manifest, out, scorers, engine, address, workers, device, batch_size, render_size, up,
+                        progress, bool(meshes or pairs_file or as_json or verbose))
+        return
+    if workers is not None:
+        raise click.UsageError("--workers is for --engine ray (local scoring runs in this process)")
     pairs: list[tuple[str, str]] = []
     if meshes:
         if not prompt:

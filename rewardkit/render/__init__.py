@@ -1,9 +1,10 @@
 """Camera protocols, the offscreen renderer, view grids and render folders."""
 
-from rewardkit.render.batch import BatchSummary, output_names, render_batch
+from rewardkit.render.batch import BatchSummary, output_names, render_batch, render_one
 from rewardkit.render.folder import (
     RenderFolderError,
     RenderResult,
+    is_rendered,
     load_views,
     read_meta,
     render_to_dir,
@@ -16,6 +17,6 @@ from rewardkit.render.renderer import MODES, RenderConfig, RenderError, Renderer
 
 __all__ = [
     "BatchSummary", "CameraProtocol", "MODES", "PRESETS", "PROTOCOL_VERSION", "RenderConfig", "RenderError",
-    "RenderFolderError", "RenderResult", "Renderer", "get_protocol", "grid_shape", "load_views", "look_at_pose",
-    "make_grid", "output_names", "read_meta", "render_batch", "render_to_dir", "view_paths", "write_views",
+    "RenderFolderError", "RenderResult", "Renderer", "get_protocol", "grid_shape", "is_rendered", "load_views", "look_at_pose",
+    "make_grid", "output_names", "read_meta", "render_batch", "render_one", "render_to_dir", "view_paths", "write_views",
 ]

@@ -68,16 +68,24 @@ def _worker_init(size: int, config: RenderConfig, limits: MeshLimits) -> None:
     _worker_loader = IsolatedLoader(limits)
 
 
+def render_one(renderer: Renderer, loader: IsolatedLoader, mesh_path: str, out_dir: str, protocol: CameraProtocol,
+               modes: Sequence[str], up: str = "+y") -> tuple[RenderResult | None, str | None]:
+    """Load one mesh with ``loader``, render it with ``renderer`` and write its render folder: ``(result,
+    None)``, or ``(None, reason)`` when it fails (never raises for a bad mesh). The one per-mesh step of
+    every batch renderer (the worker processes here, the Ray Data actors of :mod:`rewardkit.engines`)."""
+    try:
+        loaded = loader.load(mesh_path, up=up)
+        return render_to_dir(loaded, out_dir, protocol, modes, renderer=renderer, up=up), None
+    except MeshError as exc:
+        return None, exc.reason
+    except Exception as exc:  # one broken mesh must not stop the batch
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def _render_one(job: tuple[str, str, CameraProtocol, tuple[str, ...], str]) -> tuple[str, RenderResult | None, str | None, float]:
     mesh_path, out_dir, protocol, modes, up = job
     before = _worker_renderer.render_seconds
-    try:
-        loaded = _worker_loader.load(mesh_path, up=up)
-        result, error = render_to_dir(loaded, out_dir, protocol, modes, renderer=_worker_renderer, up=up), None
-    except MeshError as exc:
-        result, error = None, exc.reason
-    except Exception as exc:  # one broken mesh must not stop the batch
-        result, error = None, f"{type(exc).__name__}: {exc}"
+    result, error = render_one(_worker_renderer, _worker_loader, mesh_path, out_dir, protocol, modes, up)
     return mesh_path, result, error, _worker_renderer.render_seconds - before
 
 

@@ -140,6 +140,22 @@ def read_meta(render_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def is_rendered(render_dir: str | Path, protocol: CameraProtocol, modes: Iterable[str], render_config: dict) -> bool:
+    """Whether ``render_dir`` is a complete render folder of this protocol, these modes and this render
+    config (``meta.json`` is written after every view, so it marks a finished folder). A re-run of a batch
+    skips such folders; any other state (absent, half-written, another protocol) is rendered again."""
+    try:
+        meta = read_meta(render_dir)
+        modes = list(modes)
+        as_json = lambda x: json.loads(json.dumps(x))  # noqa: E731 - tuples -> lists, as meta.json holds them
+        if (meta.get("protocol") != as_json(protocol.to_dict()) or meta.get("render_config") != as_json(render_config)
+                or not set(modes) <= set(meta.get("modes", []))):
+            return False
+        return all(p.is_file() for m in modes for p in view_paths(render_dir, m))
+    except (RenderFolderError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def view_paths(render_dir: str | Path, mode: str) -> list[Path]:
     """Paths of the view PNGs of one mode, in view order; error names what is missing."""
     render_dir = Path(render_dir)
