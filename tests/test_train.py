@@ -1,6 +1,6 @@
 """Training: prompt split, data module, config/overrides, learnability on real renders, resume, the CLI.
 
-The learnability data set is rendered once per module (``_fixtures_models.make_preference_dataset``):
+The learnability data set is rendered once per module (``helpers.models.make_preference_dataset``):
 trimesh primitives through ``rewardkit.render`` at 64 px, two views, loaded at 32 px for the tiny model.
 """
 
@@ -31,7 +31,7 @@ from rewardkit.train import (
 )
 from rewardkit.train.trainer import metrics_csv_paths, read_metrics_log
 
-from _fixtures_models import make_preference_dataset
+from helpers.models import make_preference_dataset
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenGL"),
