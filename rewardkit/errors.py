@@ -17,6 +17,7 @@ all; ``except <PackageError>`` one concern), and keeps the builtin base it had b
 - ``rewardkit.eval.generation.features.FeatureError`` (ValueError): a feature extractor that cannot be built;
   ``rewardkit.eval.generation.runner.EvalInputError`` (ValueError): an eval-gen prompt set or folder that cannot be used;
 - ``rewardkit.demo.annotator.UnrecordedDegradation`` (ValueError): the stand-in annotator's missing metadata;
+- ``rewardkit.train.export.ExportError`` (FileNotFoundError): a training run folder that export cannot use;
 - ``rewardkit.rl.rewards.RewardError`` (RuntimeError).
 
 tests/test_code_quality.py checks that every exception class in rewardkit derives from :class:`RewardkitError`

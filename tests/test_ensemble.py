@@ -294,3 +294,40 @@ def test_annotate_select_picks_uncertain_unlabelled_pairs_with_the_real_ensemble
     assert sel.columns[:4] == ["pair_id", "prompt_id", "item_a", "item_b"]
     r2 = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "again.parquet")])
     assert r2.exit_code == 0 and read_pairs(tmp_path / "again.parquet").equals(sel)
+
+
+def test_rewardkit_export_writes_a_training_run_as_a_scorer_set_ensembles_included(trained, tmp_path):
+    """`rewardkit export` (what the pipeline's export stage calls): the run's model with the camera protocol
+    and render config of the renders it was trained on; --members N an ensemble; bad input is exit 2."""
+    import polars as pl
+    from click.testing import CliRunner
+
+    from rewardkit.cli import main
+    from rewardkit.render import read_meta
+    from rewardkit.scoring import EnsembleScorer, Scorer, load_scorer
+    from rewardkit.train.data import resolve_render_dir
+
+    ds, model, _, root = trained
+    meta = read_meta(resolve_render_dir(pl.read_parquet(ds["items"])["render_dir"][0], None, ds["items"]))
+    res = CliRunner().invoke(main, ["export", "--run", f"global={root / 'run'}", "--out", str(tmp_path / "ens"),
+                                    "--members", "3", "--name", "t", "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    g = load_scorer(tmp_path / "ens", device="cpu")["global"]
+    assert isinstance(g, EnsembleScorer) and g.members == 3 and g.name == "t-global"
+    cfg = json.loads((tmp_path / "ens" / "global" / "config.json").read_text())
+    assert cfg["camera_protocol"]["azimuths"] == meta["protocol"]["azimuths"]
+    assert cfg["camera_protocol"]["size"] == meta["protocol"]["size"]
+    assert cfg["render_config"] == meta["render_config"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["members"] == 3 and len(report["global"]["val_member_accuracy"]) == 3
+    res = CliRunner().invoke(main, ["export", "--run", f"global={root / 'run'}", "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    plain = load_scorer(tmp_path / "one", device="cpu")["global"]
+    assert type(plain) is Scorer
+    views, prompts = _views(ds, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.score_views({"geometry": views}, prompts).scores, model.eval()(views, prompts))
+    for args, words in ((["--run", f"middle={root / 'run'}"], "STAGE=DIR"),
+                        (["--run", f"global={tmp_path}"], "metrics.json")):
+        res = CliRunner().invoke(main, ["export", *args, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and words in res.output, res.output

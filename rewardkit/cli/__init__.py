@@ -28,12 +28,13 @@ COMMANDS: dict[str, str] = {
     "rl": "rewardkit.cli.rl:rl",
     "demo": "rewardkit.cli.demo:demo",
     "eval-gen": "rewardkit.cli.eval_gen:eval_gen",
+    "export": "rewardkit.cli.export:export",
 }
 
 
 # command -> the extra that installs what it needs (``pip install rewardkit[<extra>]``); ``score`` is the core
 COMMAND_EXTRAS: dict[str, str] = {
-    "annotate": "annotate", "train": "train", "serve": "serve", "rl": "rl", "demo": "pipeline",
+    "annotate": "annotate", "train": "train", "export": "train", "serve": "serve", "rl": "rl", "demo": "pipeline",
 }
 # third-party packages of the extras (top-level import names) -> the extra that brings them
 PACKAGE_EXTRAS: dict[str, str] = {
