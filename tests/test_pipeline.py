@@ -800,8 +800,9 @@ def test_own_generations_table_names_every_problem(tmp_path):
 
 
 def test_eval_gen_params_are_heldout_prompts_of_demo_shapes_and_the_report_helpers():
-    from pipelines.eval_gen import change, heldout_prompts
+    from rewardkit.config import ConfigError
     from rewardkit.eval.generation.protocol import EvalGenConfig
+    from rewardkit.rl.generation_eval import change, heldout_prompts
 
     for section in (yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL_PARAMS):
         ev, rl = section["eval_gen"], section["rl"]
@@ -809,9 +810,9 @@ def test_eval_gen_params_are_heldout_prompts_of_demo_shapes_and_the_report_helpe
         assert len(rows) == len(ev["prompts"]) and all(r["category"] for r in rows)
         cfg = EvalGenConfig.from_dict(ev["protocol"])
         assert cfg.shading == "untextured" and cfg.kd.subsets >= 10
-    with pytest.raises(SystemExit, match="is an rl training prompt"):
+    with pytest.raises(ConfigError, match="is an rl training prompt"):
         heldout_prompts({"prompts": [{"prompt": "a cube", "shape": "cube", "category": "x"}]}, ["a cube"])
-    with pytest.raises(SystemExit, match="shape must be one of"):
+    with pytest.raises(ConfigError, match="shape must be one of"):
         heldout_prompts({"prompts": [{"prompt": "a dog", "shape": "dog", "category": "x"}]}, [])
     init = {"overall": {"fd_incep": 2.0, "kd_incep_x100": 0.5, "kd_incep_x100_std": 0.1, "objects": 4}}
     final = {"overall": {"fd_incep": 1.5, "kd_incep_x100": 0.25, "kd_incep_x100_std": 0.1, "objects": 4}}
