@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines._common import REPORTS_DIR, chdir_root, params, step
-from rewardkit.rl import HiGRPOConfig
+from rewardkit.rl.config import HiGRPOConfig
 from rewardkit.rl.generation_eval import evaluate_policies
 
 RL_DIR = Path("data/rl")

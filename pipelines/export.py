@@ -1,11 +1,12 @@
 """Stage ``export``: the two trained stage models as one scorer set (``data/scorers/{global,local}``) and
-``reports/ensemble.json``: :func:`rewardkit.train.export_scorers`, what ``rewardkit export`` runs."""
+``reports/ensemble.json``: :func:`rewardkit.train.export.export_scorers`, what ``rewardkit export`` runs."""
 
 from __future__ import annotations
 
 from pipelines._common import MODELS_DIR, REPORTS_DIR, SCORERS_DIR, chdir_root, params, step
 from rewardkit.config import from_dict
-from rewardkit.train import EnsembleConfig, export_scorers
+from rewardkit.train import EnsembleConfig
+from rewardkit.train.export import export_scorers
 
 
 def main() -> None:

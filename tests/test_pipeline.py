@@ -537,7 +537,7 @@ def test_rewardkit_score_with_the_exported_scorers(pipeline_run):
 # -- fast checks of the stage modules' own logic (no DVC run) ------------------------------------------------
 
 def test_train_params_merge_per_stage():
-    from pipelines.train import deep_merge
+    from rewardkit.config import deep_merge
 
     common = {"model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": False}, "lr": 0.1}
     merged = deep_merge(common, {"model": {"lock_text": True}, "max_epochs": 2})
@@ -568,7 +568,7 @@ def test_clean_vs_degraded_credit_and_stage_report():
 
 
 def test_learning_curve_rows_from_lightning_csv(tmp_path):
-    from pipelines.train import learning_curve_rows
+    from rewardkit.train.run_report import learning_curve_rows
 
     csv = tmp_path / "metrics.csv"
     csv.write_text("epoch,step,train/loss_step,train/loss_epoch,val/bt_loss,val/pairwise_accuracy\n"

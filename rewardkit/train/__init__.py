@@ -11,7 +11,6 @@ from rewardkit.train.data import (
     split_prompts,
 )
 from rewardkit.train.ensemble import EnsembleConfig
-from rewardkit.train.export import ExportError, ExportResult, export_scorers
 from rewardkit.train.module import RewardModelModule
 from rewardkit.train.trainer import (
     TrainResult,
@@ -23,7 +22,7 @@ from rewardkit.train.trainer import (
 )
 
 __all__ = [
-    "EnsembleConfig", "EpochShuffleSampler", "ExportError", "ExportResult", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
+    "EnsembleConfig", "EpochShuffleSampler", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
     "TrainResult", "ViewCache", "apply_overrides", "build_examples", "collate_pairs", "evaluate",
-    "export_scorers", "load_train_config", "model_from_checkpoint", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
+    "load_train_config", "model_from_checkpoint", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
 ]

@@ -93,3 +93,6 @@ def export_scorers(runs: Mapping[str, str | Path], out_dir: str | Path, *, name:
         Path(report).write_text(json.dumps({"members": ecfg.members, **reports}, indent=2) + "\n")
     log(f"  scorer set in {out_dir}/ (" + ", ".join(f"{s}: {scorers[s].modes}" for s in scorers) + ")")
     return ExportResult(out_dir, scorer_set, reports)
+
+
+__all__ = ["STAGES", "ExportError", "ExportResult", "export_scorers", "run_render_meta"]
