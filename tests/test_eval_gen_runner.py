@@ -244,7 +244,8 @@ def test_eval_gen_usage_errors_exit_2(tmp_path, extractors):
 
 
 def test_reference_meshes_shared_by_objects_are_one_set_member_each(tmp_path, extractors):
-    from rewardkit.eval.generation.runner import evaluate_generations, read_prompt_set
+    from rewardkit.eval.generation.inputs import read_prompt_set
+    from rewardkit.eval.generation.runner import evaluate_generations
 
     gen, ref = tmp_path / "gen", tmp_path / "ref"
     gen.mkdir()

@@ -28,7 +28,9 @@ import numpy as np
 from rewardkit.config import ConfigError
 from rewardkit.eval.generation.protocol import EvalGenConfig
 from rewardkit.eval.generation.random_init import write_random_init_extractors
-from rewardkit.eval.generation.runner import evaluate_generations, load_extractors, plot_results, read_prompt_set
+from rewardkit.eval.generation.inputs import read_prompt_set
+from rewardkit.eval.generation.plots import plot_results
+from rewardkit.eval.generation.runner import evaluate_generations, load_extractors
 from rewardkit.rl.sampling import sample_two_steps
 from rewardkit.rl.tokenizers import create_tokenizer
 
