@@ -40,6 +40,7 @@ def one_real_mesh(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_bench_scoring(tmp_path):
     out = run_bench("bench_scoring", "--n", 2, "--backbone", "rk-tiny", "--render-size", 32, "--camera", "orbit4",
                     "--batch-size", 2, "--cli-runs", 1, "--rounds", 1, "--json", tmp_path / "r.json")
@@ -47,11 +48,13 @@ def test_bench_scoring(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["cli_runs_timed"] == 1
 
 
+@pytest.mark.slow
 def test_bench_render(tmp_path):
     out = run_bench("bench_render", "--size", 32, "--meshes", one_real_mesh(tmp_path), "--naive-meshes", 1)
     assert "reused renderer vs new renderer per view (1 meshes" in out
 
 
+@pytest.mark.slow
 def test_bench_eval_gen():
     out = run_bench("bench_eval_gen", "--smoke")
     assert "render: 1 real meshes" in out and "features CLIP ViT-B-32" in out
@@ -64,6 +67,7 @@ def test_bench_train():
     assert out.count("\ntrain rk-tiny") >= 1 and '"train": [' in out.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_bench_rl_memory():
     out = run_bench("bench_rl_memory", "--no-validate")
     assert "GB" in out

@@ -76,6 +76,7 @@ def _views(ds, n=None):
     return torch.stack([vc(d) for d in dirs]), items["prompt"].to_list()
 
 
+@pytest.mark.slow
 def test_members_are_trained_heads_on_the_model_and_member_zero_is_the_model(trained, ensemble):
     ds, model, _, _ = trained
     ens, report = ensemble
@@ -98,6 +99,7 @@ def test_members_are_trained_heads_on_the_model_and_member_zero_is_the_model(tra
     assert len({round(float(x), 5) for x in out["rewards"][:, 0]}) == 5
 
 
+@pytest.mark.slow
 def test_offsets_put_every_member_at_the_models_level_on_the_training_candidates(trained, ensemble):
     ds, _model, _, _ = trained
     ens, _ = ensemble
@@ -109,6 +111,7 @@ def test_offsets_put_every_member_at_the_models_level_on_the_training_candidates
     assert spread_of_means < 0.5 * float(r.std(1).mean()), (means, r.std(1))
 
 
+@pytest.mark.slow
 def test_std_is_larger_off_the_training_data(trained, ensemble):
     """Views unlike every training render (uniform noise) get a larger spread than the training candidates."""
     ds, _, _, _ = trained
@@ -122,6 +125,7 @@ def test_std_is_larger_off_the_training_data(trained, ensemble):
     assert float(std_out) > 1.5 * float(std_in), (float(std_in), float(std_out))
 
 
+@pytest.mark.slow
 def test_bootstrap_and_seed_are_deterministic(trained):
     from rewardkit.train.ensemble import EnsembleConfig, train_ensemble
 
@@ -138,6 +142,7 @@ def test_bootstrap_and_seed_are_deterministic(trained):
         EnsembleConfig(members=0)
 
 
+@pytest.mark.slow
 def test_saved_and_loaded_as_one_scorer_with_the_same_scores_and_std(scorer_dir, ensemble, trained):
     from rewardkit.scoring import EnsembleScorer, ScorerError, load_scorer
 
@@ -184,6 +189,7 @@ def _meshes(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_std_through_score_meshes_the_cli_json_and_the_rl_adapters(scorer_dir, tmp_path):
     from click.testing import CliRunner
 
@@ -231,6 +237,7 @@ def test_std_through_score_meshes_the_cli_json_and_the_rl_adapters(scorer_dir, t
     clear_cache()
 
 
+@pytest.mark.slow
 def test_std_in_the_http_service_answers(scorer_dir, tmp_path):
     from rewardkit.rl.rewards import TermValues
     from rewardkit.rl.scorer_adapters import scorer_reward
@@ -256,6 +263,7 @@ def test_std_in_the_http_service_answers(scorer_dir, tmp_path):
         assert isinstance(tv, TermValues) and tv.std[0] == pytest.approx(ref.std["global"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_uncertainty_penalty_term_uses_the_ensemble_std(scorer_dir, tmp_path):
     from rewardkit.rl.rewards import build_step_reward
 
@@ -268,6 +276,7 @@ def test_uncertainty_penalty_term_uses_the_ensemble_std(scorer_dir, tmp_path):
     np.testing.assert_allclose(pen.total, plain.total - 2.0 * std, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_annotate_select_picks_uncertain_unlabelled_pairs_with_the_real_ensemble(scorer_dir, trained, tmp_path):
     import polars as pl
     from click.testing import CliRunner
@@ -296,6 +305,7 @@ def test_annotate_select_picks_uncertain_unlabelled_pairs_with_the_real_ensemble
     assert r2.exit_code == 0 and read_pairs(tmp_path / "again.parquet").equals(sel)
 
 
+@pytest.mark.slow
 def test_rewardkit_export_writes_a_training_run_as_a_scorer_set_ensembles_included(trained, tmp_path):
     """`rewardkit export` (what the pipeline's export stage calls): the run's model with the camera protocol
     and render config of the renders it was trained on; --members N an ensemble; bad input is exit 2."""

@@ -112,6 +112,7 @@ def _blocked_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_scoring_works_with_the_core_only_and_extras_are_named(tmp_path):
     env = _blocked_env(tmp_path)
     rk = [sys.executable, "-m", "rewardkit"]

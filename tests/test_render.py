@@ -222,6 +222,7 @@ def test_renderer_reuses_one_context(renderer, box_files):
     assert renderer._offscreen._platform is ctx
 
 
+@pytest.mark.slow
 def test_a_render_folder_is_byte_identical_on_every_run(tmp_path, box_files, monkeypatch):
     """The pipeline's render output is a DVC output: the same meshes must give the same bytes (PNGs,
     meta.json, summary.json), run after run, wherever the checkout is (relative paths, as the stage uses)."""

@@ -257,6 +257,7 @@ def _run_ddp(tmp_path, timeout: float = 300, **overrides) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_by_config_alone(tmp_path):
     """devices/strategy in the config are all it takes (here 2 CPU processes, gloo; GPUs work the same)."""
     rows = _run_ddp(tmp_path, timeout=240)
@@ -264,6 +265,7 @@ def test_two_process_ddp_by_config_alone(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_qwen2_5_vl_freezes_the_vision_tower(tmp_path):
     """ShapeLLM-Omni's architecture under 2-process DDP (gloo): the text-only rollout never uses the vision
     tower, so unfrozen it fails DDP's unused-parameter check; the default freezes it and lm_head, as
