@@ -188,6 +188,7 @@ def test_batch_renders_the_rest_and_reports_the_broken(tmp_path, box_files):
     assert len(load_views(dirs[0], "geometry")) == 4
 
 
+@pytest.mark.slow
 def test_batch_with_workers_matches_single_process(tmp_path, box_files):
     paths = [box_files["glb"], box_files["ply"]]
     names = ["a", "b"]
