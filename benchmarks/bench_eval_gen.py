@@ -87,16 +87,16 @@ def bench_features(n_views: int, batch: int, device: str) -> None:
               f" -> {N_OBJECTS * N_VIEWS} views x 2 sets: ~{2 * N_OBJECTS * N_VIEWS / rate / 60:.1f} min (extrapolated)")
 
 
-def bench_metrics() -> None:
+def bench_metrics(n_objects: int = N_OBJECTS) -> None:
     from rewardkit.eval.generation import metrics as M
 
     rng = np.random.default_rng(0)
-    n = N_OBJECTS * N_VIEWS
+    n = n_objects * N_VIEWS
     for d, label in ((2048, "Inception"), (768, "DINOv2")):
         x = np.abs(rng.normal(0.3, 0.3, size=(n, d)))
         y = np.abs(rng.normal(0.31, 0.3, size=(n, d)))
         t = time.perf_counter()
-        kd = M.kernel_distance(x, y, subsets=100, subset_size=1000)
+        kd = M.kernel_distance(x, y, subsets=100, subset_size=min(1000, n))
         t_kd = time.perf_counter() - t
         t = time.perf_counter()
         fd = M.frechet_distance(x, y)
@@ -104,9 +104,9 @@ def bench_metrics() -> None:
         print(f"metrics {label} {n} x {d} per set (measured): KD x100 {100 * kd.mean:.4f} (100 subsets of 1000) in "
               f"{t_kd:.2f}s; FD {fd:.4f} in {t_fd:.2f}s")
     img = rng.normal(size=(n, 512))
-    txt = np.repeat(rng.normal(size=(N_OBJECTS, 512)), N_VIEWS, axis=0)
+    txt = np.repeat(rng.normal(size=(n_objects, 512)), N_VIEWS, axis=0)
     t = time.perf_counter()
-    M.clip_score(img, txt, np.repeat(np.arange(N_OBJECTS), N_VIEWS))
+    M.clip_score(img, txt, np.repeat(np.arange(n_objects), N_VIEWS))
     print(f"metrics CLIP score over {n} views (measured): {time.perf_counter() - t:.3f}s")
 
 
@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-render", action="store_true")
     ap.add_argument("--skip-features", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (the test suite's run): 1 object, 64 px, "
+                    "2 feature views, metrics on 20 objects")
     a = ap.parse_args(argv)
+    if a.smoke:
+        a.render_objects, a.size, a.feature_views, a.batch_size = 1, 64, 2, 2
     import torch
 
     print(f"bench_eval_gen: torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}", flush=True)
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             pool.submit(bench_render, a.render_objects, a.size).result()
     if not a.skip_features:
         bench_features(a.feature_views, a.batch_size, a.device)
-    bench_metrics()
+    bench_metrics(20 if a.smoke else N_OBJECTS)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def main() -> None:
 
     import ray
 
-    from _fixtures_scoring import scorer_set_dir
+    from helpers.scoring import scorer_set_dir
     from rewardkit.engines import LocalEngine, RayEngine, RenderJob, ScoreJob, read_manifest
     from rewardkit.render import get_protocol
 

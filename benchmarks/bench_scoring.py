@@ -153,7 +153,7 @@ def main() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for s in scorers.values():
+        for _, s in scorers.items():
             s.score_views({k: torch.stack([v[k] for v in batch]) for k in s.modes}, [prompt] * len(batch))
         if device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -13,44 +13,19 @@ no degradations), ``auto`` the first where every paired candidate has recorded d
 from __future__ import annotations
 
 from pipelines._common import CANDIDATES, GENERATED_ITEMS, PAIRS, PREFERENCES, chdir_root, params, step
-
-
-RULES = ("auto", "degradations", "anchors")
+from rewardkit.config import ConfigError, from_dict
+from rewardkit.data import read_candidates, read_items, read_pairs, write_table
+from rewardkit.rl.annotator import AnchorRules, stand_in_preferences
 
 
 def _synthetic(p: dict):
-    from rewardkit.data.candidates import read_candidates
-    from rewardkit.data.tables import read_items, read_pairs
-    from rewardkit.demo import UnrecordedDegradation, label_pairs
-
-    rules = p.get("rules", "auto")
-    if rules not in RULES:
-        raise SystemExit(f"params.yaml: preferences.rules must be one of {RULES}, not {rules!r}")
-    noise, seed = float(p.get("noise", 0.0)), int(p.get("seed", 0))
-    pairs = read_pairs(PAIRS)
-    if rules != "anchors":
-        try:
-            prefs = label_pairs(pairs, read_candidates(CANDIDATES), noise=noise, seed=seed)
-            print("  rules: degradations (rewardkit.demo)")
-            return prefs
-        except UnrecordedDegradation as exc:  # a lab's own generations, or the policy's samples
-            if rules == "degradations":
-                raise SystemExit(f"label: preferences.rules is 'degradations', but {exc}. Set preferences.rules: "
-                                 "anchors (demo prompts), collect human labels (preferences.source: labelstudio) "
-                                 "or record both degradation columns in candidates.csv") from None
-            print("  rules: anchors (the paired candidates record no degradations)")
-    from rewardkit.config import from_dict
-    from rewardkit.rl.annotator import AnchorError, AnchorRules, label_pairs_by_anchors
-
     try:
         anchors = from_dict(AnchorRules, p.get("anchors") or {}, key="preferences.anchors")
-    except ValueError as exc:
-        raise SystemExit(f"params.yaml: {exc}") from None
-    try:
-        return label_pairs_by_anchors(pairs, read_items(GENERATED_ITEMS), anchors, noise=noise, seed=seed)
-    except (AnchorError, KeyError, ValueError) as exc:
-        raise SystemExit(f"label: the anchor rules cannot label these pairs: {exc}. Collect human labels "
-                         "(preferences.source: labelstudio)") from None
+        return stand_in_preferences(read_pairs(PAIRS), read_candidates(CANDIDATES), read_items(GENERATED_ITEMS),
+                                    rules=p.get("rules", "auto"), anchors=anchors, noise=float(p.get("noise", 0.0)),
+                                    seed=int(p.get("seed", 0)))
+    except ConfigError as exc:
+        raise SystemExit(f"label: params.yaml {exc}") from None
 
 
 def _labelstudio(p: dict):
@@ -58,8 +33,6 @@ def _labelstudio(p: dict):
         from rewardkit.annotation import AnnotationError, pull_preferences
     except ImportError as exc:  # pragma: no cover - depends on the annotation package being installed
         raise SystemExit(f"preferences.source=labelstudio needs rewardkit.annotation: {exc}") from exc
-    from rewardkit.data.tables import read_pairs
-
     ls = p.get("labelstudio") or {}
     try:
         prefs = pull_preferences(pairs=read_pairs(PAIRS), url=ls.get("url"), project=ls.get("project"))
@@ -74,8 +47,6 @@ def _labelstudio(p: dict):
 def main() -> None:
     chdir_root()
     p = params("preferences")
-    from rewardkit.data.tables import write_table
-
     source = p.get("source", "synthetic")
     with step(f"label ({source})"):
         if source == "synthetic":

@@ -21,136 +21,17 @@ the penalised one, and which learned terms the guard flagged in each arm.
 
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from pipelines._common import REPORTS_DIR, chdir_root, params, step
+from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
+from rewardkit.rl.run_report import penalised_params, write_comparison, write_run_report
 
 RL_DIR = Path("data/rl")  # rl: init_policy/, checkpoints/, policy/, metrics.*, samples_before|after/
-RL_REPORT = REPORTS_DIR / "rl.json"
-RL_CURVE = REPORTS_DIR / "rl_rewards.csv"
-RL_PLOTS = REPORTS_DIR / "rl"
-# the uncertainty-penalised arm (stage rl_penalised)
-PEN_DIR = Path("data/rl_penalised")
-PEN_REPORT = REPORTS_DIR / "rl_penalised.json"
-PEN_CURVE = REPORTS_DIR / "rl_penalised_rewards.csv"
-PEN_PLOTS = REPORTS_DIR / "rl_penalised"
-
-# Columns of the reward curve DVC plots (the full per-term log stays in data/rl/metrics.csv).
-CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std")
-# with rl.heldout_prompts + rl.eval_every: the held-out evaluation, empty on steps without one
-HELDOUT_COLUMNS = ("heldout/r_high", "heldout/r_low")
-
-
-def _is_term_column(k: str) -> bool:
-    """Per-term means / within-group stds / uncertainties (``high/<term>...``) and the guard's agreement
-    and flag (``guard/<step>/<term>/agreement|flag``)."""
-    if k.startswith(("high/", "low/")):
-        return True
-    return k.startswith("guard/") and k.endswith(("/agreement", "/flag"))
-
-
-def curve_columns(records: list[dict]) -> list[str]:
-    terms: list[str] = []
-    for r in records:
-        terms += [k for k in r if _is_term_column(k) and k not in terms]
-    return list(CURVE_COLUMNS) + terms + [c for c in HELDOUT_COLUMNS if any(c in r for r in records)]
-
-
-def curve_rows(records: list[dict]) -> list[dict]:
-    """One row per optimizer step that produced rewards (skipped steps have no R_high)."""
-    cols = curve_columns(records)
-    return [{k: r.get(k) for k in cols} for r in records if r.get("r_high") is not None]
-
-
-def report(summary: dict) -> dict:
-    """The metrics DVC shows: the start/end windows of the training curve and the fixed-seed evaluations."""
-    keys = ("steps", "window", "r_high_first", "r_high_last", "r_low_first", "r_low_last", "r_high_rose", "r_low_rose")
-    out = {k: summary.get(k) for k in keys}
-    for when in ("eval_before", "eval_after"):
-        ev = summary.get(when) or {}
-        out[when] = {k: ev[k] for k in ("r_high", "r_low") if k in ev}
-    out["guard"] = {term: {"flagged_steps": len(g["flagged_steps"]), "flagged_prompts": g["flagged_prompts"]}
-                    for term, g in (summary.get("guard") or {}).items()}
-    return out
-
-
-def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[dict]:
-    """Per evaluation prompt: R_high and every R_high term (``high/<term>``) before and after training
-    (the fixed-seed evaluations' ``per_prompt`` means) and the learned terms the guard flagged on it."""
-    b = {r["prompt"]: r for r in before.get("per_prompt", [])}
-    a = {r["prompt"]: r for r in after.get("per_prompt", [])}
-    flagged: dict[str, list[str]] = {}
-    for term, g in (guard or {}).items():
-        for p in g.get("flagged_prompts", []):
-            flagged.setdefault(p, []).append(term)
-    rows = []
-    for prompt in [p for p in b if p in a]:
-        keys = ["r_high"] + [k for k in b[prompt] if k.startswith("high/") and not k.endswith(("_group_std", "_uncertainty"))]
-        row: dict = {"prompt": prompt}
-        for k in keys:
-            row[f"{k}_before"], row[f"{k}_after"] = b[prompt].get(k), a[prompt].get(k)
-            if row[f"{k}_before"] is not None and row[f"{k}_after"] is not None:
-                row[f"{k}_change"] = row[f"{k}_after"] - row[f"{k}_before"]
-        row["guard_flagged"] = " ".join(sorted(flagged.get(prompt, [])))
-        rows.append(row)
-    return rows
-
-
-def plot_bars(rows: list[dict], path: Path, arms: tuple[tuple[str, str, str], ...], title: str, r_high_title: str,
-              ) -> None:
-    """One panel per quantity (R_high, each R_high term), per prompt one bar per arm (``(suffix, label,
-    colour)``: the row's ``<key>_<suffix>``); a prompt the guard flagged is labelled so, in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    if not rows:
-        return
-    keys = [c[: -len("_before")] for c in rows[0] if c.endswith("_before")]
-    height = 0.8 / len(arms)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys) + 1.2, (height + 0.25) * len(rows) + 1.6),
-                             squeeze=False)
-    y = np.arange(len(rows))
-    labels = [r["prompt"] + (f"\n(flagged: {r['guard_flagged']})" if r.get("guard_flagged") else "") for r in rows]
-    for ax, key in zip(axes[0], keys):
-        for j, (arm, label, colour) in enumerate(arms):
-            ax.barh(y + (j - (len(arms) - 1) / 2) * height, [r.get(f"{key}_{arm}") or 0.0 for r in rows],
-                    height=height, label=label, color=colour)
-        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else r_high_title, fontsize=9)
-        ax.set_yticks(y)
-        ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=8)
-        for t, r in zip(ax.get_yticklabels(), rows):
-            if r.get("guard_flagged"):
-                t.set_color("#c92a2a")
-        ax.axvline(0, color="0.5", lw=0.6)
-        ax.invert_yaxis()
-    handles, legend_labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, legend_labels, loc="lower center", ncol=len(arms), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_prompts(rows: list[dict], path: Path) -> None:
-    """Before/after bars per prompt for R_high and each R_high term (:func:`prompt_rows`)."""
-    plot_bars(rows, path, (("before", "before", "#9aa5b1"), ("after", "after", "#1f77b4")),
-              "Per prompt, fixed-seed evaluation before vs after Hi-GRPO (red: the guard flagged a learned term)",
-              "R_high")
-
-
-def reward_line(rep: dict) -> str | None:
-    """'R_high a -> b, R_low c -> d over N Hi-GRPO steps (...)' from :func:`report`; None if no step scored."""
-    if rep.get("r_high_first") is None:
-        return None
-    return (f"R_high {rep['r_high_first']:.3f} -> {rep['r_high_last']:.3f}, R_low {rep['r_low_first']:.3f} -> "
-            f"{rep['r_low_last']:.3f} over {rep['steps']} Hi-GRPO steps (first vs last {rep['window']}-step means)")
+PEN_DIR = Path("data/rl_penalised")  # the uncertainty-penalised arm (stage rl_penalised)
+ARMS = {"rl": RL_DIR, "rl_penalised": PEN_DIR}  # reports/<arm>.json, <arm>_rewards.csv, <arm>/
 
 
 def progress_to_stdout() -> None:
@@ -160,110 +41,16 @@ def progress_to_stdout() -> None:
     log_progress(sys.stdout, "  %(message)s")
 
 
-def penalised_params(p: dict, k: float) -> dict:
-    """``p`` (the ``rl`` params) with ``uncertainty_penalty: k`` on every learned (scorer) reward term."""
-    if k < 0:
-        raise SystemExit(f"params.yaml rl_penalised.uncertainty_penalty must be >= 0, got {k}")
-    out = dict(p)
-    learned = 0
-    for key in ("rewards_high", "rewards_low"):
-        terms = []
-        for t in p.get(key) or []:
-            t = dict(t)
-            if t.get("scorer"):
-                t["uncertainty_penalty"] = k
-                learned += 1
-            terms.append(t)
-        out[key] = terms
-    if not learned:
-        raise SystemExit("params.yaml rl: no reward term has a scorer, so rl_penalised has nothing to penalise")
-    return out
-
-
-def compare_rows(before: dict, plain: dict, penalised: dict, guard_plain: dict | None, guard_pen: dict | None,
-                 ) -> list[dict]:
-    """Per evaluation prompt: R_high and every R_high term before RL, after the plain arm and after the
-    penalised arm (fixed-seed evaluations), and the learned terms the guard flagged in each arm."""
-    plain_rows = {r["prompt"]: r for r in prompt_rows(before, plain, guard_plain)}
-    pen_rows = {r["prompt"]: r for r in prompt_rows(before, penalised, guard_pen)}
-    rows = []
-    for prompt, a in plain_rows.items():
-        b = pen_rows.get(prompt)
-        if b is None:
-            continue
-        row: dict = {"prompt": prompt}
-        for k in [c[: -len("_before")] for c in a if c.endswith("_before")]:
-            row[f"{k}_before"] = a[f"{k}_before"]
-            row[f"{k}_plain"] = a.get(f"{k}_after")
-            row[f"{k}_penalised"] = b.get(f"{k}_after")
-        row["guard_flagged_plain"] = a["guard_flagged"]
-        row["guard_flagged_penalised"] = b["guard_flagged"]
-        rows.append(row)
-    return rows
-
-
-def plot_compare(rows: list[dict], path: Path, k: float) -> None:
-    """Before / after plain RL / after penalised RL per prompt (:func:`compare_rows`)."""
-    plot_bars(rows, path, (("before", "before RL", "#9aa5b1"), ("plain", "after RL", "#1f77b4"),
-                           ("penalised", f"after RL, penalised (k={k:g})", "#e8590c")),
-              "Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
-              "R_high (each arm's own objective)")
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def run_arm(p: dict, out_dir: Path, report_path: Path, curve_path: Path, plots_dir: Path, name: str) -> dict:
-    """One Hi-GRPO run of the params ``p`` into ``out_dir`` and its reports; returns the trainer's summary."""
-    from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
-
-    p = dict(p)
-    p["output_dir"] = str(out_dir)
-    cfg = HiGRPOConfig.from_dict(p)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a DVC out is rebuilt from scratch (resume is for interactive `rewardkit rl`)
-    with step(name):
+def run_arm(p: dict, arm: str) -> dict:
+    """One Hi-GRPO run of the params ``p`` into its folder (rebuilt: a DVC out) and its reports."""
+    cfg = HiGRPOConfig.from_dict({**p, "output_dir": str(ARMS[arm])})
+    if ARMS[arm].exists():
+        shutil.rmtree(ARMS[arm])  # a DVC out is rebuilt from scratch (resume is for interactive `rewardkit rl`)
+    with step(arm):
         trainer = HiGRPOTrainer(cfg)
         summary = trainer.train(resume=False)
-        records = list(trainer.records)
-    rep = report(summary)
-    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(rep, indent=2) + "\n")
-    with open(curve_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=curve_columns(records))
-        w.writeheader()
-        w.writerows(curve_rows(records))
-    if plots_dir.exists():
-        shutil.rmtree(plots_dir)
-    plots_dir.mkdir(parents=True)
-    for src, dst in ((out_dir / "reward_curve.png", "reward_curve.png"),
-                     (out_dir / "samples_before" / "renders.png", "samples_before.png"),
-                     (out_dir / "samples_after" / "renders.png", "samples_after.png")):
-        if src.exists():
-            shutil.copy2(src, plots_dir / dst)
-    for grid in sorted((out_dir / "audit").glob("step-*/grid.png")):
-        (plots_dir / "audit").mkdir(exist_ok=True)
-        shutil.copy2(grid, plots_dir / "audit" / f"{grid.parent.name}.png")
-    samples = [out_dir / w / "samples.json" for w in ("samples_before", "samples_after")]
-    if all(f.exists() for f in samples):
-        rows = prompt_rows(*(json.loads(f.read_text()) for f in samples), summary.get("guard"))
-        if rows:
-            write_csv(rows, plots_dir / "prompts.csv")
-            plot_prompts(rows, plots_dir / "prompts.png")
-    for term, g in rep["guard"].items():
-        if g["flagged_steps"]:
-            print(f"  guard: {term} rose while its anchors fell on {g['flagged_steps']} step(s), prompts {g['flagged_prompts']}")
-    line = reward_line(rep)
-    if line:
-        print(f"  {line}")
-    print(f"  policy in {out_dir / 'policy'}/, reward curve and before/after renders in {plots_dir}/")
+    write_run_report(summary, trainer.records, ARMS[arm], REPORTS_DIR / f"{arm}.json",
+                     REPORTS_DIR / f"{arm}_rewards.csv", REPORTS_DIR / arm)
     return summary
 
 
@@ -277,25 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("params.yaml rl.output_dir: the pipeline writes the run to data/rl; remove the key")
     progress_to_stdout()
     if not argv:
-        run_arm(p, RL_DIR, RL_REPORT, RL_CURVE, RL_PLOTS, "rl")
+        run_arm(p, "rl")
         return
     k = float((params("rl_penalised") or {}).get("uncertainty_penalty", 1.0))
-    init = RL_DIR / "init_policy"
-    if not (init / "config.json").is_file():
-        raise SystemExit(f"rl_penalised starts from the rl stage's {init}/ and it is missing: run `dvc repro rl` first")
-    p = penalised_params(p, k)
-    p["policy_path"] = str(init)  # the same warm-started policy as the plain arm
-    summary = run_arm(p, PEN_DIR, PEN_REPORT, PEN_CURVE, PEN_PLOTS, "rl_penalised")
-    samples = [RL_DIR / "samples_before/samples.json", RL_DIR / "samples_after/samples.json",
-               PEN_DIR / "samples_after/samples.json"]
-    if all(f.exists() for f in samples):
-        plain_guard = (json.loads(RL_REPORT.read_text()).get("guard") if RL_REPORT.exists() else None) or {}
-        rows = compare_rows(*(json.loads(f.read_text()) for f in samples),
-                            {t: {"flagged_prompts": g["flagged_prompts"]} for t, g in plain_guard.items()},
-                            summary.get("guard"))
-        write_csv(rows, PEN_PLOTS / "compare.csv")
-        plot_compare(rows, PEN_PLOTS / "compare.png", k)
-        print(f"  per prompt, before / after plain / after penalised: {PEN_PLOTS / 'compare.csv'} (+ .png)")
+    if not (RL_DIR / "init_policy" / "config.json").is_file():
+        raise SystemExit(f"rl_penalised starts from {RL_DIR}/init_policy/ and it is missing: run `dvc repro rl` first")
+    pen = {**penalised_params(p, k), "policy_path": str(RL_DIR / "init_policy")}  # the plain arm's warm start
+    summary = run_arm(pen, "rl_penalised")
+    write_comparison(RL_DIR, REPORTS_DIR / "rl.json", PEN_DIR, summary.get("guard"), REPORTS_DIR / "rl_penalised", k)
 
 
 if __name__ == "__main__":

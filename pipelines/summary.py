@@ -14,12 +14,14 @@ def main() -> None:
     if not metrics.exists():
         raise SystemExit(f"{metrics}: no report yet; run `dvc repro` first")
     from pipelines.evaluate import print_summary
-    from pipelines.rl import RL_DIR, RL_PLOTS, RL_REPORT, reward_line
+    from pipelines.rl import RL_DIR
+    from rewardkit.rl.run_report import reward_line
 
     print_summary(json.loads(metrics.read_text()), title="rewardkit demo pipeline: done")
-    line = reward_line(json.loads(RL_REPORT.read_text())) if RL_REPORT.exists() else None
+    rl_report = REPORTS_DIR / "rl.json"
+    line = reward_line(json.loads(rl_report.read_text())) if rl_report.exists() else None
     if line:
-        print(f"  rl:       {line}; policy in {RL_DIR / 'policy'}/, plots in {RL_PLOTS}/")
+        print(f"  rl:       {line}; policy in {RL_DIR / 'policy'}/, plots in {REPORTS_DIR / 'rl'}/")
     eval_gen = REPORTS_DIR / "eval_gen.json"
     if eval_gen.exists():
         eg = json.loads(eval_gen.read_text())

@@ -349,5 +349,14 @@ def load_file(path: str | Path, what: str = "config") -> dict[str, Any]:
     return data
 
 
-__all__ = ["ConfigError", "ConfigFileNotFoundError", "apply_overrides", "check_key", "from_dict", "load_file",
-           "parse_override", "parse_value", "to_dict"]
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``over`` merged into it, section by section (nested mappings merge, other values
+    replace); neither argument is modified. E.g. a params file's ``train.common`` under ``train.global``."""
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+__all__ = ["ConfigError", "ConfigFileNotFoundError", "apply_overrides", "check_key", "deep_merge", "from_dict",
+           "load_file", "parse_override", "parse_value", "to_dict"]

@@ -15,8 +15,9 @@ all; ``except <PackageError>`` one concern), and keeps the builtin base it had b
 - ``rewardkit.scoring.errors.ScoringError`` (RuntimeError): scorer directories (``ScorerError``), the HTTP
   service's request errors (``RequestError``) and its client's (``ScorerServiceError``);
 - ``rewardkit.eval.generation.features.FeatureError`` (ValueError): a feature extractor that cannot be built;
-  ``rewardkit.eval.generation.runner.EvalInputError`` (ValueError): an eval-gen prompt set or folder that cannot be used;
+  ``rewardkit.eval.generation.inputs.EvalInputError`` (ValueError): an eval-gen prompt set or folder that cannot be used;
 - ``rewardkit.demo.annotator.UnrecordedDegradation`` (ValueError): the stand-in annotator's missing metadata;
+- ``rewardkit.train.export.ExportError`` (FileNotFoundError): a training run folder that export cannot use;
 - ``rewardkit.rl.rewards.RewardError`` (RuntimeError);
 - ``rewardkit.train.distributed.RankZeroError`` (RuntimeError): rank 0 of a DDP run failed after training;
 - ``rewardkit.engines.ManifestError`` (ValueError): a manifest that cannot be read;

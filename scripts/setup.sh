@@ -54,11 +54,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip_quiet .venv/bin/python -m pip install -q --upgrade pip wheel >/dev/null
 echo "[setup] installing rewardkit and its dependencies into .venv (first time: several minutes, torch is large)"
-pip_quiet .venv/bin/python -m pip install -q -e ".[dev]"
+# constraints.txt: the versions the demo and the tests were last run with (a reproducible environment)
+pip_quiet .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # the verl reward-manager tests: verl without its pins (they would downgrade transformers); what its reward
 # managers import at load time (omegaconf, tensordict, codetiming, ray) comes with the dev extra
 if [ "$want_ls" = 1 ] && [ "$want_browser" = 1 ]; then
-  pip_quiet .venv/bin/python -m pip install -q --no-deps "verl==${VERL_VERSION:-0.9.1}"
+  pip_quiet .venv/bin/python -m pip install -q --no-deps -c constraints.txt "verl==${VERL_VERSION:-0.9.1}"
 fi
 
 # 3. the Label Studio server lives in its own environment: it pins Django and friends

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from _fixtures_scoring import mesh_files, write_tiny_clip_weights
+from helpers.scoring import mesh_files, write_tiny_clip_weights
 
 from rewardkit.cli import main
 from rewardkit.scoring import ScorerError, load_scorer, score_meshes

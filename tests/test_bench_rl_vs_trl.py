@@ -3,6 +3,8 @@ TRL's real GRPOTrainer code path (generation, the Python reward function, loss, 
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_bench_rl_vs_trl_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run(

@@ -56,6 +56,7 @@ def rl_config(tmp_path) -> Path:
 
 # --------------------------------------------------------------------------------------------------- #
 # one real process per command
+@pytest.mark.slow
 def test_train_process_rejects_a_wrong_type(tmp_path):
     rc, err = _rk("train", "--set", "lr=abc", "--print-config", cwd=tmp_path)
     assert rc == 2

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from _fixtures_scoring import mesh_files, scorer_set_dir
+from helpers.scoring import mesh_files, scorer_set_dir
 
 from rewardkit.devices import DeviceError, resolve_device
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from _fixtures_scoring import CAMERA, RENDER_SIZE, scorer_set_dir
+from helpers.scoring import CAMERA, RENDER_SIZE, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("rgb", "geometry")

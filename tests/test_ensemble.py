@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_models import make_preference_dataset
-from _fixtures_scoring import running
+from helpers.models import make_preference_dataset
+from helpers.scoring import running
 
 FAST = {"model": {"backbone": {"name": "rk-tiny", "image_size": 32}}, "image_size": 32, "batch_size": 32,
         "lr": 2e-3, "val_fraction": 0.25, "num_threads": 1, "progress_bar": False, "tensorboard": False,
@@ -76,6 +76,7 @@ def _views(ds, n=None):
     return torch.stack([vc(d) for d in dirs]), items["prompt"].to_list()
 
 
+@pytest.mark.slow
 def test_members_are_trained_heads_on_the_model_and_member_zero_is_the_model(trained, ensemble):
     ds, model, _, _ = trained
     ens, report = ensemble
@@ -98,6 +99,7 @@ def test_members_are_trained_heads_on_the_model_and_member_zero_is_the_model(tra
     assert len({round(float(x), 5) for x in out["rewards"][:, 0]}) == 5
 
 
+@pytest.mark.slow
 def test_offsets_put_every_member_at_the_models_level_on_the_training_candidates(trained, ensemble):
     ds, _model, _, _ = trained
     ens, _ = ensemble
@@ -109,6 +111,7 @@ def test_offsets_put_every_member_at_the_models_level_on_the_training_candidates
     assert spread_of_means < 0.5 * float(r.std(1).mean()), (means, r.std(1))
 
 
+@pytest.mark.slow
 def test_std_is_larger_off_the_training_data(trained, ensemble):
     """Views unlike every training render (uniform noise) get a larger spread than the training candidates."""
     ds, _, _, _ = trained
@@ -122,6 +125,7 @@ def test_std_is_larger_off_the_training_data(trained, ensemble):
     assert float(std_out) > 1.5 * float(std_in), (float(std_in), float(std_out))
 
 
+@pytest.mark.slow
 def test_bootstrap_and_seed_are_deterministic(trained):
     from rewardkit.train.ensemble import EnsembleConfig, train_ensemble
 
@@ -138,6 +142,7 @@ def test_bootstrap_and_seed_are_deterministic(trained):
         EnsembleConfig(members=0)
 
 
+@pytest.mark.slow
 def test_saved_and_loaded_as_one_scorer_with_the_same_scores_and_std(scorer_dir, ensemble, trained):
     from rewardkit.scoring import EnsembleScorer, ScorerError, load_scorer
 
@@ -184,6 +189,7 @@ def _meshes(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_std_through_score_meshes_the_cli_json_and_the_rl_adapters(scorer_dir, tmp_path):
     from click.testing import CliRunner
 
@@ -231,6 +237,7 @@ def test_std_through_score_meshes_the_cli_json_and_the_rl_adapters(scorer_dir, t
     clear_cache()
 
 
+@pytest.mark.slow
 def test_std_in_the_http_service_answers(scorer_dir, tmp_path):
     from rewardkit.rl.rewards import TermValues
     from rewardkit.rl.scorer_adapters import scorer_reward
@@ -256,6 +263,7 @@ def test_std_in_the_http_service_answers(scorer_dir, tmp_path):
         assert isinstance(tv, TermValues) and tv.std[0] == pytest.approx(ref.std["global"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_uncertainty_penalty_term_uses_the_ensemble_std(scorer_dir, tmp_path):
     from rewardkit.rl.rewards import build_step_reward
 
@@ -268,6 +276,7 @@ def test_uncertainty_penalty_term_uses_the_ensemble_std(scorer_dir, tmp_path):
     np.testing.assert_allclose(pen.total, plain.total - 2.0 * std, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_annotate_select_picks_uncertain_unlabelled_pairs_with_the_real_ensemble(scorer_dir, trained, tmp_path):
     import polars as pl
     from click.testing import CliRunner
@@ -294,3 +303,41 @@ def test_annotate_select_picks_uncertain_unlabelled_pairs_with_the_real_ensemble
     assert sel.columns[:4] == ["pair_id", "prompt_id", "item_a", "item_b"]
     r2 = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "again.parquet")])
     assert r2.exit_code == 0 and read_pairs(tmp_path / "again.parquet").equals(sel)
+
+
+@pytest.mark.slow
+def test_rewardkit_export_writes_a_training_run_as_a_scorer_set_ensembles_included(trained, tmp_path):
+    """`rewardkit export` (what the pipeline's export stage calls): the run's model with the camera protocol
+    and render config of the renders it was trained on; --members N an ensemble; bad input is exit 2."""
+    import polars as pl
+    from click.testing import CliRunner
+
+    from rewardkit.cli import main
+    from rewardkit.render import read_meta
+    from rewardkit.scoring import EnsembleScorer, Scorer, load_scorer
+    from rewardkit.train.data import resolve_render_dir
+
+    ds, model, _, root = trained
+    meta = read_meta(resolve_render_dir(pl.read_parquet(ds["items"])["render_dir"][0], None, ds["items"]))
+    res = CliRunner().invoke(main, ["export", "--run", f"global={root / 'run'}", "--out", str(tmp_path / "ens"),
+                                    "--members", "3", "--name", "t", "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    g = load_scorer(tmp_path / "ens", device="cpu")["global"]
+    assert isinstance(g, EnsembleScorer) and g.members == 3 and g.name == "t-global"
+    cfg = json.loads((tmp_path / "ens" / "global" / "config.json").read_text())
+    assert cfg["camera_protocol"]["azimuths"] == meta["protocol"]["azimuths"]
+    assert cfg["camera_protocol"]["size"] == meta["protocol"]["size"]
+    assert cfg["render_config"] == meta["render_config"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["members"] == 3 and len(report["global"]["val_member_accuracy"]) == 3
+    res = CliRunner().invoke(main, ["export", "--run", f"global={root / 'run'}", "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    plain = load_scorer(tmp_path / "one", device="cpu")["global"]
+    assert type(plain) is Scorer
+    views, prompts = _views(ds, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.score_views({"geometry": views}, prompts).scores, model.eval()(views, prompts))
+    for args, words in ((["--run", f"middle={root / 'run'}"], "STAGE=DIR"),
+                        (["--run", f"global={tmp_path}"], "metrics.json")):
+        res = CliRunner().invoke(main, ["export", *args, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and words in res.output, res.output

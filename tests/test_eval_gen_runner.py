@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import trimesh
 from click.testing import CliRunner
-from meshes_factory import SHARED_MESHES, manifest
+from helpers.meshes import SHARED_MESHES, manifest
 
 from rewardkit.cli import main
 from rewardkit.config import ConfigError
@@ -128,6 +128,7 @@ def _features(out: Path, fingerprint: str, kind: str) -> np.ndarray:
                            for d in dirs]).astype(np.float64)
 
 
+@pytest.mark.slow
 def test_eval_gen_on_the_shared_real_meshes(tmp_path, extractors):
     assets = _assets()
     runner = CliRunner()
@@ -243,8 +244,10 @@ def test_eval_gen_usage_errors_exit_2(tmp_path, extractors):
     assert r.exit_code == 2 and "lies outside" in r.output
 
 
+@pytest.mark.slow
 def test_reference_meshes_shared_by_objects_are_one_set_member_each(tmp_path, extractors):
-    from rewardkit.eval.generation.runner import evaluate_generations, read_prompt_set
+    from rewardkit.eval.generation.inputs import read_prompt_set
+    from rewardkit.eval.generation.runner import evaluate_generations
 
     gen, ref = tmp_path / "gen", tmp_path / "ref"
     gen.mkdir()

@@ -1,4 +1,4 @@
-"""Issue 13 (mesh side): the hostile-mesh corpus of tests/hostile_meshes.py through the loader,
+"""Issue 13 (mesh side): the hostile-mesh corpus of tests/helpers/hostile_meshes.py through the loader,
 `rewardkit render`, `rewardkit score` and the live service. Every hostile file gets a named MeshError or
 a warning, never reads outside its folder, never blocks, and never costs the batch its good meshes."""
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trimesh
 
-from hostile_meshes import GOOD_MESHES, SECRET, build_corpus
+from helpers.hostile_meshes import GOOD_MESHES, SECRET, build_corpus
 
 from rewardkit.io import IsolatedLoader, MeshError, MeshLimits, load_mesh
 
@@ -168,7 +168,7 @@ def test_render_cli_renders_the_good_and_reports_the_bad(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_score_cli_scores_the_good_and_reports_the_bad(corpus):
-    from _fixtures_scoring import scorer_set_dir
+    from helpers.scoring import scorer_set_dir
 
     folder, cases = corpus
     paths = [str(c.path) for c in cases] + [str(p) for p in GOOD_MESHES]
@@ -196,7 +196,7 @@ def _vm_hwm(pid: int) -> int:
 
 @pytest.mark.slow
 def test_service_survives_the_corpus_with_bounded_memory(corpus):
-    from _fixtures_scoring import scorer_set_dir
+    from helpers.scoring import scorer_set_dir
 
     folder, cases = corpus
     with socket.socket() as s:

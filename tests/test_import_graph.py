@@ -220,6 +220,87 @@ def test_scoring_modules_import_only_those_above_them_as_docs_architecture_says(
     assert not wrong, "scoring imports against the order of docs/architecture.md:\n" + "\n".join(wrong)
 
 
+# ------------------------------------------------------------------------------------------------- #
+# pipelines/ and benchmarks/ use rewardkit's public names only
+#
+# A name is public when a module or package on its dotted path lists it in ``__all__`` (a package's
+# ``__init__`` documents what it exports: ``from rewardkit.data.tables import read_items`` is public because
+# ``rewardkit.data`` exports ``read_items``), or when it is a submodule whose name does not start with "_".
+# ``__all__`` may be a literal list or ``sorted(<module-level dict>)`` (a lazy-import table: its keys).
+# Known uses of private names, each with the work that removes it; an entry that is no longer needed fails.
+PRIVATE_USES_PENDING = {
+    ("benchmarks/bench_rl_memory.py", "rewardkit.rl.rollout", "_Group"): "issue 29 item 2: a public step record",
+    **{("benchmarks/bench_rl_memory.py", "rewardkit.rl.policy", f"PHASE_{p}"): "issue 29 item 2: the token phases "
+       "in rewardkit.rl.policy's __all__ (rl/policy.py is being split by issue 26)" for p in ("TEXT", "MESH", "FORCED")},
+}
+
+
+def exported_names(module: str) -> set[str] | None:
+    """``module``'s ``__all__`` (None: no such rewardkit module; empty: no ``__all__``)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    if not path.exists():
+        return None
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    dicts = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if not isinstance(target, ast.Name) or getattr(node, "value", None) is None:
+            continue
+        if isinstance(node.value, ast.Dict):
+            dicts[target.id] = {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+        if target.id == "__all__":
+            if isinstance(node.value, ast.Call) and node.value.args and isinstance(node.value.args[0], ast.Name):
+                return set(dicts[node.value.args[0].id])
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def is_public(module: str, name: str) -> bool:
+    if name.startswith("_"):
+        return False
+    parts = module.split(".")
+    if exported_names(f"{module}.{name}") is not None:  # a submodule
+        return all(not p.startswith("_") for p in parts[1:])
+    return any(name in (exported_names(".".join(parts[:i])) or ()) for i in range(len(parts), 1, -1))
+
+
+def private_uses(folder: Path) -> dict[tuple[str, str, str], int]:
+    """(file, module, name) -> line, for every import of a rewardkit name that is not public."""
+    out = {}
+    for path in sorted(folder.glob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "rewardkit":
+                for alias in node.names:
+                    if not is_public(node.module, alias.name):
+                        out.setdefault((rel, node.module, alias.name), node.lineno)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "rewardkit" and len(parts) > 1 and not is_public(".".join(parts[:-1]), parts[-1]):
+                        out.setdefault((rel, ".".join(parts[:-1]), parts[-1]), node.lineno)
+    return out
+
+
+def test_pipelines_and_benchmarks_use_only_public_names():
+    found = {**private_uses(ROOT / "pipelines"), **private_uses(ROOT / "benchmarks")}
+    new = sorted(f"{f}:{line}: {m}.{n}" for (f, m, n), line in found.items() if (f, m, n) not in PRIVATE_USES_PENDING)
+    assert not new, ("pipelines/ and benchmarks/ import names that no rewardkit __all__ exports (export them from "
+                     "the package or use the public name):\n" + "\n".join(new))
+    stale = sorted(k for k in PRIVATE_USES_PENDING if k not in found)
+    assert not stale, f"PRIVATE_USES_PENDING entries no longer needed (remove them): {stale}"
+
+
+def test_the_public_name_check_tells_public_from_private():
+    assert is_public("rewardkit.data.tables", "read_items")  # re-exported by rewardkit.data
+    assert is_public("rewardkit.rl", "HiGRPOTrainer")  # the lazy table's names
+    assert is_public("rewardkit.eval.generation", "metrics")  # a submodule
+    assert not is_public("rewardkit.rl.rollout", "_Group")
+    assert not is_public("rewardkit.scoring.core", "no_such_name")
+
+
 if __name__ == "__main__":
     g = import_graph(ROOT / "rewardkit")
     found = cycles(g)

@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import trimesh
 
-from meshes_factory import checker_image, textured_box, vertex_colored_sphere, write_all_formats
+from helpers.meshes import checker_image, textured_box, vertex_colored_sphere, write_all_formats
 from rewardkit.io import LoadOptions, MeshError, from_trimesh, load_mesh, sha256_file
 
 

@@ -1,4 +1,4 @@
-"""Label Studio on a real PostgreSQL (a private cluster started for the test, tests/_fixtures_postgres.py):
+"""Label Studio on a real PostgreSQL (a private cluster started for the test, tests/helpers/postgres.py):
 `rewardkit annotate up --database` (given here through REWARDKIT_LS_DATABASE), three annotator accounts
 answering one project at the same time through the real API with their own tokens, then
 `rewardkit annotate pull`: N answers in, N rows out, and no SQLite file anywhere.
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ls_require
 
-from _fixtures_postgres import pg_missing_reason, private_cluster
+from helpers.postgres import pg_missing_reason, private_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHES = ROOT.parent / "shared" / "meshes"

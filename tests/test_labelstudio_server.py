@@ -99,6 +99,7 @@ def pushed(label_studio, client):
     return tasks, first, second, by_pair
 
 
+@pytest.mark.slow
 def test_push_imports_each_pair_once(label_studio, pushed):
     _tasks, first, second, by_pair = pushed
     n = label_studio.pairs.height
@@ -112,6 +113,7 @@ def test_push_imports_each_pair_once(label_studio, pushed):
     assert 0 < len(swapped) < n
 
 
+@pytest.mark.slow
 def test_push_twice_through_cli_imports_nothing_new(label_studio, pushed, tmp_path):
     env = label_studio
     write_table(env.items, tmp_path / "items.parquet", "items")
@@ -122,6 +124,7 @@ def test_push_twice_through_cli_imports_nothing_new(label_studio, pushed, tmp_pa
     assert "imported 0 new task(s); 4 pair(s) already had a task" in r.output
 
 
+@pytest.mark.slow
 def test_tasks_reference_render_grids_served_from_local_files(label_studio, pushed):
     env = label_studio
     _, _, _, by_pair = pushed
@@ -172,6 +175,7 @@ def annotated(label_studio, client, pushed):
     return sorted(expected), {"swapped": {q for q in p if by_pair[q].data["left_item"] != sides[q]}}
 
 
+@pytest.mark.slow
 def test_pull_gives_preferences_row_by_row(label_studio, client, annotated):
     env = label_studio
     expected, info = annotated
@@ -194,6 +198,7 @@ def test_pull_gives_preferences_row_by_row(label_studio, client, annotated):
     assert set(commented["comment"]) == {"the duck lost its beak"}
 
 
+@pytest.mark.slow
 def test_pull_cli_writes_the_table_and_status_shows_progress(label_studio, annotated, tmp_path):
     env = label_studio
     expected, _ = annotated
@@ -243,6 +248,7 @@ def test_pull_cli_writes_the_table_and_status_shows_progress(label_studio, annot
     assert json.loads((tmp_path / "qc.json").read_text())["n_rows"] == len(expected)
 
 
+@pytest.mark.slow
 def test_progress_matches_users(label_studio, client, annotated):
     users = user_map(client)
     assert {"admin@example.com", "ann1@example.com", "ann2@example.com"} <= set(users.values())
@@ -250,6 +256,7 @@ def test_progress_matches_users(label_studio, client, annotated):
     assert prog["tasks_left"] == 1
 
 
+@pytest.mark.slow
 def test_missing_render_files_fail_task_creation(label_studio, client, tmp_path):
     env = label_studio
     items = env.items.with_columns(
@@ -291,6 +298,7 @@ def test_unreachable_server_is_a_clear_error_naming_the_url(tmp_path):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_up_against_an_already_running_server_creates_a_second_project(label_studio, client, tmp_path):
     env = label_studio
     r = CliRunner().invoke(cli, ["annotate", "up", "--url", env.url, "--renders", str(env.renders),
@@ -312,6 +320,7 @@ def test_up_against_an_already_running_server_creates_a_second_project(label_stu
     assert len(client.import_storage.local.list(project=state["project_id"])) == 1
 
 
+@pytest.mark.slow
 def test_secrets_are_never_printed_nor_on_the_command_line(label_studio):
     env = label_studio
     out = env.up_log.read_text()
@@ -326,6 +335,7 @@ def test_secrets_are_never_printed_nor_on_the_command_line(label_studio):
     assert "sentry.io" not in server_log and "pypi.org" not in server_log
 
 
+@pytest.mark.slow
 def test_personal_access_token_works_too(label_studio, client):
     """Label Studio's personal access tokens (JWT refresh tokens) are accepted besides legacy tokens."""
     env = label_studio
@@ -352,6 +362,7 @@ def _one_line_error(r, code: int = 2) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_sdk_and_server_errors_are_one_line_messages(label_studio, pushed, tmp_path):
     env = label_studio
     write_table(env.items, tmp_path / "items.parquet", "items")
@@ -378,6 +389,7 @@ def test_sdk_and_server_errors_are_one_line_messages(label_studio, pushed, tmp_p
     assert "answered HTTP 400 while registering" in msg and "LOCAL_FILES_DOCUMENT_ROOT" in msg.upper()
 
 
+@pytest.mark.slow
 def test_up_prints_progress_on_the_way(label_studio):
     """The first `up` takes ~40 s: it says what it is doing (starting, waiting, project, storage)."""
     out = label_studio.up_log.read_text()
@@ -387,6 +399,7 @@ def test_up_prints_progress_on_the_way(label_studio):
         assert line in out, (line, out)
 
 
+@pytest.mark.slow
 def test_pull_lists_broken_tasks_with_their_ids_and_exits_1(label_studio, client, tmp_path):
     """A project holding a task for a pair that is not in the pairs table (and a good one): the good rows
     are written, the broken task is named on stderr and in --problems-out, exit code 1."""

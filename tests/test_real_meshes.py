@@ -13,7 +13,7 @@ import pytest
 import trimesh
 from click.testing import CliRunner
 
-from meshes_factory import SHARED_MESHES, manifest
+from helpers.meshes import SHARED_MESHES, manifest
 from rewardkit.cli import main
 from rewardkit.io import load_mesh
 from rewardkit.render import MODES, Renderer, get_protocol, load_views

@@ -11,7 +11,7 @@ import scipy.ndimage
 import trimesh
 from click.testing import CliRunner
 
-from meshes_factory import checker_image, textured_box, write_all_formats
+from helpers.meshes import checker_image, textured_box, write_all_formats
 from rewardkit.cli import main
 from rewardkit.io import load_mesh
 from rewardkit.render import (
@@ -181,12 +181,14 @@ def test_batch_renders_the_rest_and_reports_the_broken(tmp_path, box_files):
     assert summary.failed == [{"mesh_path": str(broken), "error": "no faces (the file holds no triangle geometry)"}]
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["failed"][0]["mesh_path"].endswith("broken.obj")
+    assert "render_seconds" not in on_disk and summary.render_seconds > 0  # no timing in a DVC output's files
     # both files are called mesh.*: folder names are made unique
     dirs = [r["render_dir"] for r in summary.rendered]
     assert len(set(dirs)) == 2 and all(d.startswith(str(tmp_path / "out" / "mesh-")) for d in dirs)
     assert len(load_views(dirs[0], "geometry")) == 4
 
 
+@pytest.mark.slow
 def test_batch_with_workers_matches_single_process(tmp_path, box_files):
     paths = [box_files["glb"], box_files["ply"]]
     names = ["a", "b"]
@@ -219,3 +221,23 @@ def test_renderer_reuses_one_context(renderer, box_files):
     renderer.render(box_files["glb"], _proto("orbit4"), modes=("rgb",))
     renderer.render(box_files["stl"], _proto("orbit4"), modes=("rgb",))
     assert renderer._offscreen._platform is ctx
+
+
+@pytest.mark.slow
+def test_a_render_folder_is_byte_identical_on_every_run(tmp_path, box_files, monkeypatch):
+    """The pipeline's render output is a DVC output: the same meshes must give the same bytes (PNGs,
+    meta.json, summary.json), run after run, wherever the checkout is (relative paths, as the stage uses)."""
+    import hashlib
+    import shutil
+
+    digests = []
+    for clone in ("a", "b"):
+        root = tmp_path / clone
+        (root / "meshes").mkdir(parents=True)
+        shutil.copy(box_files["glb"], root / "meshes" / "box.glb")
+        monkeypatch.chdir(root)
+        render_batch(["meshes/box.glb"], "renders", "orbit4", ("rgb", "geometry"), size=48, progress=False)
+        digests.append({p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted((root / "renders").rglob("*")) if p.is_file()})
+    assert len(digests[0]) >= 10 and "renders/summary.json" in digests[0]
+    assert digests[0] == digests[1]

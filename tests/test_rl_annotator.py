@@ -110,3 +110,24 @@ def test_what_the_anchor_rules_cannot_judge_is_named(tmp_path):
         label_pairs_by_anchors(pl.DataFrame({"pair_id": ["p"], "item_a": ["ok"], "item_b": ["nope"]}), items)
     with pytest.raises(ValueError, match="unknown anchor"):
         AnchorRules(global_terms=("clip_score",))
+
+
+def test_stand_in_preferences_pick_the_rules_the_candidates_allow(tmp_path):
+    """The label stage's synthetic answers: the policy's samples record no degradations, so ``auto`` answers
+    from the anchors, ``degradations`` is a config error naming the way out, an unknown rules value too."""
+    from rewardkit.config import ConfigError
+    from rewardkit.data import sample_pairs
+    from rewardkit.rl.annotator import stand_in_preferences
+
+    rng = np.random.default_rng(0)
+    cube = demo_shape("cube")
+    _write(tmp_path, [(f"c{k}", cube.prompt, jitter(cube.occupancy(RES), rng, max_shift=1)) for k in range(3)])
+    items, cands = read_generations(tmp_path, holdout_fraction=0.0)
+    pairs = sample_pairs(items, "all", seed=0)
+    prefs = stand_in_preferences(pairs, cands, items, log=lambda _: None)
+    assert prefs.height == 2 * pairs.height and set(prefs["question"]) == {"global", "local"}
+    assert prefs.equals(label_pairs_by_anchors(pairs, items))
+    with pytest.raises(ConfigError, match="anchors"):
+        stand_in_preferences(pairs, cands, items, rules="degradations")
+    with pytest.raises(ConfigError, match="must be one of"):
+        stand_in_preferences(pairs, cands, items, rules="vibes")

@@ -234,12 +234,13 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
 
 def _run_ddp(tmp_path, timeout: float = 300, **overrides) -> list[dict]:
     """``rewardkit rl`` with a 2-process DDP config (gloo) on a warm-started tiny policy; the metric rows."""
-    from _rl_runs import metric_rows, rl_config, run_rl
+    from helpers.rl_runs import metric_rows, rl_config, run_rl
 
     run_rl(tmp_path, rl_config(tmp_path, **overrides), timeout=timeout, name="ddp")
     return metric_rows(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_by_config_alone(tmp_path):
     """devices/strategy in the config are all it takes (here 2 CPU processes, gloo; GPUs work the same)."""
     rows = _run_ddp(tmp_path, timeout=240)
@@ -247,6 +248,7 @@ def test_two_process_ddp_by_config_alone(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "policy" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_qwen2_5_vl_freezes_the_vision_tower(tmp_path):
     """ShapeLLM-Omni's architecture under 2-process DDP (gloo): the text-only rollout never uses the vision
     tower, so unfrozen it fails DDP's unused-parameter check; the default freezes it and lm_head, as

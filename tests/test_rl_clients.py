@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_scoring import colored_box, mesh_files, scorer_set_dir
+from helpers.scoring import colored_box, mesh_files, scorer_set_dir
 
 trl = pytest.importorskip("trl")
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from _rl_runs import metric_rows, rl_config, run_rl, run_rl_two_nodes
+from helpers.rl_runs import metric_rows, rl_config, run_rl, run_rl_two_nodes
 from rewardkit.rl.policy import build_tiny_policy
 
 # a reward that is flat (all samples 0.5) on rank 1 only, for its first ``flat_calls`` calls; varied elsewhere

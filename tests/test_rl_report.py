@@ -1,17 +1,10 @@
-"""The pipeline's RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
+"""rewardkit.rl.run_report (what the rl stages write): the RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pipelines` is a top-level folder of the repository
-    sys.path.insert(0, str(ROOT))
-
 
 def test_reward_curve_has_heldout_columns_only_when_evaluated():
-    from pipelines.rl import curve_columns, curve_rows
+    from rewardkit.rl.run_report import curve_columns, curve_rows
 
     plain = [{"step": 1, "r_high": 0.1, "r_low": 0.2}]
     assert curve_columns(plain) == ["step", "r_high", "r_low", "r_high_group_std", "r_low_group_std"]
@@ -26,16 +19,17 @@ def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_p
     puts before / after plain / after penalised side by side per prompt with each arm's guard flags."""
     import pytest
 
-    from pipelines.rl import compare_rows, penalised_params, plot_compare
+    from rewardkit.config import ConfigError
+    from rewardkit.rl.run_report import compare_rows, penalised_params, plot_compare
 
     p = {"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}, {"name": "g", "scorer": "data/scorers"}],
          "rewards_low": [{"name": "f1", "builtin": "surface_f1"}, {"name": "l", "scorer": "data/scorers"}], "steps": 3}
     out = penalised_params(p, 2.0)
     assert [t.get("uncertainty_penalty") for t in out["rewards_high"] + out["rewards_low"]] == [None, 2.0, None, 2.0]
     assert "uncertainty_penalty" not in p["rewards_high"][1]  # the rl params themselves are untouched
-    with pytest.raises(SystemExit, match="no reward term has a scorer"):
+    with pytest.raises(ConfigError, match="no reward term has a scorer"):
         penalised_params({"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}]}, 1.0)
-    with pytest.raises(SystemExit, match=">= 0"):
+    with pytest.raises(ConfigError, match=">= 0"):
         penalised_params(p, -1.0)
 
     def ev(iou: float, g: float) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_scoring import scorer_set_dir
+from helpers.scoring import scorer_set_dir
 from rewardkit.rl.policy import build_tiny_policy
 from rewardkit.rl.rewards import build_step_reward, build_term, mirror_symmetry, occupancy_iou, surface_f1
 from rewardkit.rl.shapes import DEMO_SHAPES, demo_shape, jitter

@@ -6,7 +6,7 @@ import pytest
 import torch
 import trimesh
 
-from _fixtures_scoring import RENDER_SIZE, colored_box, mesh_files, scorer_set_dir
+from helpers.scoring import RENDER_SIZE, colored_box, mesh_files, scorer_set_dir
 
 from rewardkit.scoring import ScoringTimings, load_scorer, render_views, score_meshes, score_views
 from rewardkit.scoring.adapters import compute_score, compute_score_batch, trl_reward_function

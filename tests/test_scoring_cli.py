@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from _fixtures_scoring import mesh_files, scorer_set_dir
+from helpers.scoring import mesh_files, scorer_set_dir
 
 from rewardkit.cli import main
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _fixtures_scoring import CAMERA, RENDER_SIZE, scorer_set_dir, tiny_model, tiny_scorer
+from helpers.scoring import CAMERA, RENDER_SIZE, scorer_set_dir, tiny_model, tiny_scorer
 
 from rewardkit import __version__
 from rewardkit.scoring import Scorer, ScorerError, ScorerSet, ScorerVersionError, load_scorer

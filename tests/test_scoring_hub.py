@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_scoring import mesh_files, scorer_set_dir
+from helpers.scoring import mesh_files, scorer_set_dir
 
 ROOT = Path(__file__).parents[1]
 

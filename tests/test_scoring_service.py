@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
-from _fixtures_scoring import RENDER_SIZE, mesh_files, running, scorer_set_dir
+from helpers.scoring import RENDER_SIZE, mesh_files, running, scorer_set_dir
 
 from rewardkit.scoring import load_scorer, score_meshes
 from rewardkit.scoring.client import ScorerClient, ScorerServiceError, encode_views

@@ -22,7 +22,7 @@ import PIL.Image
 import pytest
 import torch
 
-from _fixtures_scoring import RENDER_SIZE, running, scorer_set_dir
+from helpers.scoring import RENDER_SIZE, running, scorer_set_dir
 
 from rewardkit.scoring import load_scorer
 from rewardkit.scoring.client import ScorerClient, ScorerServiceError

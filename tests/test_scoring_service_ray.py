@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_scoring import mesh_files, running, scorer_set_dir
+from helpers.scoring import mesh_files, running, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHES = ("red_box", "blue_sphere", "cone")

@@ -1,6 +1,6 @@
 """Training: prompt split, data module, config/overrides, learnability on real renders, resume, the CLI.
 
-The learnability data set is rendered once per module (``_fixtures_models.make_preference_dataset``):
+The learnability data set is rendered once per module (``helpers.models.make_preference_dataset``):
 trimesh primitives through ``rewardkit.render`` at 64 px, two views, loaded at 32 px for the tiny model.
 """
 
@@ -31,7 +31,7 @@ from rewardkit.train import (
 )
 from rewardkit.train.trainer import metrics_csv_paths, read_metrics_log
 
-from _fixtures_models import make_preference_dataset
+from helpers.models import make_preference_dataset
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenGL"),
@@ -85,6 +85,7 @@ def test_split_by_prompt_is_seeded_and_order_free():
     assert set(split_prompts(["x"], 0.5, seed=0).values()) == {"train"}  # never an empty train split
 
 
+@pytest.mark.slow
 def test_data_module_has_no_prompt_leakage(dataset):
     dm = PreferenceDataModule(dataset["items"], dataset["pairs"], dataset["preferences"], stage="global",
                               modes=["geometry"], image_size=32, val_fraction=0.25, test_fraction=0.15, seed=5)
@@ -112,6 +113,7 @@ def test_data_module_has_no_prompt_leakage(dataset):
     assert ex["target"] in (0.0, 0.5, 1.0) and ex["prompt"].startswith("a ")
 
 
+@pytest.mark.slow
 def test_augmentation_mirrors_and_shifts_training_views_only(dataset):
     import numpy as np
 
@@ -146,6 +148,7 @@ def test_augmentation_mirrors_and_shifts_training_views_only(dataset):
     assert torch.equal(dm.dataset("val")[0]["views_a"], dm._loader(val0))
 
 
+@pytest.mark.slow
 def test_examples_keep_both_bad_out_of_training(dataset):
     ex, summary = build_examples(dataset["items"], dataset["pairs"], dataset["preferences"], "local")
     assert summary["labels"]["both_bad"] == 1 and summary["both_bad_excluded"] == 1
@@ -157,6 +160,7 @@ def test_examples_keep_both_bad_out_of_training(dataset):
     assert agg.height == agg["pair_id"].n_unique()
 
 
+@pytest.mark.slow
 def test_bad_tables_are_named(dataset, tmp_path):
     prefs = pl.read_parquet(dataset["preferences"])
     bad = prefs.with_columns(pl.lit("nope").alias("pair_id"))
@@ -198,6 +202,7 @@ def test_train_config_overrides_and_files(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- #
 # learnability on rendered pairs
+@pytest.mark.slow
 def test_global_stage_learns_smooth_over_noisy_geometry(dataset, tmp_path):
     cfg = config(dataset, tmp_path, "global", max_epochs=5, tensorboard=True, model={"view_dropout": 0.25})
     result = train(cfg)
@@ -238,6 +243,7 @@ def test_global_stage_learns_smooth_over_noisy_geometry(dataset, tmp_path):
     assert torch.allclose(torch.as_tensor(d1), torch.as_tensor(d2), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_local_stage_learns_the_prompted_colour_through_the_cli(dataset, tmp_path):
     from rewardkit.cli import main
 
@@ -284,6 +290,7 @@ class _StopAfterEpoch(L.Callback):
             trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_identically(dataset, tmp_path):
     common = dict(max_epochs=2, use_best_checkpoint=False, export=False, probes=None, deterministic=True,
                   model={"view_dropout": 0.3}, augment_hflip=0.5, augment_shift=2)  # augmentation replays too
@@ -313,6 +320,7 @@ def test_resume_from_checkpoint_continues_identically(dataset, tmp_path):
         assert torch.equal(v, sb[f"model.{k}"]), k
 
 
+@pytest.mark.slow
 def test_resume_auto_falls_back_from_a_torn_last_checkpoint(dataset, tmp_path):
     """A truncated last.ckpt (killed mid-write, disk full) does not abort resume=auto: the newest checkpoint
     that loads (here best-*.ckpt of the same epoch) is used, with a warning naming the torn file; the run

@@ -26,7 +26,7 @@ from rewardkit.eval.metrics import preference_metrics
 from rewardkit.models import StageRewardModel
 from rewardkit.train import PreferenceDataModule, predict_deltas
 
-from _fixtures_models import _noisy, _primitive, make_preference_dataset
+from helpers.models import _noisy, _primitive, make_preference_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

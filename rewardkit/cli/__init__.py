@@ -28,41 +28,71 @@ COMMANDS: dict[str, str] = {
     "rl": "rewardkit.cli.rl:rl",
     "demo": "rewardkit.cli.demo:demo",
     "eval-gen": "rewardkit.cli.eval_gen:eval_gen",
+    "export": "rewardkit.cli.export:export",
 }
 
 
 # command -> the extra that installs what it needs (``pip install rewardkit[<extra>]``); ``score`` is the core
 COMMAND_EXTRAS: dict[str, str] = {
-    "annotate": "annotate", "train": "train", "serve": "serve", "rl": "rl", "demo": "pipeline",
+    "annotate": "annotate", "train": "train", "export": "train", "serve": "serve", "rl": "rl", "demo": "pipeline",
 }
-# third-party packages of the extras (top-level import names) -> the extra that brings them
-PACKAGE_EXTRAS: dict[str, str] = {
-    "label_studio_sdk": "annotate", "krippendorff": "annotate", "polars": "annotate",
-    "lightning": "train", "pytorch_lightning": "train", "lightning_fabric": "train", "datasets": "train",
-    "matplotlib": "train", "transformers": "rl", "peft": "rl",
-    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-    "dvc": "pipeline", "ray": "ray", "pyarrow": "ray",
+# The extras themselves are listed once, in pyproject.toml ([project.optional-dependencies]); the CLI reads them
+# from rewardkit's installed metadata. Distributions whose import names are not their normalised names:
+IMPORT_NAMES: dict[str, tuple[str, ...]] = {
+    "lightning": ("lightning", "pytorch_lightning", "lightning_fabric"),
+    "python-multipart": ("multipart", "python_multipart"),
 }
+_NOT_ADVISED = ("all", "dev")  # extras that only gather others (or the test tools): never the advice
 
 
-_EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
-    "annotate": ("label_studio_sdk", "krippendorff", "polars"),
-    "train": ("lightning", "pytorch_lightning", "lightning_fabric", "datasets", "matplotlib", "polars", "transformers"),
-    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart"),
-    "rl": ("lightning", "pytorch_lightning", "lightning_fabric", "transformers", "matplotlib", "polars", "peft"),
-    "ray": ("ray", "pyarrow"),
-    "pipeline": tuple(p for p, extra in PACKAGE_EXTRAS.items() if extra != "ray"),
-}
+def extras_table(requirements: list[str] | None = None) -> dict[str, set[str]]:
+    """extra -> the top-level import names its packages provide, from ``requirements`` (default: rewardkit's
+    installed metadata, ``Requires-Dist``), nested ``rewardkit[...]`` extras expanded; in pyproject order."""
+    import importlib.metadata
+    import re
+
+    if requirements is None:
+        try:
+            requirements = importlib.metadata.requires("rewardkit") or []
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            requirements = []
+    direct: dict[str, set[str]] = {}
+    nested: dict[str, set[str]] = {}
+    for line in requirements:  # "name[extras] specifiers; extra == 'x'" (PEP 508, as pip writes them)
+        spec, _, marker = line.partition(";")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        head = re.match(r"\s*([A-Za-z0-9._-]+)\s*(?:\[([^\]]*)\])?", spec)
+        if extra is None or head is None:
+            continue
+        extra, name = extra.group(1), head.group(1).lower().replace("_", "-")
+        if name == "rewardkit":
+            nested.setdefault(extra, set()).update(e.strip() for e in (head.group(2) or "").split(","))
+            direct.setdefault(extra, set())
+            continue
+        direct.setdefault(extra, set()).update(IMPORT_NAMES.get(name, (name.replace("-", "_"),)))
+
+    def expand(extra: str, seen: frozenset = frozenset()) -> set[str]:
+        out = set(direct.get(extra, ()))
+        for sub in nested.get(extra, ()):
+            if sub not in seen:
+                out |= expand(sub, seen | {extra})
+        return out
+
+    return {extra: expand(extra) for extra in direct}
 
 
 def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
     """One line ``... pip install 'rewardkit[train]'`` when ``exc`` is a missing package of an extra, else
-    None (the command's own extra when it brings that package, else the package's extra)."""
+    None (the command's own extra when it brings that package, else the first extra that does)."""
     top = (exc.name or "").split(".")[0]
-    if top not in PACKAGE_EXTRAS:
-        return None
+    table = extras_table()
     own = COMMAND_EXTRAS.get(command or "")
-    extra = own if own and top in _EXTRA_PACKAGES[own] else PACKAGE_EXTRAS[top]
+    if own and top in table.get(own, ()):
+        extra = own
+    else:
+        extra = next((e for e, names in table.items() if top in names and e not in _NOT_ADVISED), None)
+        if extra is None:
+            return None
     return f"this command needs the {top!r} package, which the core install leaves out: pip install 'rewardkit[{extra}]'"
 
 

@@ -49,12 +49,9 @@ def eval_gen(generations, prompts, reference_meshes, reference_renders, out, con
     """
     from rewardkit.eval.generation.features import FeatureError
     from rewardkit.eval.generation.protocol import load_eval_config
-    from rewardkit.eval.generation.runner import (
-        EvalInputError,
-        evaluate_generations,
-        plot_results,
-        read_prompt_set,
-    )
+    from rewardkit.eval.generation.inputs import EvalInputError, read_prompt_set
+    from rewardkit.eval.generation.plots import plot_results
+    from rewardkit.eval.generation.runner import evaluate_generations
 
     if (reference_meshes is None) == (reference_renders is None):
         raise click.UsageError("give exactly one of --reference-meshes and --reference-renders")

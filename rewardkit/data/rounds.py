@@ -148,4 +148,20 @@ def with_previous_rounds(items: pl.DataFrame, pairs: pl.DataFrame, prefs: pl.Dat
             conform(_union(p_prefs, prefs, None).unique(maintain_order=True), "preferences"), stats)
 
 
-__all__ = ["HandOverError", "ROUNDS_FILE", "hand_over", "with_previous_rounds"]
+def write_with_previous_rounds(items: str | Path, pairs: str | Path, preferences: str | Path, previous: str | Path,
+                               folder: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
+    """:func:`with_previous_rounds` on the tables at these paths, written under ``folder`` as
+    ``items.parquet``, ``pairs.parquet`` and ``preferences.parquet``: -> (their paths, the stats)."""
+    try:
+        tables = with_previous_rounds(read_items(items), read_pairs(pairs), read_preferences(preferences), previous)
+    except TableError as exc:
+        raise TableError(f"the earlier rounds in {previous}: {exc}") from None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {name: folder / f"{name}.parquet" for name in ("items", "pairs", "preferences")}
+    for (name, path), table in zip(out.items(), tables[:3]):
+        write_table(table, path, name)
+    return out, tables[3]
+
+
+__all__ = ["HandOverError", "ROUNDS_FILE", "hand_over", "with_previous_rounds", "write_with_previous_rounds"]

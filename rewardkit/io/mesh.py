@@ -31,7 +31,7 @@ import trimesh
 
 from rewardkit.errors import RewardkitError
 from rewardkit.io.limits import DEFAULT_LIMITS, MeshLimits
-from rewardkit.io import resources
+from rewardkit.io import gltf_scan, resources
 
 SUPPORTED_FORMATS: dict[str, str] = {
     ".glb": "glb",
@@ -254,7 +254,7 @@ def load_mesh(
         if file_type == "obj":
             resources.scan_obj(data, resolver, report, limits)
         elif file_type in ("glb", "gltf"):
-            resources.scan_gltf(data, file_type == "glb", resolver, report, limits)
+            gltf_scan.scan_gltf(data, file_type == "glb", resolver, report, limits)
         elif file_type == "off":
             resources.scan_off(data, path.name, report, limits)
         elif file_type == "ply":

@@ -33,7 +33,7 @@ class BatchSummary:
     rendered: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     render_seconds: float = 0.0
-    """Time spent inside pyrender's render calls, summed over workers."""
+    """Time spent inside pyrender's render calls, summed over workers (not written to summary.json)."""
 
     @property
     def ok(self) -> bool:
@@ -196,4 +196,6 @@ def _write_summary(summary: BatchSummary, jobs, results: dict, out_root: Path) -
             summary.rendered.append(asdict(result))
         else:
             summary.failed.append({"mesh_path": path, "error": error})
-    (out_root / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    # no timings on disk: the folder is a DVC output, and the same meshes must hash the same on every run
+    on_disk = {k: v for k, v in summary.to_dict().items() if k != "render_seconds"}
+    (out_root / SUMMARY_FILE).write_text(json.dumps(on_disk, indent=2) + "\n")

@@ -172,4 +172,38 @@ def label_pairs_by_anchors(pairs: pl.DataFrame, items: pl.DataFrame, rules: Anch
                         noise=noise, seed=seed, stream=11, annotator=ANNOTATOR)
 
 
-__all__ = ["ANNOTATOR", "AnchorError", "AnchorRules", "anchor_label", "anchor_values", "grid_occupancy", "label_pairs_by_anchors"]
+RULES = ("auto", "degradations", "anchors")
+
+
+def stand_in_preferences(pairs: pl.DataFrame, candidates: pl.DataFrame, items: pl.DataFrame, *, rules: str = "auto",
+                         anchors: AnchorRules | None = None, noise: float = 0.0, seed: int = 0,
+                         log=print) -> pl.DataFrame:
+    """Synthetic answers for ``pairs`` (the pipeline's ``label`` stage with ``preferences.source:
+    synthetic``): ``degradations`` answers from the degradations the candidates record (the demo's rule
+    annotator), ``anchors`` from the meshes' anchor values; ``auto`` the first when the candidates record
+    their degradations, else the second. Raises ConfigError for a rules value that cannot label the pairs."""
+    from rewardkit.config import ConfigError
+    from rewardkit.demo.annotator import UnrecordedDegradation, label_pairs
+
+    if rules not in RULES:
+        raise ConfigError(f"preferences.rules must be one of {RULES}, not {rules!r}")
+    if rules != "anchors":
+        try:
+            prefs = label_pairs(pairs, candidates, noise=noise, seed=seed)
+            log("  rules: degradations (rewardkit.demo)")
+            return prefs
+        except UnrecordedDegradation as exc:  # a lab's own generations, or the policy's samples
+            if rules == "degradations":
+                raise ConfigError(f"preferences.rules is 'degradations', but {exc}. Set preferences.rules: anchors "
+                                  "(demo prompts), collect human labels (preferences.source: labelstudio) or record "
+                                  "both degradation columns in candidates.csv") from None
+            log("  rules: anchors (the paired candidates record no degradations)")
+    try:
+        return label_pairs_by_anchors(pairs, items, anchors, noise=noise, seed=seed)
+    except (AnchorError, KeyError, ValueError) as exc:
+        raise ConfigError(f"the anchor rules cannot label these pairs: {exc}. Collect human labels "
+                          "(preferences.source: labelstudio)") from None
+
+
+__all__ = ["ANNOTATOR", "AnchorError", "AnchorRules", "RULES", "anchor_label", "anchor_values", "grid_occupancy",
+           "label_pairs_by_anchors", "stand_in_preferences"]

@@ -12,6 +12,7 @@ import torch
 
 from rewardkit.rl.hi_grpo import combine_step_rewards, group_has_signal
 from rewardkit.rl.policy import StepRollout
+from rewardkit.rl.sampling import sample_two_steps
 
 __all__ = ["RolloutMixin"]
 
@@ -55,24 +56,21 @@ class RolloutMixin:
     def rollout(self, prompts: Sequence[str], group_size: int, seed: int) -> list[_Group]:
         """G two-step samples for each prompt, decoded and scored."""
         cfg, G = self.cfg, group_size
-        model = self.model
         flat = [p for p in prompts for _ in range(G)]
-        s1 = self.policy.rollout_step(model, [cfg.step1_template.format(prompt=p) for p in flat], cfg.sampling, seed)
-        ctx2 = [cfg.step2_template.format(prompt=p, plan=s.reasoning_text) for p, s in zip(flat, s1)]
 
-        def score_step1() -> tuple[list[Any], Any]:
+        def score_step1(s1: Sequence[StepRollout]) -> tuple[list[Any], Any]:
             m = self._decode(s1)
             return m, self.rewards_high(m, flat)
 
-        if cfg.overlap_rewards:  # step 1's decode + rewards run while step 2 generates
-            fut = self._reward_pool().submit(score_step1)
-            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
+        # overlap_rewards: step 1's decode + rewards run while step 2 generates
+        submit = (lambda s1: self._reward_pool().submit(score_step1, s1)) if cfg.overlap_rewards else None
+        s1, s2, fut = sample_two_steps(self.policy, self.model, flat, cfg, seed, after_step1=submit)
+        if fut is not None:
             m1, rh = fut.result()
             m2 = self._decode(s2)
             rl = self._reward_pool().submit(self.rewards_low, m2, flat).result()
         else:
-            s2 = self.policy.rollout_step(model, ctx2, cfg.sampling, seed + 7)
-            m1, rh = score_step1()
+            m1, rh = score_step1(s1)
             m2 = self._decode(s2)
             rl = self.rewards_low(m2, flat)
         groups = []

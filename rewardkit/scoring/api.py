@@ -24,8 +24,10 @@ from ``limits=`` or the ``REWARDKIT_MESH_*`` environment), so one hostile file c
 
 from __future__ import annotations
 
+import inspect
+
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -82,34 +84,19 @@ def _single(s: Any) -> BaseScorer:
     return s
 
 
-def score_meshes(
-    meshes: Sequence[MeshLike] | MeshLike,
-    prompts: Sequence[str] | str,
-    scorers: Any,
-    *,
-    batch_size: int = 8,
-    per_view: bool = False,
-    render_size: int | None = None,
-    device: str | torch.device | None = None,
-    up: str = "+y",
-    prefetch: bool = True,
-    on_error: str = "record",
-    timings: ScoringTimings | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    limits: Any = None,
-) -> list[MeshScore]:
+def score_meshes(meshes: Sequence[MeshLike] | MeshLike, prompts: Sequence[str] | str, scorers: Any,
+                 **options: Any) -> list[MeshScore]:
     """Score meshes (paths, trimesh objects or loaded meshes) against their prompts with every scorer.
 
-    ``prompts``: one string for all meshes or one per mesh. ``scorers``: a :class:`ScorerSet`, a scorer,
-    a list/dict of them, or scorer directories. ``render_size`` overrides the scorers' recorded render
-    resolution (the models resize internally; use the recorded size to reproduce training conditions).
-    ``on_error``: ``"record"`` (default) or ``"raise"``. Pass a :class:`ScoringTimings` to get a breakdown.
-    ``progress(done, total)`` is called as meshes finish (scored or failed).
-    ``limits``: a :class:`rewardkit.io.MeshLimits` for reading mesh files (default: from the environment).
+    ``scorers``: a :class:`ScorerSet`, a scorer, a list/dict of them, or scorer directories
+    (:func:`as_scorer_set`). The options and what they mean are those of
+    :func:`rewardkit.scoring.core.score_meshes` (one signature: ``batch_size``, ``per_view``, ``render_size``,
+    ``device``, ``up``, ``prefetch``, ``on_error``, ``timings``, ``progress``, ``limits``).
     """
-    return core.score_meshes(meshes, prompts, as_scorer_set(scorers, device=device), batch_size=batch_size,
-                             per_view=per_view, render_size=render_size, up=up, prefetch=prefetch, on_error=on_error,
-                             timings=timings, progress=progress, limits=limits)
+    return core.score_meshes(meshes, prompts, as_scorer_set(scorers, device=options.pop("device", None)), **options)
+
+
+score_meshes.__signature__ = inspect.signature(core.score_meshes)  # help() and IDEs show the options
 
 
 def score_views(views: Any, prompts: Sequence[str] | str, scorers: Any, *, grad: bool = False,

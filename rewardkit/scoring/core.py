@@ -319,8 +319,16 @@ def score_meshes(
     progress: Callable[[int, int], None] | None = None,
     limits: Any = None,
 ) -> list[MeshScore]:
-    """The scoring loop of :func:`rewardkit.scoring.score_meshes` over a :class:`~rewardkit.scoring.ScorerSet`
-    (``scorers``; moved to ``device`` when given). See there for the arguments."""
+    """Score meshes (paths, trimesh objects or loaded meshes) against their prompts with every scorer of the
+    :class:`~rewardkit.scoring.ScorerSet` ``scorers`` (moved to ``device`` when given;
+    :func:`rewardkit.scoring.score_meshes` takes any scorers and calls this).
+
+    ``prompts``: one string for all meshes or one per mesh. ``render_size`` overrides the scorers' recorded
+    render resolution (the models resize internally; use the recorded size to reproduce training conditions).
+    ``on_error``: ``"record"`` (default) or ``"raise"``. Pass a :class:`ScoringTimings` to get a breakdown.
+    ``progress(done, total)`` is called as meshes finish (scored or failed).
+    ``limits``: a :class:`rewardkit.io.MeshLimits` for reading mesh files (default: from the environment).
+    """
     import trimesh
 
     if isinstance(meshes, (str, os.PathLike, trimesh.Trimesh, trimesh.Scene)) or hasattr(meshes, "scene"):

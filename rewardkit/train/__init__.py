@@ -10,6 +10,7 @@ from rewardkit.train.data import (
     collate_pairs,
     split_prompts,
 )
+from rewardkit.train.ensemble import EnsembleConfig
 from rewardkit.train.module import RewardModelModule
 from rewardkit.train.trainer import (
     TrainResult,
@@ -21,7 +22,7 @@ from rewardkit.train.trainer import (
 )
 
 __all__ = [
-    "EpochShuffleSampler", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
+    "EnsembleConfig", "EpochShuffleSampler", "PreferenceDataModule", "PreferencePairDataset", "RewardModelModule", "TrainConfig",
     "TrainResult", "ViewCache", "apply_overrides", "build_examples", "collate_pairs", "evaluate",
     "load_train_config", "model_from_checkpoint", "plot_learning_curve", "predict_deltas", "split_prompts", "train",
 ]

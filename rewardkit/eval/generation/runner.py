@@ -1,6 +1,6 @@
 """Evaluating a folder of generations as AR3D-R1 reports it: render, featurize (cached), score.
 
-:func:`read_prompt_set` reads the prompt set (CSV: ``object_id``, ``prompt``, optional ``category``,
+:func:`~rewardkit.eval.generation.inputs.read_prompt_set` reads the prompt set (CSV: ``object_id``, ``prompt``, optional ``category``,
 ``generation``, ``reference``) and finds each object's generated mesh and its reference (a mesh, or a folder
 of reference renders). :func:`evaluate_generations` then
 
@@ -24,46 +24,29 @@ counted silently; :attr:`EvalResult.ok` is False then (the CLI exits with 1).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rewardkit.errors import RewardkitError
 from rewardkit.eval.generation import metrics as M
+from rewardkit.eval.generation.inputs import EvalInputError, EvalObject
+from rewardkit.eval.generation.plots import OVERALL
 from rewardkit.eval.generation.protocol import (
     MME3DR_CATEGORIES,
     EvalGenConfig,
-    category_slug,
     process_prompt,
     protocol_record,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-OVERALL = "overall"
 RESULT_FORMAT = "rewardkit.eval_gen/1"
-
-
-class EvalInputError(RewardkitError, ValueError):
-    """A prompt set, folder or option that cannot be evaluated at all (names the file and the problem)."""
-
-
-@dataclass
-class EvalObject:
-    object_id: str
-    prompt: str
-    category: str | None
-    generation: Path | None  # None: no file found (reported as excluded)
-    reference: Path | None
-    reference_kind: str  # "mesh" | "renders"
-    missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,91 +62,6 @@ class EvalResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.data, indent=2) + "\n")
         return path
-
-
-# -- the prompt set ----------------------------------------------------------------------------------------
-
-def _find(folder: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
-    for s in suffixes:
-        p = folder / f"{stem}{s}"
-        if p.is_file():
-            return p
-    return None
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def read_prompt_set(prompts_csv: str | Path, generations: str | Path, *, reference_meshes: str | Path | None = None,
-                    reference_renders: str | Path | None = None) -> list[EvalObject]:
-    """The objects of a prompt set, with their generation and reference paths (see the module docstring).
-
-    Columns: ``object_id`` (or ``id``), ``prompt``; optional ``category`` (MME-3DR's names or slugs),
-    ``generation`` (a mesh path relative to ``generations``; default ``<object_id>.<mesh suffix>`` there),
-    ``reference`` (relative to the reference folder; default ``<object_id>.<mesh suffix>`` for meshes,
-    ``<object_id>/`` for renders). Paths may not leave their folder. Problems with the table itself raise
-    :class:`EvalInputError`; a file that is not there is recorded on its object (``missing``)."""
-    from rewardkit.io import SUPPORTED_FORMATS
-
-    prompts_csv, generations = Path(prompts_csv), Path(generations)
-    if (reference_meshes is None) == (reference_renders is None):
-        raise EvalInputError("give exactly one of reference meshes or reference renders")
-    ref_root = Path(reference_meshes if reference_meshes is not None else reference_renders)  # type: ignore[arg-type]
-    kind = "mesh" if reference_meshes is not None else "renders"
-    for what, folder in (("generations", generations), ("references", ref_root)):
-        if not folder.is_dir():
-            raise EvalInputError(f"{folder}: {what} folder not found")
-    if not prompts_csv.is_file():
-        raise EvalInputError(f"{prompts_csv}: prompt set not found")
-    try:
-        rows = list(csv.DictReader(prompts_csv.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise EvalInputError(f"{prompts_csv}: cannot read the prompt set: {exc}") from exc
-    if not rows:
-        raise EvalInputError(f"{prompts_csv}: no rows (expected a header with object_id,prompt and one row per object)")
-    cols = {c.strip().lower(): c for c in rows[0] if c}
-    id_col = cols.get("object_id") or cols.get("id")
-    if id_col is None or "prompt" not in cols:
-        raise EvalInputError(f"{prompts_csv}: needs columns object_id (or id) and prompt, has {list(rows[0])}")
-    mesh_suffixes = tuple(SUPPORTED_FORMATS)
-    objects: list[EvalObject] = []
-    seen: set[str] = set()
-    for n, row in enumerate(rows, 2):
-        oid = (row.get(id_col) or "").strip()
-        prompt = (row.get(cols["prompt"]) or "").strip()
-        if not oid or not prompt:
-            raise EvalInputError(f"{prompts_csv}:{n}: empty object_id or prompt")
-        if oid in seen:
-            raise EvalInputError(f"{prompts_csv}:{n}: object_id {oid!r} appears twice")
-        seen.add(oid)
-        cat = (row.get(cols["category"]) or "").strip() if "category" in cols else ""
-        missing = []
-        gen_rel = (row.get(cols["generation"]) or "").strip() if "generation" in cols else ""
-        gen = (generations / gen_rel) if gen_rel else _find(generations, oid, mesh_suffixes)
-        if gen is not None and not _inside(gen, generations):
-            raise EvalInputError(f"{prompts_csv}:{n}: generation {gen_rel!r} lies outside {generations}")
-        if gen is None or not gen.is_file():
-            missing.append(f"generation not found: {gen if gen is not None else generations / (oid + '.*')}")
-        ref_rel = (row.get(cols["reference"]) or "").strip() if "reference" in cols else ""
-        if ref_rel:
-            ref: Path | None = ref_root / ref_rel
-        elif kind == "mesh":
-            ref = _find(ref_root, oid, mesh_suffixes)
-        else:
-            ref = ref_root / oid
-        if ref is not None and not _inside(ref, ref_root):
-            raise EvalInputError(f"{prompts_csv}:{n}: reference {ref_rel!r} lies outside {ref_root}")
-        if ref is None or not (ref.is_file() if kind == "mesh" else ref.is_dir()):
-            missing.append(f"reference not found: {ref if ref is not None else ref_root / (oid + '.*')}")
-        objects.append(EvalObject(oid, prompt, category_slug(cat) if cat else None,
-                                  gen if gen is not None and gen.is_file() else None,
-                                  ref if ref is not None and ref.exists() else None, kind, missing))
-    return objects
 
 
 # -- renders -----------------------------------------------------------------------------------------------
@@ -549,62 +447,7 @@ def evaluate_generations(objects: Sequence[EvalObject], cfg: EvalGenConfig, out_
     return EvalResult(data)
 
 
-# -- the figure --------------------------------------------------------------------------------------------
-
-PLOT_METRICS = (("clip_score", "CLIP score ↑"), ("kd_incep_x100", "KD_incep ×100 ↓"),
-                ("kd_dinov2_x100", "KD_dinov2 ×100 ↓"), ("fd_incep", "FD_incep ↓"))
-
-
-def plot_results(results: dict[str, dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """One bar panel per metric (CLIP, KD_incep, KD_dinov2, FD_incep): bars per category and overall, one
-    colour per run (``results``: run label -> result data). Random-init extractors are named in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = list(results)
-    first = results[runs[0]]
-    groups = list(first["metrics"]["per_category"]) + [OVERALL]
-    keys = [(k, t) for k, t in PLOT_METRICS if any(results[r]["metrics"][OVERALL].get(k) is not None for r in runs)]
-    if not keys:
-        raise ValueError("no metric to plot")
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 1, 0.42 * len(groups) * max(1, len(runs)) + 1.8),
-                             squeeze=False)
-    h = 0.8 / len(runs)
-    ypos = np.arange(len(groups))
-    names = [MME3DR_CATEGORIES.get(g, g.replace("_", " ")) for g in groups]
-    for ax, (k, label) in zip(axes[0], keys):
-        for j, run in enumerate(runs):
-            m = results[run]["metrics"]
-            vals = [(m["per_category"].get(g, {}) if g != OVERALL else m[OVERALL]).get(k) for g in groups]
-            v = [np.nan if x is None else x for x in vals]
-            ax.barh(ypos + (j - (len(runs) - 1) / 2) * h, v, height=h, label=run)
-            for y_, x in zip(ypos + (j - (len(runs) - 1) / 2) * h, v):
-                if np.isfinite(x):
-                    ax.text(x, y_, f" {x:.3g}", va="center", fontsize=7)
-        ax.set_title(label, fontsize=9)
-        ax.set_yticks(ypos)
-        ax.set_yticklabels(names if ax is axes[0][0] else [], fontsize=8)
-        ax.invert_yaxis()
-    if len(runs) > 1:
-        axes[0][-1].legend(fontsize=7, loc="lower right")
-    heading = title or "Generator evaluation (AR3D-R1 Table 4 metrics)"
-    if any(results[r].get("random_init_extractors") for r in runs):
-        heading += "\nRANDOM-INIT extractors (demo): not comparable with the paper"
-    fig.suptitle(heading, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 __all__ = [
-    "OVERALL",
-    "EvalInputError",
-    "EvalObject",
     "EvalResult",
     "FeatureCache",
     "evaluate_generations",
@@ -613,8 +456,6 @@ __all__ = [
     "image_folder_views",
     "load_extractors",
     "load_image",
-    "plot_results",
-    "read_prompt_set",
     "render_digest",
     "render_meshes",
     "set_metrics",

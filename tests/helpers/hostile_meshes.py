@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-SHARED_MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "meshes"
+SHARED_MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "meshes"
 GOOD_MESHES = [SHARED_MESHES / "duck" / "Duck.glb", SHARED_MESHES / "spot_cow" / "cow.obj",
                SHARED_MESHES / "bunny" / "bunny.ply"]
 SECRET = "token=hunter2"

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import trimesh
 
-SHARED_MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "meshes"
+SHARED_MESHES = Path(__file__).resolve().parents[2].parent / "shared" / "meshes"
 
 
 def checker_image(size: int = 64, colors=((220, 30, 30), (30, 30, 220)), squares: int = 4) -> PIL.Image.Image:
