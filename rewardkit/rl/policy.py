@@ -40,6 +40,7 @@ __all__ = [
     "forward_logits",
     "mesh_phase_prompt",
     "build_tiny_policy",
+    "PHASE_NONE", "PHASE_TEXT", "PHASE_MESH", "PHASE_FORCED",
 ]
 
 MESH_START, MESH_END = "<mesh-start>", "<mesh-end>"
