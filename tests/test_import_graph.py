@@ -230,8 +230,6 @@ def test_scoring_modules_import_only_those_above_them_as_docs_architecture_says(
 # Known uses of private names, each with the work that removes it; an entry that is no longer needed fails.
 PRIVATE_USES_PENDING = {
     ("benchmarks/bench_rl_memory.py", "rewardkit.rl.rollout", "_Group"): "issue 29 item 2: a public step record",
-    **{("benchmarks/bench_rl_memory.py", "rewardkit.rl.policy", f"PHASE_{p}"): "issue 29 item 2: the token phases "
-       "in rewardkit.rl.policy's __all__ (rl/policy.py is being split by issue 26)" for p in ("TEXT", "MESH", "FORCED")},
 }
 
 
