@@ -150,6 +150,7 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             dtype=cfg.dtype or master_dtype(self.precision),
             use_chat_template=cfg.use_chat_template,
         )
+        self.policy.logprob_chunk_tokens = cfg.logprob_chunk_tokens
         if self.policy.tokens_per_object != self.shape_tokenizer.num_tokens:
             raise ValueError(
                 f"the policy emits {self.policy.tokens_per_object} mesh tokens per object but the shape tokenizer "
