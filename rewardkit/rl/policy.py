@@ -399,13 +399,16 @@ class MeshPolicy:
         codebook_size: int | None = None,
         dtype: str | torch.dtype | None = None,
         use_chat_template: bool | None = None,
+        meta: bool = False,
         **model_kwargs: Any,
     ) -> "MeshPolicy":
         """Load a local Hugging Face checkpoint directory (config + weights + tokenizer).
 
         Causal LMs load with ``AutoModelForCausalLM``; vision-language checkpoints such as ShapeLLM-Omni's
         Qwen2.5-VL (not a causal-LM class in transformers) with ``AutoModelForImageTextToText``, used
-        text-only.
+        text-only. ``meta``: the model is built on the meta device (shapes only, no host memory, no weights
+        read; parameters in ``dtype``, buffers as the architecture computes them), to be sharded and then
+        filled (:func:`rewardkit.rl.sharding.load_sharded_weights`).
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -418,10 +421,18 @@ class MeshPolicy:
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         config = AutoConfig.from_pretrained(str(path))
-        if type(config) in AutoModelForCausalLM._model_mapping:
-            model = AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+        auto = AutoModelForCausalLM if type(config) in AutoModelForCausalLM._model_mapping else AutoModelForImageTextToText
+        if meta:
+            from transformers import GenerationConfig
+
+            with torch.device("meta"):
+                model = auto.from_config(config)
+            for p in model.parameters():  # parameters only: RoPE's inv_freq buffers stay float32
+                p.data = p.data.to(dtype or torch.float32)
+            if (path / "generation_config.json").exists():
+                model.generation_config = GenerationConfig.from_pretrained(str(path))
         else:
-            model = AutoModelForImageTextToText.from_pretrained(str(path), **model_kwargs)
+            model = auto.from_pretrained(str(path), **model_kwargs)
         meta = path / "rewardkit_policy.json"
         if meta.exists():  # written by save_pretrained / build_tiny_policy
             info = json.loads(meta.read_text())
