@@ -99,3 +99,17 @@ def test_fsdp_rank0_loading_bf16_sharded_reference_and_per_micro_batch_reduce_sc
         for s in r["backwards"]:
             assert s["unsharded_grads"] == 0 and s["sharded_grads"] == s["params"] > 0
         assert r["loss"] == r["loss"]  # finite
+
+
+@pytest.mark.slow
+def test_host_memory_benchmark_smoke():
+    """benchmarks/bench_rl_host_memory.py --smoke: both loadings run on 2 gloo processes and print one row per
+    rank (the figures of a model large enough to see the difference come from its full run)."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rl_host_memory.py"
+    proc = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line[:1] in ("0", "1")]
+    assert [r[0] for r in rows] == ["0", "1"] and all(len(r) == 5 for r in rows), proc.stdout
+    assert all(float(x) >= 0 for r in rows for x in r[1:])
