@@ -13,17 +13,22 @@ persistent (whole run)
     params      m * P / W
     optimizer   8 * T / W       (AdamW exp_avg + exp_avg_sq, fp32)
     buckets     DDP only: 4 * T (Fabric's DDP keeps ``gradient_as_bucket_view=False``)
-    reference   m * P / W       (``reference: copy``: a deep copy of the master model, sharded like it
-                                 under FSDP; 0 for ``cpu``/``adapter``)
-grads       4 * T / W, freed by ``zero_grad(set_to_none=True)`` at the start of each update: present in the
-            backward, the optimizer step and the next rollout, absent at the end of the training forward
+    reference   ``reference: copy``: FSDP: 2 * P / W under bf16 (built sharded in the compute dtype, never a
+                full copy on one device), else m * P / W; DDP: m * P (a deep copy); 0 for ``cpu``/``adapter``
+    vllm        ``rollout.backend: vllm`` with ``sleep_level`` 0: ``gpu_memory_utilization`` * device memory
+grads       4 * T / W, freed by ``zero_grad(set_to_none=True)`` at the start of each update and rebuilt by the
+            first micro-batch's backward: alive in every later micro-batch (Hi-GRPO has at least two, step 1
+            and step 2), the optimizer step and the next rollout. FSDP reduce-scatters after every
+            micro-batch, so they stay sharded; the previous code skipped that until the last micro-batch, and
+            FSDP2 then holds unsharded fp32 gradients, 4 * T (``fsdp_sync_every_micro_batch=False``)
 training forward/backward, on top of the persistent part
-    unsharded   FSDP: 2 * root + 2 * (2 * layer)       root = parameters outside every decoder/vision
+    unsharded   FSDP: p * (root + 2 * layer)               p = 2 under bf16-mixed (bf16 all-gather), else m;
+                                                       root = parameters outside every decoder/vision
                                                        block (embeddings, lm_head, final norm, merger),
                                                        kept gathered through forward and backward; two
                                                        decoder layers in flight (current + prefetched)
                 DDP ``bf16-mixed``: 2 * (lm_head + (all layer linears unless checkpointed)): autocast's
-                bf16 weight copies saved for the backward
+                bf16 weight copies
     saved acts  b * L * [N * s + 4H + 2rH + aH + 2r d_head] + b * L * L  (final norm, embeddings, RoPE
                 cos/sin, bool mask), s per layer and token:
                 s = 2(4H + 4 + rH) + 2aH (5aH when autocast casts an fp32 residual per linear)
@@ -34,18 +39,19 @@ training forward/backward, on top of the persistent part
                     MHA: 2aH + 2aHkv instead of 4aH). Checked against autograd's saved tensors.
                 With activation checkpointing s = rH (the layer input only), plus b * L * s for the
                 one layer recomputed in the backward
-    logits      forward end:  a*bLV (the logits) + (4 + 2c)*bLV (per row: fp32 log-softmax output and
-                              c = 1 if ``constrain_logprobs``: two [L, V] bool masks of the torch.where
-                              calls, saved for backward) + 16*LV (one row's fp32 temporaries: the scaled
-                              logits, and exp / clamp / product / negation of the entropy)
-                backward:     max((4+2c)*bLV + a*bLV, (4+2c)*(b-1)*LV + 2a*bLV) + 8*LV
-                              (the per-row gradients accumulate into one [b, L, V] buffer)
-    layer grads FSDP: 6 * layer (bf16 gradient + its fp32 copy for the reduce-scatter); at the end of
-                the backward 6 * root (the embedding gradient)
+    log-probs   selective and chunked (:func:`logprob_bytes`; n = scored tokens of the micro-batch,
+                c = min(chunk, n)): a*n*H (the scored hidden states) + (12 + k)*c*V in the forward,
+                (16 + k)*c*V while the backward recomputes a chunk (k = 1 with ``constrain_logprobs``), plus
+                a*b*L*H for the hidden states' gradient; never a [b, L, V] tensor
+    layer grads FSDP: (p + 4) * layer (the unsharded gradient + its fp32 reduce-scatter input); the output
+                layer's unsharded gradient p * lm_head (if trained) from the log-prob backward on; at the end
+                of the backward (p + 4) * trainable root parameters (the embedding gradient)
 optimizer step: + 4 * T / W for foreach AdamW's temporary (CUDA; on CPU the per-parameter loop: one
     parameter's worth)
-rollout (HF generate, no grad): KV cache 2 * N * Hkv * kv_bytes * (rollouts * (context + new tokens)),
-    kv_bytes = 2 under FSDP (bf16 compute parameters), m under DDP (generation bypasses autocast)
+rollout     HF generate (no grad): KV cache 2 * N * Hkv * kv_bytes * (rollouts * (context + new tokens)),
+                kv_bytes = 2 under FSDP (bf16 compute parameters), m under DDP (generation bypasses autocast)
+            vLLM: the engine's ``gpu_memory_utilization`` * device memory (its weights and KV cache) while it
+                samples; with ``sleep_level`` >= 1 it gives that back while the policy trains
 
 peak = persistent + max(training forward end, training backward (+ grads), optimizer step (+ grads),
 rollout (+ grads)).
@@ -53,7 +59,7 @@ The sequence of step 1 is prompt + reasoning + <mesh-start> + M codes + <mesh-en
 holds step 1's plan (up to ``max_reasoning_tokens`` more), so step 2 sets the peak.
 Not counted: the CUDA context and NCCL buffers (about 1-2 GB per GPU, see ``overhead_gb``), allocator
 fragmentation, reward models on the same GPU (the paper serves them elsewhere).
-:func:`measure_step_peak` checks the training terms against a real step of a small model on CPU or GPU.
+benchmarks/bench_rl_memory.py checks the training terms against real FSDP steps on 2 gloo processes.
 """
 
 from __future__ import annotations
