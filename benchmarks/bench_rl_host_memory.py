@@ -3,7 +3,7 @@
 sharded in the compute dtype) against the previous loading (every rank reads the whole fp32 model and
 deep-copies it for the reference before sharding), on 2 gloo processes, side by side in one run.
 
-    python benchmarks/bench_rl_host_memory.py            # a 124M-parameter Qwen2 (0.5 GB in fp32), ~3-5 min
+    python benchmarks/bench_rl_host_memory.py            # a 122M-parameter Qwen2 (0.5 GB in fp32), ~3-10 min
     python benchmarks/bench_rl_host_memory.py --smoke    # a tiny model: the code path only
 
 Per rank: the peak resident set (VmHWM, reset through /proc/self/clear_refs) while loading, minus the
