@@ -205,10 +205,11 @@ def measure(args: dict) -> None:
         micro_batch_size=1, accelerator="cpu", devices=2, strategy="fsdp", precision=args["precision"],
         activation_checkpointing=args["ckpt"], output_dir=str(out / f"run-{args['ckpt']}"), render=False,
         eval_group_size=0, overlap_rewards=False, num_threads=1, dynamic_sampling=False, max_grad_norm=1.0,
+        freeze=["embeddings", "lm_head"] if args.get("freeze_root") else None,
     ))
     trainer = HiGRPOTrainer(cfg)
     rank = trainer.fabric.global_rank
-    counts = count_model(MeshPolicy.from_pretrained(out / "policy", meta=True).model)
+    counts = count_model(MeshPolicy.from_pretrained(out / "policy", meta=True).model, cfg.freeze)
     runs = [(mb, acc, True) for mb, acc in args["grid"]] + [(mb, acc, False) for mb, acc in args.get("old", [])]
     for i, (mb, acc, sync) in enumerate(runs):
         G = mb * acc
@@ -235,12 +236,12 @@ def measure(args: dict) -> None:
         phase = max(train, key=plan.phase_total)
         print("RESULT " + json.dumps({
             "rank": rank, "ckpt": args["ckpt"], "micro_batch": mb, "accumulation": acc, "sync": sync,
-            "precision": trainer.precision, "seq_len": L, "scored": scored, "params": counts.total,
+            "precision": trainer.precision, "seq_len": L, "frozen": cfg.freeze or [], "scored": scored, "params": counts.total,
             "measured": measured, "predicted": plan.persistent_total + plan.phase_total(phase) - before,
             "phase": phase, "terms": {k: v for k, v in plan.phases[phase].items() if v}}), flush=True)
 
 
-def validate(precision: str, smoke: bool = False) -> list[dict]:
+def validate(precision: str, smoke: bool = False, freeze_root: bool = False) -> list[dict]:
     """The grid on 2 gloo processes: one launch per activation-checkpointing setting; returns one row per
     configuration (the larger rank's measurement)."""
     from rewardkit.rl.policy import build_tiny_policy
@@ -258,7 +259,8 @@ def validate(precision: str, smoke: bool = False) -> list[dict]:
         for ckpt in (False, True):
             grid = GRID[:1] if smoke else GRID
             old = [(1, 4)] if ckpt and not smoke else []
-            arg = json.dumps({"precision": precision, "ckpt": ckpt, "dir": tmp, "smoke": smoke, "grid": grid, "old": old})
+            arg = json.dumps({"precision": precision, "ckpt": ckpt, "dir": tmp, "smoke": smoke, "grid": grid, "old": old,
+                              "freeze_root": freeze_root})
             r = subprocess.run([sys.executable, __file__, "--_measure", arg], env=env, capture_output=True, text=True,
                                cwd=tmp)
             if r.returncode != 0:
@@ -277,7 +279,8 @@ def print_validation(rows: list[dict]) -> None:
           f"(hidden {spec['hidden_size']}, {spec['num_layers']} layers, {spec['num_heads']} heads / {spec['num_kv_heads']} kv, "
           f"MLP {spec['intermediate_size']}, vocabulary {spec['vocab_size']:,}, untied output layer), one Hi-GRPO "
           f"optimizer step (HiGRPOTrainer.optimize, reference copy), step-2 sequences of {r0['seq_len']} tokens "
-          f"({r0['scored']} scored); accumulation = micro-batches per phase (an update runs 2 x that backwards)")
+          f"({r0['scored']} scored), frozen: {'+'.join(r0['frozen']) or 'nothing'}; accumulation = micro-batches per "
+          f"phase (an update runs 2 x that backwards)")
     print(f"{'ckpt':<5}{'mb':>3}{'acc':>4} {'grad sync':<14}{'predicted MB':>13}{'measured MB':>12}{'meas/pred':>10}  "
           f"peak phase (plan): its terms in MB")
     for r in rows:
@@ -296,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="32-true", help="validation precision (CPU)")
     ap.add_argument("--no-validate", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="a tiny model, one configuration per setting (the suite's check)")
+    ap.add_argument("--freeze-root", action="store_true", help="validation with embeddings and lm_head frozen (no "
+                    "root-unit gradients: activations, log-probs and the gradient terms set the peak)")
     ap.add_argument("--overhead-gb", type=float, default=3.0)
     ap.add_argument("--_measure", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -306,7 +311,7 @@ def main(argv=None) -> int:
     print_plan(counts, a.overhead_gb)
     print_config_plan(counts, a.overhead_gb)
     if not a.no_validate:
-        print_validation(validate(a.precision, smoke=a.smoke))
+        print_validation(validate(a.precision, smoke=a.smoke, freeze_root=a.freeze_root))
     return 0
 
 
