@@ -234,11 +234,14 @@ def measure(args: dict) -> None:
         before = plan.persistent_total + plan.phases["optimizer_step"]["grads"]  # in the baseline already
         train = {k: v for k, v in plan.phases.items() if k != "rollout"}
         phase = max(train, key=plan.phase_total)
-        print("RESULT " + json.dumps({
+        row = json.dumps({
             "rank": rank, "ckpt": args["ckpt"], "micro_batch": mb, "accumulation": acc, "sync": sync,
             "precision": trainer.precision, "seq_len": L, "frozen": cfg.freeze or [], "scored": scored, "params": counts.total,
             "measured": measured, "predicted": plan.persistent_total + plan.phase_total(phase) - before,
-            "phase": phase, "terms": {k: v for k, v in plan.phases[phase].items() if v}}), flush=True)
+            "phase": phase, "terms": {k: v for k, v in plan.phases[phase].items() if v}})
+        print("RESULT " + row, flush=True)
+        with open(out / f"results-{args['ckpt']}-{rank}.jsonl", "a") as f:  # the ranks share stdout: lines may mix
+            f.write(row + "\n")
 
 
 def validate(precision: str, smoke: bool = False, freeze_root: bool = False) -> list[dict]:
@@ -265,7 +268,8 @@ def validate(precision: str, smoke: bool = False, freeze_root: bool = False) -> 
                                cwd=tmp)
             if r.returncode != 0:
                 raise RuntimeError(f"measurement failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-            got = [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+            got = [json.loads(line) for rank in (0, 1)
+                   for line in (Path(tmp) / f"results-{ckpt}-{rank}.jsonl").read_text().splitlines()]
             for key in dict.fromkeys((g["micro_batch"], g["accumulation"], g["sync"]) for g in got):
                 same = [g for g in got if (g["micro_batch"], g["accumulation"], g["sync"]) == key]
                 rows.append(max(same, key=lambda g: g["measured"]))

@@ -43,6 +43,8 @@ training forward/backward, on top of the persistent part
                 c = min(chunk, n)): a*n*H (the scored hidden states) + (12 + k)*c*V in the forward,
                 (16 + k)*c*V while the backward recomputes a chunk (k = 1 with ``constrain_logprobs``), plus
                 a*b*L*H for the hidden states' gradient; never a [b, L, V] tensor
+    root gather FSDP, at the start of every forward: p * root * (1 + 1 / W) for the all-gather's input and
+                output buffers while they are copied out into the p * root unsharded parameters
     layer grads FSDP: (p + 4) * layer (the unsharded gradient + its fp32 reduce-scatter input); the output
                 layer's unsharded gradient p * lm_head (if trained) from the log-prob backward on; at the end
                 of the backward (p + 4) * trainable root parameters (the embedding gradient)
@@ -401,6 +403,9 @@ def plan_memory(
         "train_backward_end": {"unsharded": unsharded, "root_grads": root_grad, **train_grads},
         "optimizer_step": {"grads": grads, "foreach_temp": 4.0 * T / W if foreach_optimizer else 0.0},
     }
+    if strategy == "fsdp":  # each forward's root unshard: the all-gather's input and output next to the copy-out
+        gather = pa * counts.root * (1.0 + 1.0 / W)
+        phases["root_all_gather"] = {"unsharded": pa * counts.root, "all_gather_buffers": gather, **train_grads}
     kv_bytes = 2 if strategy == "fsdp" and mixed else m
     n_roll = rollout_len if rollout_len is not None else L
     if rollout_backend == "vllm":  # the engine's weights and KV cache inside its share; the trainer idles
@@ -408,6 +413,7 @@ def plan_memory(
     else:
         phases["rollout"] = {
             "unsharded": unsharded if strategy == "fsdp" else 0.0,
+            "all_gather_buffers": pa * counts.root * (1.0 + 1.0 / W) if strategy == "fsdp" else 0.0,
             "kv_cache": 2.0 * N * counts.kv_dim * kv_bytes * rollout_seqs * n_roll,
             "grads": grads,
         }
