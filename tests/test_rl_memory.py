@@ -47,7 +47,17 @@ def test_shipped_config_loads_and_fits_8x80gb(counts):
     assert cfg.activation_checkpointing and cfg.shape_tokenizer["type"] == "shapellm_vqvae"
     plan = plan_for_config(cfg, counts)
     assert plan.settings["seq_len"] == 100 + 2048 + 2048 + 1026  # step 2 holds the step-1 plan
-    assert plan.fits(80 * GB, overhead=3 * GB), f"{plan.peak / GB:.1f} GB"
+    assert plan.peak <= 70 * GB, f"{plan.peak / GB:.1f} GB"
+    # the same with the vLLM engine colocated (its gpu_memory_utilization share of 80 GB while it samples)
+    cfg.rollout.backend = "vllm"
+    vplan = plan_for_config(cfg, counts)
+    assert vplan.phases["rollout"]["vllm_engine"] == pytest.approx(cfg.rollout.gpu_memory_utilization * 80e9)
+    assert vplan.peak <= 70 * GB, f"{vplan.peak / GB:.1f} GB"
+    cfg.rollout.backend = "hf"
+    # FSDP's gradient accumulation as the trainer did before (no reduce-scatter until the last micro-batch):
+    # unsharded fp32 gradients of every trainable parameter, 28.4 GB more
+    old = plan_for_config(cfg, counts, fsdp_sync_every_micro_batch=False)
+    assert old.peak - plan.peak == pytest.approx(4.0 * counts.trainable * (1 - 1 / 8), rel=1e-6)
     # the same batch without sharding or without checkpointing does not fit: the plan discriminates
     assert not plan_for_config(cfg, counts, strategy="ddp").fits(80 * GB)
     cfg.activation_checkpointing = False
@@ -127,11 +137,30 @@ def test_bf16_mixed_training_step_makes_no_fp32_copy_of_the_logits(tmp_path):
                     self.fp32_sizes.append(tuple(t.shape))
             return out
 
+    policy.logprob_chunk_tokens = 8  # the log-softmax runs over chunks of 8 scored positions
     with Outputs() as rec:
         lp, _ent = policy.logprobs(model, batch, SamplingConfig(), return_entropy=True)
         fabric.backward((lp * batch.mask).sum())
     assert lp.dtype == torch.float32 and lp.shape == (B, L - 1)
     logit_like = [sh for sh in rec.fp32_sizes if sh and sh[-1] == V]  # [..., V]: logits, not weights ([V, H])
-    assert (L - 1, V) in logit_like  # the per-row log-softmax is seen
-    big = [sh for sh in logit_like if math.prod(sh) >= 2 * L * V]
-    assert not big, f"fp32 tensors of (nearly) the whole micro-batch's logits ({B} x {L} x {V}): {big}"
+    assert (8, V) in logit_like  # one chunk's fp32 log-softmax is seen
+    big = [sh for sh in logit_like if math.prod(sh) > 8 * V]
+    assert not big, f"fp32 tensors of more than one chunk of the micro-batch's logits ({B} x {L} x {V}): {big}"
+
+
+@pytest.mark.slow
+def test_memory_plan_matches_fsdp_on_two_gloo_processes():
+    """benchmarks/bench_rl_memory.py --smoke: FSDP over 2 gloo processes, one Hi-GRPO optimizer step per
+    activation-checkpointing setting, the measured peak above the pre-step baseline within 15 % of the plan
+    (the benchmark's full run does the 8 configurations on a 50.9M-parameter model)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rl_memory.py"
+    proc = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("off ", "on "))]
+    assert len(rows) == 2, proc.stdout[-3000:]
+    for r in rows:
+        predicted, measured = float(r[5]), float(r[6])  # ckpt mb acc "every micro" predicted measured
+        assert abs(measured / predicted - 1) <= 0.15, r

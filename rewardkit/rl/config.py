@@ -135,6 +135,10 @@ class HiGRPOConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
     micro_batch_size: int = 16  # sequences per forward/backward
+    # scored tokens per chunk of the output layer when computing log-probs: the [chunk, vocabulary] logits are
+    # the largest vocabulary-wide tensors (rewardkit.rl.policy.sequence_logprobs); smaller saves memory, larger
+    # fewer kernel launches
+    logprob_chunk_tokens: int = 512
     # -- run -------------------------------------------------------------------------------------
     steps: int = 1200  # optimizer steps of the run (also the horizon of the cosine/linear schedule)
     seed: int = 0  # every step reseeds from (seed, step, rank): resumed runs repeat exactly

@@ -13,17 +13,22 @@ persistent (whole run)
     params      m * P / W
     optimizer   8 * T / W       (AdamW exp_avg + exp_avg_sq, fp32)
     buckets     DDP only: 4 * T (Fabric's DDP keeps ``gradient_as_bucket_view=False``)
-    reference   m * P / W       (``reference: copy``: a deep copy of the master model, sharded like it
-                                 under FSDP; 0 for ``cpu``/``adapter``)
-grads       4 * T / W, freed by ``zero_grad(set_to_none=True)`` at the start of each update: present in the
-            backward, the optimizer step and the next rollout, absent at the end of the training forward
+    reference   ``reference: copy``: FSDP: 2 * P / W under bf16 (built sharded in the compute dtype, never a
+                full copy on one device), else m * P / W; DDP: m * P (a deep copy); 0 for ``cpu``/``adapter``
+    vllm        ``rollout.backend: vllm`` with ``sleep_level`` 0: ``gpu_memory_utilization`` * device memory
+grads       4 * T / W, freed by ``zero_grad(set_to_none=True)`` at the start of each update and rebuilt by the
+            first micro-batch's backward: alive in every later micro-batch (Hi-GRPO has at least two, step 1
+            and step 2), the optimizer step and the next rollout. FSDP reduce-scatters after every
+            micro-batch, so they stay sharded; the previous code skipped that until the last micro-batch, and
+            FSDP2 then holds unsharded fp32 gradients, 4 * T (``fsdp_sync_every_micro_batch=False``)
 training forward/backward, on top of the persistent part
-    unsharded   FSDP: 2 * root + 2 * (2 * layer)       root = parameters outside every decoder/vision
+    unsharded   FSDP: p * (root + 2 * layer)               p = 2 under bf16-mixed (bf16 all-gather), else m;
+                                                       root = parameters outside every decoder/vision
                                                        block (embeddings, lm_head, final norm, merger),
                                                        kept gathered through forward and backward; two
                                                        decoder layers in flight (current + prefetched)
                 DDP ``bf16-mixed``: 2 * (lm_head + (all layer linears unless checkpointed)): autocast's
-                bf16 weight copies saved for the backward
+                bf16 weight copies
     saved acts  b * L * [N * s + 4H + 2rH + aH + 2r d_head] + b * L * L  (final norm, embeddings, RoPE
                 cos/sin, bool mask), s per layer and token:
                 s = 2(4H + 4 + rH) + 2aH (5aH when autocast casts an fp32 residual per linear)
@@ -34,18 +39,21 @@ training forward/backward, on top of the persistent part
                     MHA: 2aH + 2aHkv instead of 4aH). Checked against autograd's saved tensors.
                 With activation checkpointing s = rH (the layer input only), plus b * L * s for the
                 one layer recomputed in the backward
-    logits      forward end:  a*bLV (the logits) + (4 + 2c)*bLV (per row: fp32 log-softmax output and
-                              c = 1 if ``constrain_logprobs``: two [L, V] bool masks of the torch.where
-                              calls, saved for backward) + 16*LV (one row's fp32 temporaries: the scaled
-                              logits, and exp / clamp / product / negation of the entropy)
-                backward:     max((4+2c)*bLV + a*bLV, (4+2c)*(b-1)*LV + 2a*bLV) + 8*LV
-                              (the per-row gradients accumulate into one [b, L, V] buffer)
-    layer grads FSDP: 6 * layer (bf16 gradient + its fp32 copy for the reduce-scatter); at the end of
-                the backward 6 * root (the embedding gradient)
+    log-probs   selective and chunked (:func:`logprob_bytes`; n = scored tokens of the micro-batch,
+                c = min(chunk, n)): a*n*H (the scored hidden states) + (12 + k)*c*V in the forward,
+                (16 + k)*c*V while the backward recomputes a chunk (k = 1 with ``constrain_logprobs``), plus
+                a*b*L*H for the hidden states' gradient; never a [b, L, V] tensor
+    root gather FSDP, at the start of every forward: p * root * (1 + 1 / W) for the all-gather's input and
+                output buffers while they are copied out into the p * root unsharded parameters
+    layer grads FSDP: (p + 4) * layer (the unsharded gradient + its fp32 reduce-scatter input); the output
+                layer's unsharded gradient p * lm_head (if trained) from the log-prob backward on; at the end
+                of the backward (p + 4) * trainable root parameters (the embedding gradient)
 optimizer step: + 4 * T / W for foreach AdamW's temporary (CUDA; on CPU the per-parameter loop: one
     parameter's worth)
-rollout (HF generate, no grad): KV cache 2 * N * Hkv * kv_bytes * (rollouts * (context + new tokens)),
-    kv_bytes = 2 under FSDP (bf16 compute parameters), m under DDP (generation bypasses autocast)
+rollout     HF generate (no grad): KV cache 2 * N * Hkv * kv_bytes * (rollouts * (context + new tokens)),
+                kv_bytes = 2 under FSDP (bf16 compute parameters), m under DDP (generation bypasses autocast)
+            vLLM: the engine's ``gpu_memory_utilization`` * device memory (its weights and KV cache) while it
+                samples; with ``sleep_level`` >= 1 it gives that back while the policy trains
 
 peak = persistent + max(training forward end, training backward (+ grads), optimizer step (+ grads),
 rollout (+ grads)).
@@ -53,12 +61,13 @@ The sequence of step 1 is prompt + reasoning + <mesh-start> + M codes + <mesh-en
 holds step 1's plan (up to ``max_reasoning_tokens`` more), so step 2 sets the peak.
 Not counted: the CUDA context and NCCL buffers (about 1-2 GB per GPU, see ``overhead_gb``), allocator
 fragmentation, reward models on the same GPU (the paper serves them elsewhere).
-:func:`measure_step_peak` checks the training terms against a real step of a small model on CPU or GPU.
+benchmarks/bench_rl_memory.py checks the training terms against real FSDP steps on 2 gloo processes.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -166,6 +175,8 @@ class ModelCounts:
     layer_linear: int  # linear weights of all decoder layers (autocast's bf16 copies)
     lm_head: int
     embeddings: int
+    root_trainable: int  # trainable parameters of the FSDP root unit (their unsharded gradients live to its end)
+    head_trainable: int  # trainable parameters of the output layer (0 when lm_head is frozen)
     vision: int
     hidden: int
     intermediate: int
@@ -209,7 +220,9 @@ def count_model(model: nn.Module, freeze: Sequence[str] | None = None, lora_r: i
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and name in targets:
             lora += lora_r * (mod.in_features + mod.out_features)
+    root_trainable = sum(p.numel() for n, p in params.items() if n not in in_unit and p.requires_grad)
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    head_trainable = head.weight.numel() if head is not None and head.weight.requires_grad else 0
     vision = sum(p.numel() for n, p in params.items() if any(k in n.split(".") for k in ("visual", "vision_tower")))
     tc = _text_config(model.config)
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
@@ -217,6 +230,7 @@ def count_model(model: nn.Module, freeze: Sequence[str] | None = None, lora_r: i
         total=total, trainable=trainable, frozen=total - trainable, lora_trainable=lora, lora_r=lora_r,
         layer=layer, root=root, layer_linear=layer_linear,
         lm_head=head.weight.numel() if head is not None else 0, embeddings=emb.weight.numel(), vision=vision,
+        root_trainable=root_trainable, head_trainable=head_trainable,
         hidden=tc.hidden_size, intermediate=tc.intermediate_size, num_layers=tc.num_hidden_layers,
         num_heads=tc.num_attention_heads, kv_dim=tc.num_key_value_heads * head_dim, vocab=emb.weight.shape[0],
         frozen_groups=entries,
@@ -276,14 +290,18 @@ def layer_activation_bytes(c: ModelCounts, a: int, r: int, seq_len: int, lora_r:
     return norms + attn + mlp + lora
 
 
-def logits_bytes(b: int, L: int, V: int, a: int, constrained: bool = True, entropy: bool = True) -> dict[str, float]:
-    """Bytes of the log-softmax over the vocabulary as :func:`rewardkit.rl.policy.sequence_logprobs`
-    computes it (row by row), at the end of the forward and during its backward."""
-    saved = 4 + (2 if constrained else 0)
-    lv = float(L) * V
-    fwd = a * b * lv + saved * b * lv + (16 if entropy else 9) * lv
-    bwd = max(saved * b * lv + a * b * lv, saved * (b - 1) * lv + 2 * a * b * lv) + 8 * lv
-    return {"forward": fwd, "backward": bwd}
+def logprob_bytes(n_scored: int, chunk: int, V: int, H: int, a: int, constrained: bool = True,
+                  entropy: bool = True) -> dict[str, float]:
+    """Bytes of the per-token log-probs as :func:`rewardkit.rl.policy.sequence_logprobs` computes them
+    (selective and chunked): the scored positions' hidden states (``a * n * H``, kept for the backward), plus
+    one chunk of ``c = min(chunk, n)`` positions' vocabulary-wide temporaries: in the forward the fp32
+    logits, the blocked-token mask (1 byte, if ``constrained``) and logsumexp's / the entropy's two fp32
+    temporaries (``(12 + m) c V``); in the backward, when the chunk is recomputed, the fp32 logits and the
+    mask kept for it, the gather's and logsumexp's fp32 gradients and their sum (``(16 + m) c V``)."""
+    c = float(min(max(1, chunk), max(1, n_scored)))
+    m = 1 if constrained else 0
+    kept = float(a) * n_scored * H + 8.0 * n_scored
+    return {"forward": kept + (12 + m) * c * V, "backward": kept + (16 + m) * c * V}
 
 
 def plan_memory(
@@ -294,18 +312,30 @@ def plan_memory(
     precision: str = "bf16-mixed",
     micro_batch_size: int = 1,
     seq_len: int,
+    scored_len: int | None = None,
     activation_checkpointing: bool = True,
     reference: str = "copy",
     lora: bool = False,
     constrain_logprobs: bool = True,
     entropy: bool = True,
+    logprob_chunk: int = 512,
+    accumulation: int = 2,
+    fsdp_sync_every_micro_batch: bool = True,
     rollout_seqs: int = 16,
     rollout_len: int | None = None,
+    rollout_backend: str = "hf",
+    vllm_memory_utilization: float = 0.3,
+    vllm_sleep_level: int = 1,
+    device_bytes: float = 80e9,
     foreach_optimizer: bool = True,
     name: str | None = None,
 ) -> MemoryPlan:
     """The per-device memory plan (formula in the module docstring). ``strategy``: ``fsdp``, ``ddp`` or
-    ``single`` (one process, no gradient buckets)."""
+    ``single`` (one process, no gradient buckets). ``scored_len``: scored (completion) tokens per sequence
+    (None: ``seq_len``); ``accumulation``: micro-batches per optimizer update (Hi-GRPO has at least 2: step 1
+    and step 2); ``fsdp_sync_every_micro_batch``: what the trainer does (False: the previous behaviour,
+    unsharded fp32 gradients held between micro-batches); ``rollout_backend`` ``vllm``: the engine takes
+    ``vllm_memory_utilization * device_bytes`` while it samples (always, with ``vllm_sleep_level`` 0)."""
     if strategy not in ("fsdp", "ddp", "single"):
         raise ValueError(f"strategy must be fsdp, ddp or single, got {strategy!r}")
     mixed = precision in ("bf16-mixed", "16-mixed")
@@ -316,14 +346,20 @@ def plan_memory(
     P = counts.total
     T = counts.lora_trainable if lora else counts.trainable
     H, V, N, b, L = counts.hidden, counts.vocab, counts.num_layers, micro_batch_size, seq_len
-    grads = 4.0 * T / W * (1 if m == 4 else 0.5)
+    n_scored = b * (seq_len if scored_len is None else scored_len)
+    g = 4.0 if m == 4 else 2.0  # bytes per gradient element (the master dtype)
+    grads = g * T / W
+    ref_bytes = (2 if precision.startswith("bf16") else m) if strategy == "fsdp" else m
+    vllm_share = vllm_memory_utilization * device_bytes if rollout_backend == "vllm" else 0.0
     persistent = {
         "params": m * P / W,
         "optimizer": 8.0 * T / W * (1 if m == 4 else 0.5),
-        "reference": (m * P / W) if reference == "copy" else 0.0,
+        "reference": (ref_bytes * P / W) if reference == "copy" else 0.0,
     }
     if strategy == "ddp":
         persistent["grad_buckets"] = 4.0 * T * (1 if m == 4 else 0.5)
+    if vllm_share and vllm_sleep_level == 0:
+        persistent["vllm_engine"] = vllm_share
     s_full = layer_activation_bytes(counts, a, r, L, counts.lora_r if lora else 0)
     tokens = float(b) * L
     head_dim = H // counts.num_heads
@@ -333,39 +369,58 @@ def plan_memory(
         saved = tokens * N * r * H + outside
     else:
         saved = tokens * N * s_full + outside
-    lg = logits_bytes(b, L, V, a, constrain_logprobs, entropy)
+    lg = logprob_bytes(n_scored, logprob_chunk, V, H, a, constrain_logprobs, entropy)
     # unsharded / cast weights alive during the forward and backward
+    pa = a if (strategy == "fsdp" and mixed) else m  # bytes of an all-gathered parameter
     if strategy == "fsdp":
-        unsharded = 2.0 * counts.root + 2 * 2.0 * counts.layer
-        layer_grad = 6.0 * counts.layer
-        root_grad = 6.0 * counts.root
+        unsharded = pa * (counts.root + 2.0 * counts.layer)
+        layer_grad = (pa + 4.0) * counts.layer  # the unsharded gradient + its fp32 reduce-scatter input
+        root_grad = (pa + 4.0) * counts.root_trainable
+        head_grad = pa * counts.head_trainable  # from the log-prob backward to the root's reduce-scatter
     else:
         unsharded = 0.0
         if mixed:
             unsharded = 2.0 * counts.lm_head + (0.0 if activation_checkpointing else 2.0 * counts.layer_linear)
         layer_grad = (2.0 * counts.layer / 4) if mixed else 0.0  # one bf16 weight gradient before its fp32 add
-        root_grad = 0.0
+        root_grad = head_grad = 0.0
+    # gradients are freed at the start of each update (zero_grad(set_to_none=True)) and rebuilt by the first
+    # micro-batch's backward; from the second micro-batch on (Hi-GRPO always has two) they are alive in the
+    # forward too. FSDP reduce-scatters after every micro-batch (sharded accumulation); the previous code
+    # skipped it, and FSDP2 then holds unsharded fp32 gradients (4 T) between micro-batches.
+    train_grads = {"grads": grads}
+    if strategy == "fsdp" and not fsdp_sync_every_micro_batch and accumulation > 1:
+        train_grads = {"grads": 4.0 * T}
     recompute = tokens * s_full if activation_checkpointing else 0.0
     bwd_transient = tokens * (3 * a * counts.intermediate + 4 * a * H)  # activation gradients of one layer
-    # gradients are freed at the start of each update (zero_grad(set_to_none=True)) and rebuilt by the
-    # backward; they stay allocated from the optimizer step through the next rollout
     phases = {
-        "train_forward_end": {"unsharded": unsharded, "activations": saved, "logits": lg["forward"]},
-        "train_backward_logits": {"unsharded": unsharded, "activations": saved, "logits": lg["backward"]},
+        "train_forward_end": {"unsharded": unsharded, "activations": saved, "logprobs": lg["forward"], **train_grads},
+        "train_backward_logprobs": {"unsharded": unsharded, "activations": saved,
+                                    "logprobs": lg["backward"] + a * tokens * H,
+                                    "head_grad": head_grad, **train_grads},
         "train_backward_layers": {"unsharded": unsharded, "activations": saved + recompute + bwd_transient,
-                                  "layer_grads": layer_grad, "grads": grads},
-        "train_backward_end": {"unsharded": unsharded, "root_grads": root_grad, "grads": grads},
+                                  "logprobs": a * tokens * H,  # the final hidden states' gradient
+                                  "layer_grads": layer_grad, "head_grad": head_grad, **train_grads},
+        "train_backward_end": {"unsharded": unsharded, "root_grads": root_grad, **train_grads},
         "optimizer_step": {"grads": grads, "foreach_temp": 4.0 * T / W if foreach_optimizer else 0.0},
     }
+    if strategy == "fsdp":  # each forward's root unshard: the all-gather's input and output next to the copy-out
+        gather = pa * counts.root * (1.0 + 1.0 / W)
+        phases["root_all_gather"] = {"unsharded": pa * counts.root, "all_gather_buffers": gather, **train_grads}
     kv_bytes = 2 if strategy == "fsdp" and mixed else m
     n_roll = rollout_len if rollout_len is not None else L
-    phases["rollout"] = {
-        "unsharded": (2.0 * counts.root + 2 * 2.0 * counts.layer) if strategy == "fsdp" else 0.0,
-        "kv_cache": 2.0 * N * counts.kv_dim * kv_bytes * rollout_seqs * n_roll,
-        "grads": grads,
-    }
+    if rollout_backend == "vllm":  # the engine's weights and KV cache inside its share; the trainer idles
+        phases["rollout"] = {"vllm_engine": 0.0 if vllm_sleep_level == 0 else vllm_share, "grads": grads}
+    else:
+        phases["rollout"] = {
+            "unsharded": unsharded if strategy == "fsdp" else 0.0,
+            "all_gather_buffers": pa * counts.root * (1.0 + 1.0 / W) if strategy == "fsdp" else 0.0,
+            "kv_cache": 2.0 * N * counts.kv_dim * kv_bytes * rollout_seqs * n_roll,
+            "grads": grads,
+        }
     settings = dict(strategy=strategy, world_size=W, precision=precision, micro_batch_size=b, seq_len=L,
-                    activation_checkpointing=activation_checkpointing, reference=reference, lora=lora)
+                    scored_len=n_scored // max(1, b), activation_checkpointing=activation_checkpointing,
+                    reference=reference, lora=lora, accumulation=accumulation, logprob_chunk=logprob_chunk,
+                    fsdp_sync_every_micro_batch=fsdp_sync_every_micro_batch, rollout_backend=rollout_backend)
     return MemoryPlan(name or strategy, persistent, phases, settings)
 
 
@@ -376,9 +431,12 @@ def step_lengths(prompt_tokens: int, max_reasoning_tokens: int, tokens_per_objec
 
 
 def plan_for_config(cfg: Any, counts: ModelCounts | None = None, prompt_tokens: int = 100,
-                    strategy: str | None = None, lora: bool | None = None) -> MemoryPlan:
+                    strategy: str | None = None, lora: bool | None = None, device_bytes: float = 80e9,
+                    **overrides: Any) -> MemoryPlan:
     """The plan of a :class:`rewardkit.rl.trainer.HiGRPOConfig` for ShapeLLM-Omni (Qwen2.5-VL-7B with the
-    mesh vocabulary) unless ``counts`` is given; ``prompt_tokens``: the templated prompt's length."""
+    mesh vocabulary) unless ``counts`` is given; ``prompt_tokens``: the templated prompt's length;
+    ``device_bytes``: one GPU's memory (the vLLM engine takes ``rollout.gpu_memory_utilization`` of it);
+    ``overrides``: :func:`plan_memory` arguments (e.g. ``fsdp_sync_every_micro_batch=False``)."""
     if counts is None:
         counts = count_model(build_meta_model(shapellm_omni_config()), cfg.freeze,
                              lora_r=(cfg.lora.r if cfg.lora is not None else 16))
@@ -390,11 +448,19 @@ def plan_for_config(cfg: Any, counts: ModelCounts | None = None, prompt_tokens: 
     if cfg.beta == 0:
         reference = "none"
     _, L2 = step_lengths(prompt_tokens, cfg.sampling.max_reasoning_tokens, cfg.tokens_per_object)
-    return plan_memory(
-        counts, strategy=strategy, world_size=world, precision=precision, micro_batch_size=cfg.micro_batch_size,
-        seq_len=L2, activation_checkpointing=cfg.activation_checkpointing, reference=reference, lora=lora,
-        constrain_logprobs=cfg.sampling.constrain_logprobs, rollout_seqs=cfg.prompts_per_step * cfg.group_size,
+    scored = L2 - prompt_tokens - cfg.sampling.max_reasoning_tokens  # step 2's completion (its plan is context)
+    n_seqs = cfg.prompts_per_step * cfg.group_size
+    ro = cfg.rollout
+    kw = dict(
+        strategy=strategy, world_size=world, precision=precision, micro_batch_size=cfg.micro_batch_size,
+        seq_len=L2, scored_len=scored, activation_checkpointing=cfg.activation_checkpointing, reference=reference,
+        lora=lora, constrain_logprobs=cfg.sampling.constrain_logprobs, rollout_seqs=n_seqs,
+        logprob_chunk=cfg.logprob_chunk_tokens, accumulation=2 * math.ceil(n_seqs / max(1, cfg.micro_batch_size)),
+        rollout_backend=ro.backend, vllm_memory_utilization=ro.gpu_memory_utilization,
+        vllm_sleep_level=ro.sleep_level, device_bytes=device_bytes,
     )
+    kw.update(overrides)
+    return plan_memory(counts, **kw)
 
 
 def saved_bytes_per_layer(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:

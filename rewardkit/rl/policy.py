@@ -38,6 +38,8 @@ __all__ = [
     "RolloutBatch",
     "sequence_logprobs",
     "forward_logits",
+    "output_layer",
+    "LOGPROB_CHUNK_TOKENS",
     "mesh_phase_prompt",
     "build_tiny_policy",
     "PHASE_NONE", "PHASE_TEXT", "PHASE_MESH", "PHASE_FORCED",
@@ -190,6 +192,46 @@ def forward_logits(model: nn.Module, **inputs: Any) -> Any:
         return inner(**inputs)
 
 
+LOGPROB_CHUNK_TOKENS = 512  # scored tokens per output-layer chunk (HiGRPOConfig.logprob_chunk_tokens)
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The vocabulary projection (``lm_head``) of a Hugging Face causal LM, through Fabric / DDP / PEFT
+    wrappers."""
+    m: Any = model
+    for _ in range(8):
+        get = getattr(m, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if isinstance(head, nn.Linear):
+            return head
+        m = getattr(m, "module", None) or getattr(m, "_forward_module", None)
+        if m is None:
+            break
+    raise ValueError(f"{type(model).__name__} has no nn.Linear output layer (get_output_embeddings)")
+
+
+def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                    temps: torch.Tensor, phases: torch.Tensor, text_ok: torch.Tensor | None, mesh_ok: torch.Tensor | None,
+                    entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of ``targets`` (and the entropy, no gradient) at ``n`` positions from their hidden states
+    ``h`` [n, H]: the [n, V] logits (and the [n, V] mask of the tokens sampling could not choose, from the
+    ``[V]`` phase masks) exist only inside this call."""
+    lg = nn.functional.linear(h, weight, bias).float() / temps[:, None]
+    if text_ok is not None and mesh_ok is not None:
+        V = lg.shape[1]
+        ok_t, ok_m = (torch.nn.functional.pad(m[:V], (0, max(0, V - m.numel()))) for m in (text_ok, mesh_ok))
+        p = phases[:, None]  # ids past the tokenizer's vocabulary are never sampled under a constraint
+        blocked = ((p == PHASE_TEXT) & ~ok_t[None]) | ((p == PHASE_MESH) & ~ok_m[None])
+        lg = lg.masked_fill(blocked, torch.finfo(lg.dtype).min)
+    lse = torch.logsumexp(lg, dim=-1)
+    lp = lg.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not entropy:
+        return lp, lp.new_zeros(0)
+    with torch.no_grad():
+        ent = lse - (torch.softmax(lg, dim=-1) * lg).sum(-1)
+    return lp, ent
+
+
 def sequence_logprobs(
     model: nn.Module,
     batch: RolloutBatch,
@@ -197,6 +239,7 @@ def sequence_logprobs(
     allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
     reasoning_temperature: float | None = None,
     return_entropy: bool = False,
+    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``[B, L-1]`` log-probabilities of ``input_ids[:, 1:]`` under ``model`` (0 where masked).
 
@@ -206,32 +249,64 @@ def sequence_logprobs(
     position is normalized over the tokens sampling could choose there, so the ratio and KL refer to the
     distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
     distribution at each position (no gradient; 0 where masked).
+
+    Selective and chunked (as TRL's ``selective_log_softmax`` and verl's fused log-probs avoid a full
+    log-softmax): the output layer is applied only to the hidden states of the scored positions
+    (``mask > 0``), ``chunk_tokens`` of them at a time, each chunk under activation checkpointing, so no
+    ``[B, L, V]`` tensor (and no fp32 ``[B, L, V]`` one) is ever allocated: the largest vocabulary-wide
+    tensors are ``[chunk_tokens, V]``, in the forward and again when the backward recomputes a chunk. A
+    forward pre-hook on the output layer does this inside the model's own forward (so FSDP's root
+    all-gather of the output layer is in place) and hands the layer an empty slice.
     """
-    out = forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)  # no KV cache: recomputation-safe
-    logits = out.logits[:, :-1]
+    head = output_layer(model)
     targets = batch.input_ids[:, 1:]
-    rows, ents = [], []
-    if allowed is not None:  # once, not per row
-        text_ok, mesh_ok = (a.to(logits.device) for a in allowed)
-    for b in range(logits.shape[0]):  # row by row: keeps the [L, V] float32 copy small for big vocabularies
-        lg = logits[b].float()
-        if reasoning_temperature is not None and reasoning_temperature != temperature:
-            t = torch.where(batch.phases[b] == PHASE_TEXT, reasoning_temperature, temperature)
-            lg = lg / t.to(lg)[:, None]
-        else:
-            lg = lg / temperature
-        if allowed is not None:
-            ph = batch.phases[b]
-            neg = torch.finfo(lg.dtype).min
-            lg = torch.where((ph == PHASE_TEXT)[:, None] & ~text_ok[None, : lg.shape[1]], neg, lg)
-            lg = torch.where((ph == PHASE_MESH)[:, None] & ~mesh_ok[None, : lg.shape[1]], neg, lg)
-        logp_all = torch.log_softmax(lg, dim=-1)
-        rows.append(logp_all.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))
-        if return_entropy:
-            with torch.no_grad():
-                ents.append(-(logp_all.exp() * logp_all.clamp_min(torch.finfo(logp_all.dtype).min)).sum(-1))
-    lp = torch.stack(rows) * batch.mask
-    return (lp, torch.stack(ents) * batch.mask) if return_entropy else lp
+    sel = batch.mask > 0
+    text_ok = mesh_ok = None
+    if allowed is not None:  # once, not per chunk
+        text_ok, mesh_ok = (a.to(targets.device) for a in allowed)
+    ph = batch.phases[sel]
+    tgt = targets[sel]
+    if reasoning_temperature is not None and reasoning_temperature != temperature:
+        temps = torch.where(ph == PHASE_TEXT, reasoning_temperature, temperature).float()
+    else:
+        temps = torch.full(ph.shape, float(temperature), device=ph.device)
+    result: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(mod: nn.Module, args: tuple) -> tuple:
+        h = args[0][:, :-1][sel]  # [n, H]: the scored positions only
+        lps, ents = [], []
+        grad = torch.is_grad_enabled() and (h.requires_grad or mod.weight.requires_grad)
+        for s0 in range(0, h.shape[0], max(1, int(chunk_tokens))):
+            s1 = min(h.shape[0], s0 + max(1, int(chunk_tokens)))
+            chunk = (h[s0:s1], mod.weight, mod.bias, tgt[s0:s1], temps[s0:s1], ph[s0:s1], text_ok, mesh_ok,
+                     return_entropy)
+            if grad:
+                from torch.utils.checkpoint import checkpoint
+
+                lp, ent = checkpoint(_chunk_logprobs, *chunk, use_reentrant=False)
+            else:
+                lp, ent = _chunk_logprobs(*chunk)
+            lps.append(lp)
+            ents.append(ent)
+        result["out"] = (torch.cat(lps) if lps else h.new_zeros(0, dtype=torch.float32),
+                         torch.cat(ents) if ents else h.new_zeros(0, dtype=torch.float32))
+        return (args[0][:, :0],) + tuple(args[1:])  # the layer itself projects nothing
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        # no KV cache: recomputation-safe
+        forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    if "out" not in result:
+        raise RuntimeError(f"{type(model).__name__}'s forward never called its output layer")
+    lp_sel, ent_sel = result["out"]
+    lp = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).masked_scatter(sel, lp_sel.float())
+    lp = lp * batch.mask
+    if not return_entropy:
+        return lp
+    ent = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).masked_scatter(sel, ent_sel.float())
+    return lp, ent * batch.mask
 
 
 def mesh_phase_prompt(context_ids: Sequence[int], reasoning_ids: Sequence[int],
@@ -314,6 +389,8 @@ class MeshPolicy:
         # another sampler of the two phases (``generate(contexts, phase, max_new, sampling, seed)``), e.g.
         # :class:`rewardkit.rl.vllm_rollout.VLLMGenerator`; None: Hugging Face ``generate`` on ``model``
         self.generator: Any = None
+        # scored tokens per chunk of the output layer in :func:`sequence_logprobs` (HiGRPOConfig.logprob_chunk_tokens)
+        self.logprob_chunk_tokens = LOGPROB_CHUNK_TOKENS
 
     @classmethod
     def from_pretrained(
@@ -323,13 +400,16 @@ class MeshPolicy:
         codebook_size: int | None = None,
         dtype: str | torch.dtype | None = None,
         use_chat_template: bool | None = None,
+        meta: bool = False,
         **model_kwargs: Any,
     ) -> "MeshPolicy":
         """Load a local Hugging Face checkpoint directory (config + weights + tokenizer).
 
         Causal LMs load with ``AutoModelForCausalLM``; vision-language checkpoints such as ShapeLLM-Omni's
         Qwen2.5-VL (not a causal-LM class in transformers) with ``AutoModelForImageTextToText``, used
-        text-only.
+        text-only. ``meta``: the model is built on the meta device (shapes only, no host memory, no weights
+        read; parameters in ``dtype``, buffers as the architecture computes them), to be sharded and then
+        filled (:func:`rewardkit.rl.sharding.load_sharded_weights`).
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -342,10 +422,18 @@ class MeshPolicy:
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         config = AutoConfig.from_pretrained(str(path))
-        if type(config) in AutoModelForCausalLM._model_mapping:
-            model = AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+        auto = AutoModelForCausalLM if type(config) in AutoModelForCausalLM._model_mapping else AutoModelForImageTextToText
+        if meta:
+            from transformers import GenerationConfig
+
+            with torch.device("meta"):
+                model = auto.from_config(config)
+            for p in model.parameters():  # parameters only: RoPE's inv_freq buffers stay float32
+                p.data = p.data.to(dtype or torch.float32)
+            if (path / "generation_config.json").exists():
+                model.generation_config = GenerationConfig.from_pretrained(str(path))
         else:
-            model = AutoModelForImageTextToText.from_pretrained(str(path), **model_kwargs)
+            model = auto.from_pretrained(str(path), **model_kwargs)
         meta = path / "rewardkit_policy.json"
         if meta.exists():  # written by save_pretrained / build_tiny_policy
             info = json.loads(meta.read_text())
@@ -481,6 +569,7 @@ class MeshPolicy:
             model, batch, temperature=sampling.temperature,
             allowed=self._allowed if sampling.constrain_logprobs else None,
             reasoning_temperature=sampling.reasoning_temperature, return_entropy=return_entropy,
+            chunk_tokens=self.logprob_chunk_tokens,
         )
 
 

@@ -13,12 +13,12 @@ the Hugging Face export. Lightning's older ``FSDPStrategy`` refuses CPUs; this p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["SHARDED_STRATEGIES", "fsdp_strategy", "full_state_dict", "is_sharded"]
+__all__ = ["SHARDED_STRATEGIES", "fsdp_strategy", "full_state_dict", "is_sharded", "load_sharded_weights"]
 
 SHARDED_STRATEGIES = ("fsdp",)
 
@@ -63,3 +63,34 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _unwrapped_name(name: str) -> str:
+    return name.replace("_checkpoint_wrapped_module.", "")
+
+
+def load_sharded_weights(modules: Sequence[nn.Module], load_source: Callable[[], nn.Module]) -> None:
+    """Fill FSDP-sharded ``modules`` (built on the meta device, then sharded and materialized by
+    ``Fabric.setup_module``) with a checkpoint's weights, bounding host memory per rank: only rank 0
+    calls ``load_source()`` (the full Hugging Face model in the checkpoint's own dtype, on the CPU: one copy
+    per node, bf16 for ShapeLLM-Omni); each tensor is then broadcast to every rank, which keeps its own
+    shard of it, cast to the module's dtype (torch's ``set_model_state_dict(..., broadcast_from_rank0=True)``,
+    one tensor at a time). Buffers outside the state dict (RoPE's ``inv_freq``) are broadcast the same
+    way. A collective: every rank calls it with the same modules, in the same order."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    rank0 = dist.get_rank() == 0
+    src = load_source() if rank0 else None
+    full = src.state_dict() if src is not None else {}
+    buffers = {_unwrapped_name(n): b for n, b in src.named_buffers()} if src is not None else {}
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    for m in modules:
+        m = getattr(m, "module", m)  # Fabric's wrapper
+        set_model_state_dict(m, dict(full), options=opts)  # it replaces the values it was given
+        for name, b in m.named_buffers():
+            with torch.no_grad():
+                if rank0:
+                    b.copy_(buffers[_unwrapped_name(name)])
+                dist.broadcast(b, src=0)
+    del full, buffers, src

@@ -54,7 +54,7 @@ from rewardkit.rl.policy import MeshPolicy
 from rewardkit.rl.reports import ReportsMixin
 from rewardkit.rl.rewards import StepReward, build_step_reward
 from rewardkit.rl.rollout import RolloutMixin, _seed_everything, _step_seed
-from rewardkit.rl.sharding import fsdp_strategy, is_sharded
+from rewardkit.rl.sharding import fsdp_strategy, is_sharded, load_sharded_weights
 from rewardkit.rl.tokenizers import ShapeTokenizer, create_tokenizer
 from rewardkit.rl.update import UpdateMixin
 from rewardkit.rl.vllm_rollout import check_rollout_backend
@@ -153,11 +153,12 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             if self.is_main:
                 warm_start(path, cfg, self.prompts, self.shape_tokenizer, self.fabric.device)
             self.fabric.barrier()
-        self.policy = MeshPolicy.from_pretrained(
-            path, tokens_per_object=cfg.tokens_per_object, codebook_size=cfg.codebook_size,
-            dtype=cfg.dtype or master_dtype(self.precision),
-            use_chat_template=cfg.use_chat_template,
-        )
+        load = dict(tokens_per_object=cfg.tokens_per_object, codebook_size=cfg.codebook_size,
+                    use_chat_template=cfg.use_chat_template)
+        # FSDP: built on the meta device, sharded, then filled from rank 0 (rewardkit.rl.sharding)
+        self.policy = MeshPolicy.from_pretrained(path, dtype=cfg.dtype or master_dtype(self.precision),
+                                                 meta=self.sharded, **load)
+        self.policy.logprob_chunk_tokens = cfg.logprob_chunk_tokens
         if self.policy.tokens_per_object != self.shape_tokenizer.num_tokens:
             raise ValueError(
                 f"the policy emits {self.policy.tokens_per_object} mesh tokens per object but the shape tokenizer "
@@ -179,11 +180,18 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
             raise ValueError("reference: adapter needs lora (the reference is the base model with adapters disabled)")
         self.reference_mode = None if cfg.beta == 0.0 else mode
         self.ref_model = None
-        if self.reference_mode in ("copy", "cpu"):
+        ref_dtype = "bfloat16" if self.precision.startswith("bf16") else (cfg.dtype or master_dtype(self.precision))
+        if self.sharded and self.reference_mode == "copy":
+            # never a full copy on one device: built on the meta device in the compute dtype (bf16 under
+            # bf16-mixed: the values the policy's bf16 all-gather computes with at step 0), sharded like
+            # the policy, filled from rank 0 below
+            ref = MeshPolicy.from_pretrained(path, dtype=ref_dtype, meta=True, **load).model
+            self.ref_model = self.fabric.setup_module(ref.eval().requires_grad_(False))
+        elif self.sharded and self.reference_mode == "cpu":  # a full copy in this rank's host memory, by choice
+            self.ref_model = MeshPolicy.from_pretrained(path, dtype=ref_dtype, **load).model.eval().requires_grad_(False)
+        elif self.reference_mode in ("copy", "cpu"):
             dev = self.fabric.device if mode == "copy" else torch.device("cpu")
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(dev)
-            if self.sharded and mode == "copy":  # sharded like the policy
-                self.ref_model = self.fabric.setup_module(self.ref_model)
         model.eval()  # dropout off: the ratio must compare the same function (see docs/hi-grpo.md)
 
         def adamw(params: Any) -> torch.optim.Optimizer:
@@ -192,6 +200,9 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
 
         if self.sharded:  # the optimizer is built on the sharded parameters
             self.model = self.fabric.setup_module(model)
+            shards = [self.model] + ([self.ref_model] if self.reference_mode == "copy" else [])
+            ckpt = checkpoint_dtype(path)
+            load_sharded_weights(shards, lambda: MeshPolicy.from_pretrained(path, dtype=ckpt, **load).model)
             opt = adamw(self.model.parameters())
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(cfg))
             self.optimizer = self.fabric.setup_optimizers(opt)

@@ -68,8 +68,10 @@ class UpdateMixin:
             for idx, (k, j) in enumerate(micro):
                 batches, advs, refs, n_tok, n_seq = step_data[k]
                 b, a, ref = batches[j], advs[j], refs[j]
-                # one gradient all-reduce per update on every device, however many micro-batches each has
-                with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1):
+                # DDP: one gradient all-reduce per update, however many micro-batches a device has. FSDP: a
+                # reduce-scatter after every micro-batch, so gradients accumulate sharded (4 T / W bytes); skipping
+                # it would hold unsharded fp32 gradients (4 T bytes) between micro-batches (docs/hi-grpo.md)
+                with fabric.no_backward_sync(self.model, enabled=idx < len(micro) - 1 and not self.sharded):
                     if epoch == 0:
                         lp, ent = self.policy.logprobs(self.model, b, cfg.sampling, return_entropy=True)
                         tok = float(b.mask.sum())
