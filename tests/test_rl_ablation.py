@@ -99,5 +99,6 @@ def test_gspo_sequence_ratio_reaches_the_update(tiny_policy, tmp_path):
 
     one_tok, one_seq = grads("token", 1), grads("sequence", 1)
     assert len(one_tok) == len(one_seq) > 0
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(one_tok, one_seq))
+    # equal up to float rounding (the chunked log-probs sum in another order: ~1e-8 here)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(one_tok, one_seq))
     assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grads("token", 2), grads("sequence", 2)))

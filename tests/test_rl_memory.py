@@ -45,15 +45,17 @@ def test_shipped_config_loads_and_fits_8x80gb(counts):
     assert (cfg.strategy, cfg.devices, cfg.group_size, cfg.prompts_per_step) == ("fsdp", 8, 8, 2)
     assert cfg.sampling.max_reasoning_tokens == 2048 and cfg.tokens_per_object == 1024
     assert cfg.activation_checkpointing and cfg.shape_tokenizer["type"] == "shapellm_vqvae"
-    plan = plan_for_config(cfg, counts)
-    assert plan.settings["seq_len"] == 100 + 2048 + 2048 + 1026  # step 2 holds the step-1 plan
-    assert plan.peak <= 70 * GB, f"{plan.peak / GB:.1f} GB"
-    # the same with the vLLM engine colocated (its gpu_memory_utilization share of 80 GB while it samples)
-    cfg.rollout.backend = "vllm"
+    # the shipped config rolls out with the vLLM engine colocated (its gpu_memory_utilization share of 80 GB
+    # while it samples)
+    assert cfg.rollout.backend == "vllm"
     vplan = plan_for_config(cfg, counts)
     assert vplan.phases["rollout"]["vllm_engine"] == pytest.approx(cfg.rollout.gpu_memory_utilization * 80e9)
     assert vplan.peak <= 70 * GB, f"{vplan.peak / GB:.1f} GB"
+    # the same run with HF rollouts
     cfg.rollout.backend = "hf"
+    plan = plan_for_config(cfg, counts)
+    assert plan.settings["seq_len"] == 100 + 2048 + 2048 + 1026  # step 2 holds the step-1 plan
+    assert plan.peak <= 70 * GB, f"{plan.peak / GB:.1f} GB"
     # FSDP's gradient accumulation as the trainer did before (no reduce-scatter until the last micro-batch):
     # unsharded fp32 gradients of every trainable parameter, 28.4 GB more
     old = plan_for_config(cfg, counts, fsdp_sync_every_micro_batch=False)
