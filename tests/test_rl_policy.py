@@ -127,6 +127,28 @@ def test_constrained_logprobs_normalize_over_allowed_tokens(policy):
     assert (con[0][act] <= 0).all()
 
 
+@pytest.mark.parametrize("force", [True, False])
+def test_mesh_phase_logprobs_are_normalized_as_the_codes_were_sampled(policy, force):
+    """force_mesh_length samples every code with <mesh-end> blocked: the loss's log-prob of a code is then the
+    log-softmax over the codes alone (by hand from the model's full logits); without it, over the codes and
+    <mesh-end>."""
+    s = SamplingConfig(max_reasoning_tokens=2, force_mesh_length=force)
+    st = policy.rollout_step(policy.model, ["a cube"], s, seed=3)[0]
+    b = RolloutBatch.collate([st], policy.vocab.pad_id)
+    with torch.no_grad():
+        lp = policy.logprobs(policy.model, b, s)[0]
+        logits = policy.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[0, :-1].float()
+    v = policy.vocab
+    allowed = v.code_ids.tolist() + ([] if force else [v.mesh_end])
+    mesh = (b.phases[0] == PHASE_MESH) & (b.mask[0] > 0)
+    assert int(mesh.sum()) > 0
+    sub = logits[mesh][:, allowed]
+    target = b.input_ids[0, 1:][mesh]
+    col = torch.tensor([allowed.index(int(t)) for t in target])
+    by_hand = torch.log_softmax(sub, -1).gather(-1, col[:, None])[:, 0]
+    assert torch.allclose(lp[mesh], by_hand, atol=1e-5)
+
+
 def test_checkpoint_generation_defaults_do_not_leak_into_sampling(policy):
     """A checkpoint's generation_config (here top_k=1, i.e. greedy) must not override the config's sampling."""
     gc = policy.model.generation_config

@@ -382,6 +382,11 @@ class MeshPolicy:
             use_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.use_chat_template = use_chat_template
         self._allowed = self.vocab.allowed_masks()
+        # force_mesh_length samples each code with <mesh-end> blocked (it is appended, forced, after the n-th):
+        # the mesh phase's scored positions are normalized over the codes alone, as they were sampled
+        codes_only = self._allowed[1].clone()
+        codes_only[self.vocab.mesh_end] = False
+        self._allowed_forced = (self._allowed[0], codes_only)
         self._lut = self.vocab.token_to_code()
         # sharded (FSDP) policies: every rank must run the same number of forwards while generating, so
         # ranks that finished keep stepping until all have (Hugging Face generate's synced_gpus)
@@ -565,9 +570,11 @@ class MeshPolicy:
                  return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs under the distributions ``sampling`` sampled from (per-phase temperature);
         with ``return_entropy`` also those distributions' entropies."""
+        allowed = None
+        if sampling.constrain_logprobs:
+            allowed = self._allowed_forced if sampling.force_mesh_length else self._allowed
         return sequence_logprobs(
-            model, batch, temperature=sampling.temperature,
-            allowed=self._allowed if sampling.constrain_logprobs else None,
+            model, batch, temperature=sampling.temperature, allowed=allowed,
             reasoning_temperature=sampling.reasoning_temperature, return_entropy=return_entropy,
             chunk_tokens=self.logprob_chunk_tokens,
         )
