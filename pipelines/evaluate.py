@@ -11,6 +11,11 @@
   both learning curves with the exported checkpoint's epoch marked (PNG), and grids of held-out
   candidates with their scores.
 - ``reports/holdout_scores.csv``: every held-out candidate's score per stage.
+- ``metrics.json``'s ``transfer`` and ``reports/plots/transfer.png``: the real-mesh transfer report
+  (:func:`rewardkit.eval.transfer.transfer_report`, the same implementation as benchmarks/bench_transfer.py)
+  on ``evaluate.transfer.meshes`` (the real-mesh validation set, never trained on): per stage, the fraction of
+  real meshes where the original beats each degradation (vertex noise at each strength, texture grey, hue
+  rotated) and the global score's largest change under texture-only changes.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def main() -> None:
     scorers = ScorerSet.from_pretrained(SCORERS_DIR)
     order = [d for d in cands["degradation"].unique(maintain_order=True).to_list() if d not in ("clean", "unknown")]
     with step("evaluate"):
-        report = write_heldout_report(scorers, hold, order, REPORTS_DIR, int(p["grids"]))
+        report = write_heldout_report(scorers, hold, order, REPORTS_DIR, int(p["grids"]), transfer=p.get("transfer"))
     print_summary(report)
 
 

@@ -19,7 +19,7 @@ SOURCES = ("demo", "own")
 
 def demo(p: dict) -> pl.DataFrame:
     """The demo's candidates table (written under data/candidates/ with the items and meshes)."""
-    from rewardkit.demo import DemoConfig, generate
+    from rewardkit.demo import DemoConfig, RealConfig, generate
 
     cfg = DemoConfig(
         prompts_per_category=int(p["prompts_per_category"]),
@@ -32,6 +32,7 @@ def demo(p: dict) -> pl.DataFrame:
         factorial_geometry=int((p.get("factorial") or {}).get("geometry", 2)),
         factorial_texture=int((p.get("factorial") or {}).get("texture", 2)),
         seed=int(p["seed"]),
+        real=RealConfig(**(p.get("real") or {})) if (p.get("real") or {}).get("sources") else None,
     )
     return generate(cfg, CANDIDATES_DIR)[1]
 

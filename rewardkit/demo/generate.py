@@ -26,6 +26,9 @@ Two candidate designs per prompt (``DemoConfig.design``):
   ``single`` it can: a candidate with a degraded shape is rarely also texture-degraded (5 of 7 are clean in
   texture, against 1 of 5 without a shape degradation), and a local model that sees shape learns "shape looks
   degraded, so texture is fine" (measured: docs/reward-models.md, "Where the geometry bias comes from").
+
+``DemoConfig.real`` adds real meshes (:mod:`rewardkit.demo.real`: scans from an installed package, with the
+demo's textures and degradations, factorial design) to the training prompts.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import trimesh
 
 from rewardkit.data.candidates import CANDIDATES_SCHEMA, read_candidates  # noqa: F401 (re-exported)
 from rewardkit.data.tables import write_table
-from rewardkit.demo import degrade
+from rewardkit.demo import degrade, real
 from rewardkit.demo.objects import CATEGORIES, ObjectSpec, assemble, build_atlas, build_parts, sample_spec
 
 GENERATOR_NAME = "rewardkit-demo"
@@ -62,6 +65,7 @@ class DemoConfig:
     factorial_geometry: int = 2  # design factorial: geometry degradation types per prompt
     factorial_texture: int = 2  # design factorial: texture degradation types per prompt
     seed: int = 0
+    real: real.RealConfig | None = None  # real meshes among the training prompts (rewardkit.demo.real)
 
     def __post_init__(self) -> None:
         for c in self.categories:
@@ -183,25 +187,34 @@ def generate(cfg: DemoConfig, out_dir: str | Path, progress: Callable[[int, int]
         old.unlink()
     specs = prompt_specs(cfg)
     total = sum(len(candidate_plan(cfg, spec.seed, split, int(pid.rsplit("-", 1)[1]))) for pid, spec, split in specs)
+    total += real.count(cfg.real) if cfg.real is not None else 0
     items, cands = [], []
-    for n, (prompt_id, split, cand) in enumerate(iter_candidates(cfg)):
+
+    def add(prompt_id: str, split: str, cand, prompt: str, seed: int, category: str, colour: str, material: str,
+            variant: str) -> None:
         data = glb_bytes(cand.mesh)
         path = mesh_dir / f"{cand.item_id}.glb"
         path.write_bytes(data)
-        spec = cand.spec
         items.append({
-            "item_id": cand.item_id, "prompt_id": prompt_id, "prompt": spec.prompt, "mesh_path": str(path),
-            "mesh_sha256": hashlib.sha256(data).hexdigest(), "generator": GENERATOR_NAME, "seed": spec.seed,
+            "item_id": cand.item_id, "prompt_id": prompt_id, "prompt": prompt, "mesh_path": str(path),
+            "mesh_sha256": hashlib.sha256(data).hexdigest(), "generator": GENERATOR_NAME, "seed": seed,
             "render_dir": "",
         })
         cands.append({
-            "item_id": cand.item_id, "prompt_id": prompt_id, "category": spec.category, "colour": spec.colour,
-            "material": spec.material, "variant": spec.variant, "degradation": cand.degradation,
+            "item_id": cand.item_id, "prompt_id": prompt_id, "category": category, "colour": colour,
+            "material": material, "variant": variant, "degradation": cand.degradation,
             "kind": cand.kind, "geometry_degradation": cand.geometry_degradation,
             "texture_degradation": cand.texture_degradation, "split": split,
         })
         if progress is not None:
-            progress(n + 1, total)
+            progress(len(items), total)
+
+    for prompt_id, split, cand in iter_candidates(cfg):
+        s = cand.spec
+        add(prompt_id, split, cand, s.prompt, s.seed, s.category, s.colour, s.material, s.variant)
+    if cfg.real is not None:
+        for prompt_id, split, rc in real.iter_candidates(cfg.real):
+            add(prompt_id, split, rc, rc.prompt, rc.seed, rc.category, rc.colour, rc.material, rc.variant)
     items_df = pl.DataFrame(items)
     cands_df = pl.DataFrame(cands, schema=CANDIDATES_SCHEMA)
     write_table(items_df, out_dir / "items.parquet", "items")

@@ -114,3 +114,32 @@ def noise_tile(tile: np.ndarray, rng: np.random.Generator, block: int = 8, ampli
 def blur_tile(tile: np.ndarray, radius: float = 18.0) -> np.ndarray:
     """A strong Gaussian blur: the pattern washes out to its mean colour."""
     return np.asarray(Image.fromarray(tile).filter(ImageFilter.GaussianBlur(radius=radius)))
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[..., 3]`` turned to its luminance (ITU-R 601 weights), still 3 channels."""
+    lum = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(np.clip(np.rint(lum), 0, 255)[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def hue_rotate(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """uint8 RGB ``[..., 3]`` with its hue turned by ``degrees`` (saturation and value kept)."""
+    x = rgb[..., :3].astype(np.float64) / 255.0
+    mx, mn = x.max(-1), x.min(-1)
+    v, c = mx, mx - mn
+    s = np.where(mx > 0, c / np.where(mx > 0, mx, 1), 0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    cs = np.where(c > 0, c, 1)
+    h = np.where(mx == r, ((g - b) / cs) % 6, np.where(mx == g, (b - r) / cs + 2, (r - g) / cs + 4)) / 6.0
+    h = np.where(c > 0, (h + degrees / 360.0) % 1.0, 0)
+    i = np.floor(h * 6).astype(int) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.zeros_like(x)
+    for k, (rr, gg, bb) in enumerate(table):
+        m = i == k
+        out[..., 0] = np.where(m, rr, out[..., 0])
+        out[..., 1] = np.where(m, gg, out[..., 1])
+        out[..., 2] = np.where(m, bb, out[..., 2])
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)

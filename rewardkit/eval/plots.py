@@ -162,3 +162,38 @@ def plot_grid(prompt: str, rows: pl.DataFrame, path: Path) -> None:
 
 
 __all__ = ["plot_accuracy", "plot_grid", "plot_learning_curves", "selected_epochs"]
+
+
+def plot_transfer(report: dict, path: Path) -> None:
+    """Bars of the real-mesh transfer report (:func:`rewardkit.eval.transfer.transfer_report`): per stage and
+    degradation, the fraction of real meshes where the original scores above the degraded one (n per bar),
+    the 0.5 chance line, and global's largest score change under texture-only changes in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("global", "local") if s in report]
+    types = list(dict.fromkeys(d for s in stages for d in report[s]["per_degradation"]))
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(types) + 2.0))
+    y = np.arange(len(types))
+    colours = {"global": "tab:blue", "local": "tab:orange"}
+    for j, stage in enumerate(stages):
+        per = report[stage]["per_degradation"]
+        acc = [per[t]["original_wins"] if t in per and per[t]["n"] else np.nan for t in types]
+        yy = y + (j - 0.5) * 0.4
+        ax.barh(yy, acc, height=0.4, color=colours[stage], label=f"{stage} scorer")
+        for t, v, yv in zip(types, acc, yy):
+            if not np.isnan(v):
+                ax.text(min(v, 1.0) + 0.01, yv, f"{v:.2f} (n={per[t]['n']})", va="center", fontsize=8)
+    ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.set_yticks(y, types)
+    ax.set_xlim(0, 1.25)
+    ax.set_xlabel("fraction of real meshes where the original scores above the degraded mesh (ties half)")
+    shift = report.get("global", {}).get("max_abs_shift_under_texture_changes")
+    ax.set_title(f"real-mesh transfer ({report.get('meshes')} meshes); global's max |change| under texture-only "
+                 f"changes: {shift}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
