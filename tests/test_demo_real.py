@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import trimesh
 
-from meshes_factory import SHARED_MESHES
+from helpers.meshes import SHARED_MESHES
 from rewardkit.demo import DemoConfig, RealConfig, generate, label_pairs
 from rewardkit.demo.real import SOURCES, find_objects, noun_of
 from rewardkit.eval.transfer import make_variants, summarise
