@@ -114,6 +114,8 @@ def section_fsdp(smoke: bool, tmp: Path, timeout: float) -> dict:
 
 
 def print_fsdp(res: dict) -> None:
+    if not res.get("rows"):
+        return
     print(f"{'act ckpt':<9}{'s / update':>11}{'predicted MB':>14}{'measured MB':>13}{'meas/pred':>10}  plan's peak phase")
     for r in res.get("rows", []):
         head = f"{('on' if r['activation_checkpointing'] else 'off'):<9}"
@@ -122,9 +124,8 @@ def print_fsdp(res: dict) -> None:
             continue
         print(head + f"{r['s_per_update']:11.3f}{r['predicted'] / MB:14.1f}{r['measured'] / MB:13.1f}"
               f"{r['ratio']:10.2f}  {r['plan_phase']}")
-    if res.get("rows"):
-        print(f"(measured: {res['rows'][0].get('measured_kind')}, whole run incl. setup; predicted: "
-              f"rewardkit.rl.memory.plan_memory, persistent + largest training phase)")
+    print(f"(measured: {res['rows'][0].get('measured_kind')}, whole run incl. setup; predicted: "
+          f"rewardkit.rl.memory.plan_memory, persistent + largest training phase)")
 
 
 # -- 2. chunked log-probs against the plain log_softmax ---------------------------------------------
@@ -281,7 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--json", default=None, help="write every figure to this file")
     ap.add_argument("--reps", type=int, default=None, help="timed log-prob repetitions (default 3; smoke 1)")
-    ap.add_argument("--timeout", type=float, default=240, help="seconds per FSDP case")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds per FSDP case")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
     result = {"smoke": a.smoke, "device": _device_info()}
