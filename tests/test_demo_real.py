@@ -51,6 +51,22 @@ def test_no_training_mesh_has_the_hash_of_a_validation_mesh(shared_hashes, small
     assert not set(train["mesh_sha256"].to_list()) & shared_hashes
 
 
+def test_the_own_generations_test_trains_on_no_validation_mesh(shared_hashes, tmp_path):
+    """tests/test_pipeline.py trains the pipeline's reward models on a lab's "own generations": none of their
+    meshes (the originals, referenced where they lie, and the corrupted copies) is a file of ../shared/meshes."""
+    from pathlib import Path
+
+    from helpers.own_generations import OWN_PROMPTS, own_generations
+
+    rows = own_generations(tmp_path)
+    assert len(rows) == 3 * len(OWN_PROMPTS)
+    paths = [Path(r["mesh_path"]) if Path(r["mesh_path"]).is_absolute() else tmp_path / r["mesh_path"] for r in rows]
+    assert all(p.is_file() for p in paths)
+    assert not [p for p in paths if SHARED_MESHES.resolve() in p.resolve().parents]
+    clash = [str(p) for p in paths if _sha(p) in shared_hashes]
+    assert not clash, f"own-generation meshes that are files of the validation set {SHARED_MESHES}: {clash}"
+
+
 def test_the_hash_check_would_catch_a_copied_validation_mesh(shared_hashes):
     duck = SHARED_MESHES / "duck" / "Duck.glb"
     assert _sha(duck) in shared_hashes  # the check above compares real file hashes, so a copy is caught

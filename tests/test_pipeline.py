@@ -626,51 +626,13 @@ def test_closing_summary_reads_the_reports(pipeline_run):
 
 # -- a lab's own generations and Label Studio annotations: the same dvc.yaml, other params -----------------
 
-SHARED = ROOT.parent / "shared" / "meshes"
-# prompt_id -> (prompt, original mesh in shared/meshes, split)
-OWN_PROMPTS = {
-    "duck": ("a yellow rubber duck", "duck/Duck.glb", "train"),
-    "bunny": ("a white bunny", "bunny/bunny.ply", "train"),
-    "cow": ("a spotted cow", "spot_cow/cow.obj", "train"),
-    "monkey": ("a grey monkey head", "suzanne/monkey.glb", "train"),
-    "teapot": ("a white teapot", "teapot/teapot.obj", "holdout"),
-}
+# the lab's meshes are YCB scans (tests/helpers/own_generations.py), not ../shared/meshes: that is the real-mesh
+# validation set, never trained on (issue 28; tests/test_demo_real.py checks the hashes)
 RANK = ("original", "squashed", "noisy")  # the test's annotators prefer earlier ones on the global question
 
 
-def own_generations(folder: Path) -> list[dict]:
-    """A lab's generations: per prompt, a real mesh (referenced where it lies) and two corrupted copies of it
-    written into ``folder``, listed in ``folder/candidates.csv`` without any degradation columns."""
-    import csv
-
-    import numpy as np
-    import trimesh
-
-    rows = []
-    for pid, (prompt, rel, split) in OWN_PROMPTS.items():
-        original = SHARED / rel
-        rows.append({"item_id": f"{pid}-original", "prompt_id": pid, "prompt": prompt, "mesh_path": str(original),
-                     "split": split, "generator": "lab-gen-v1", "seed": "0"})
-        mesh = trimesh.load(original, force="mesh")
-        rng = np.random.default_rng(len(pid))
-        noisy = mesh.copy()
-        noisy.vertices = noisy.vertices + rng.normal(0, 0.03 * mesh.scale, size=noisy.vertices.shape)
-        squashed = mesh.copy()
-        squashed.apply_transform(np.diag([1.0, 0.4, 1.0, 1.0]))
-        for name, m in (("noisy", noisy), ("squashed", squashed)):
-            (folder / pid).mkdir(exist_ok=True)
-            m.export(folder / pid / f"{name}.glb")
-            rows.append({"item_id": f"{pid}-{name}", "prompt_id": pid, "prompt": prompt,
-                         "mesh_path": f"{pid}/{name}.glb", "split": split, "generator": "lab-gen-v1", "seed": "1"})
-    with open(folder / "candidates.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return rows
-
-
 def own_answer(a: str, b: str, question: str) -> str:
-    """The test's annotators: global by RANK; local prefers the textured original over the copies."""
+    """The test's annotators: global by RANK; local prefers the original over the copies."""
     ra, rb = RANK.index(a.split("-")[-1]), RANK.index(b.split("-")[-1])
     if question == "local":
         ra, rb = min(ra, 1), min(rb, 1)  # the copies look alike in texture: a tie between them
@@ -682,11 +644,11 @@ def own_answer(a: str, b: str, question: str) -> str:
 def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(label_studio):
     import copy
 
+    from helpers.own_generations import HELD_OUT, OWN_PROMPTS, own_generations, scan_path
     from rewardkit.annotation import connect
     from rewardkit.data.tables import read_items, read_pairs, read_preferences
 
-    if not (SHARED / "duck" / "Duck.glb").is_file():
-        pytest.fail(f"{SHARED}: the shared meshes are missing")
+    held_prompt, held_scan, _ = OWN_PROMPTS[HELD_OUT]
     env = label_studio
     params = copy.deepcopy(SMALL_PARAMS)
     # what a lab changes in params.yaml: where the candidates and the preferences come from
@@ -706,10 +668,10 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     assert stages_run(p.stdout + p.stderr) == ["generate", "render", "pairs"]
     items = read_items(ws / "data/items.parquet")
     assert sorted(items["item_id"]) == sorted(r["item_id"] for r in rows)
-    duck = items.filter(items["item_id"] == "duck-original").row(0, named=True)
-    assert duck["mesh_path"] == str((SHARED / "duck" / "Duck.glb").resolve()) and duck["generator"] == "lab-gen-v1"
+    banana = items.filter(items["item_id"] == "banana-original").row(0, named=True)
+    assert banana["mesh_path"] == str(scan_path("011_banana").resolve()) and banana["generator"] == "lab-gen-v1"
     pairs = read_pairs(ws / "data/pairs.parquet")
-    assert pairs.height == 4 * 3 and "teapot" not in set(pairs["prompt_id"])  # held out: no pairs
+    assert pairs.height == 4 * 3 and HELD_OUT not in set(pairs["prompt_id"])  # held out: no pairs
 
     # the Label Studio round: a project for this repository, one task per pair, annotators answer
     in_clone(ws, ["rewardkit", "annotate", "up", "--url", env.url, "--renders", "data/renders",
@@ -742,10 +704,10 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
         assert m[stage]["holdout_pairs"] == 0 and m[stage]["holdout_owned_accuracy"] is None
         assert m[stage]["val_accuracy"] is not None
     held = (ws / "reports/holdout_scores.csv").read_text().splitlines()
-    assert len(held) == 1 + 3 and all(line.split(",")[0].startswith("teapot-") for line in held[1:])
-    assert (ws / "reports/plots/grid_00_teapot.png").is_file()
-    p = in_clone(ws, ["rewardkit", "score", str(SHARED / "teapot" / "teapot.obj"), "--prompt",
-                      "a white teapot", "--scorer", "data/scorers", "--json"])
+    assert len(held) == 1 + 3 and all(line.split(",")[0].startswith(f"{HELD_OUT}-") for line in held[1:])
+    assert (ws / f"reports/plots/grid_00_{HELD_OUT}.png").is_file()
+    p = in_clone(ws, ["rewardkit", "score", str(scan_path(held_scan)), "--prompt", held_prompt,
+                      "--scorer", "data/scorers", "--json"])
     (result,) = json.loads(p.stdout)["results"]
     assert result["error"] is None and set(result["scores"]) == {"global", "local"}
     # nothing changed: nothing re-runs (the label stage pulls again only when forced: `dvc repro -f -s label`)
@@ -753,7 +715,7 @@ def test_own_generations_and_label_studio_annotations_through_the_same_pipeline(
     assert stages_run(p.stdout + p.stderr) == []
     # a new generation in the folder re-runs the pipeline from `generate`
     with open(ws / "data/own/candidates.csv", "a") as fh:
-        fh.write(f"teapot-original-2,teapot,a white teapot,{SHARED / 'teapot' / 'teapot.obj'},holdout,lab-gen-v2,2\n")
+        fh.write(f"{HELD_OUT}-original-2,{HELD_OUT},{held_prompt},{scan_path(held_scan)},holdout,lab-gen-v2,2\n")
     p = in_clone(ws, dvc_cmd(ws, *DRY_RUN, "evaluate"), extra_env=ls_env)
     assert stages_run(p.stdout + p.stderr)[:2] == ["generate", "render"]
 
