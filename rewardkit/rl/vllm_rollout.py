@@ -62,7 +62,8 @@ import torch
 from torch import nn
 
 from rewardkit.errors import RewardkitError
-from rewardkit.rl.policy import PHASE_MESH, PHASE_TEXT, MeshVocab, SamplingConfig
+from rewardkit.rl.policy import SamplingConfig
+from rewardkit.rl.sequences import PHASE_MESH, PHASE_TEXT, MeshVocab
 
 __all__ = ["RolloutConfig", "VLLM_VERSION", "MASK_ARG", "check_rollout_backend", "sampling_params_kwargs",
            "mask_arg", "request_seeds", "vllm_prompts", "finish_completion", "policy_weights",
