@@ -1,7 +1,8 @@
 """Hi-GRPO for autoregressive text-to-3D policies, rewarded by rewardkit scorers.
 
 - :mod:`rewardkit.rl.hi_grpo`     the math: advantages, clipped token-level loss, k3 KL, dynamic sampling rule
-- :mod:`rewardkit.rl.policy`      Hugging Face causal LMs with ShapeLLM-Omni mesh tokens: two-phase sampling, log-probs
+- :mod:`rewardkit.rl.policy`      Hugging Face causal LMs with ShapeLLM-Omni mesh tokens: two-phase sampling;
+  the token convention and step records in :mod:`~rewardkit.rl.sequences`, log-probs in :mod:`~rewardkit.rl.logprobs`
 - :mod:`rewardkit.rl.tokenizers`  shape tokenizers (tokens <-> occupancy -> mesh): voxel blocks, ShapeLLM-Omni VQVAE
 - :mod:`rewardkit.rl.rewards`     weighted reward terms per step over ``fn(meshes, prompts) -> list[float]``
 - :mod:`rewardkit.rl.config`      :class:`HiGRPOConfig` (every field commented), :func:`load_config`

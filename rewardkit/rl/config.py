@@ -136,7 +136,7 @@ class HiGRPOConfig:
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
     micro_batch_size: int = 16  # sequences per forward/backward
     # scored tokens per chunk of the output layer when computing log-probs: the [chunk, vocabulary] logits are
-    # the largest vocabulary-wide tensors (rewardkit.rl.policy.sequence_logprobs); smaller saves memory, larger
+    # the largest vocabulary-wide tensors (rewardkit.rl.logprobs.sequence_logprobs); smaller saves memory, larger
     # fewer kernel launches
     logprob_chunk_tokens: int = 512
     # -- run -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ architecture alone (built on the meta device: no weights, no accelerator).
 
 The formula (bytes, per device; W = devices sharding the model (1 for DDP/LoRA), P = all parameters,
 T = trainable parameters, m = 4 (fp32 master weights; 2 under ``bf16-true``), a = 2 under ``bf16-mixed``
-(bf16 activations and logits: :func:`rewardkit.rl.policy.forward_logits` skips Lightning Fabric's cast of the
+(bf16 activations and logits: :func:`rewardkit.rl.logprobs.forward_logits` skips Lightning Fabric's cast of the
 module's outputs to fp32), 4 under ``32-true``; r = bytes of the residual stream: a under FSDP
 (bf16 all-gathered parameters), 4 under DDP ``bf16-mixed`` (fp32 master embeddings), 4 under ``32-true``;
 H hidden, I MLP width, Hkv = kv_heads * head_dim, V vocabulary, N layers, b micro-batch, L sequence):
@@ -292,7 +292,7 @@ def layer_activation_bytes(c: ModelCounts, a: int, r: int, seq_len: int, lora_r:
 
 def logprob_bytes(n_scored: int, chunk: int, V: int, H: int, a: int, constrained: bool = True,
                   entropy: bool = True) -> dict[str, float]:
-    """Bytes of the per-token log-probs as :func:`rewardkit.rl.policy.sequence_logprobs` computes them
+    """Bytes of the per-token log-probs as :func:`rewardkit.rl.logprobs.sequence_logprobs` computes them
     (selective and chunked): the scored positions' hidden states (``a * n * H``, kept for the backward), plus
     one chunk of ``c = min(chunk, n)`` positions' vocabulary-wide temporaries: in the forward the fp32
     logits, the blocked-token mask (1 byte, if ``constrained``) and logsumexp's / the entropy's two fp32

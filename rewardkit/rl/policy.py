@@ -1,8 +1,8 @@
 """Policy adapter: Hugging Face causal LMs whose vocabulary holds mesh tokens (ShapeLLM-Omni convention).
 
-The convention (ShapeLLM-Omni / AR3D-R1): an object is ``<mesh-start><mesh{i0}>...<mesh{iM-1}><mesh-end>``
-with one vocabulary token per code ``<meshN>`` (N < codebook size; M = 1024 for ShapeLLM-Omni's VQVAE,
-fewer for the tiny test tokenizers). One Hi-GRPO step is generated in two phases:
+The token convention, the phase ids and the step records are in :mod:`rewardkit.rl.sequences`; the
+log-probabilities of the sampled actions in :mod:`rewardkit.rl.logprobs` (both re-exported here). One
+Hi-GRPO step is generated in two phases:
 
 1. reasoning: free text sampled from the context until the model emits ``<mesh-start>`` or EOS
    (EOS is replaced by a forced ``<mesh-start>``, as the released AR3D-R1 code appends it literally);
@@ -12,44 +12,52 @@ fewer for the tiny test tokenizers). One Hi-GRPO step is generated in two phases
 
 The policy's actions are the reasoning tokens, a sampled ``<mesh-start>``, the codes and a sampled
 ``<mesh-end>``; forced tokens, tokens after the end and padding are masked out of the loss.
-:func:`sequence_logprobs` gives the log-probabilities of those actions under any model with the same
-vocabulary (current, old or frozen reference policy).
+:meth:`MeshPolicy.logprobs` scores them with :func:`~rewardkit.rl.logprobs.sequence_logprobs` under the
+distributions sampling used. :func:`build_tiny_policy` writes the tiny random policies of the tests and the
+CPU demo.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from rewardkit.rl.logprobs import LOGPROB_CHUNK_TOKENS, forward_logits, output_layer, sequence_logprobs
+from rewardkit.rl.sequences import (
+    MESH_END,
+    MESH_START,
+    PHASE_FORCED,
+    PHASE_MESH,
+    PHASE_NONE,
+    PHASE_TEXT,
+    MeshVocab,
+    RolloutBatch,
+    StepRollout,
+    mesh_phase_prompt,
+)
 from rewardkit.rl.tokenizers.base import fit_codes
 
 __all__ = [
     "SamplingConfig",
-    "MeshVocab",
     "MeshPolicy",
+    "build_tiny_policy",
+    # re-exported from rewardkit.rl.sequences and rewardkit.rl.logprobs
+    "MeshVocab",
     "StepRollout",
     "RolloutBatch",
+    "mesh_phase_prompt",
+    "MESH_START", "MESH_END",
+    "PHASE_NONE", "PHASE_TEXT", "PHASE_MESH", "PHASE_FORCED",
     "sequence_logprobs",
     "forward_logits",
     "output_layer",
     "LOGPROB_CHUNK_TOKENS",
-    "mesh_phase_prompt",
-    "build_tiny_policy",
-    "PHASE_NONE", "PHASE_TEXT", "PHASE_MESH", "PHASE_FORCED",
 ]
-
-MESH_START, MESH_END = "<mesh-start>", "<mesh-end>"
-_MESH_RE = re.compile(r"^<mesh(\d+)>$")
-
-# phase ids of completion positions, used to constrain log-probs the way sampling was constrained
-PHASE_NONE, PHASE_TEXT, PHASE_MESH, PHASE_FORCED = 0, 1, 2, 3
 
 
 @dataclass
@@ -64,264 +72,6 @@ class SamplingConfig:
     force_mesh_length: bool = True
     constrain_logprobs: bool = True  # score actions under the same token constraints sampling used
 
-
-@dataclass
-class MeshVocab:
-    """Token ids of the mesh convention in one tokenizer's vocabulary."""
-
-    mesh_start: int
-    mesh_end: int
-    code_ids: torch.Tensor  # [codebook] code -> token id
-    eos_ids: list[int]
-    pad_id: int
-    vocab_size: int
-    unk_id: int | None = None
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, codebook_size: int | None = None, vocab_size: int | None = None) -> "MeshVocab":
-        vocab = tokenizer.get_vocab()
-        codes = {int(m.group(1)): i for t, i in vocab.items() if (m := _MESH_RE.match(t))}
-        if MESH_START not in vocab or MESH_END not in vocab or not codes:
-            raise ValueError(f"tokenizer lacks the mesh tokens ({MESH_START}, {MESH_END}, <meshN>)")
-        n = codebook_size or (max(codes) + 1)
-        missing = [c for c in range(n) if c not in codes]
-        if missing:
-            raise ValueError(f"tokenizer lacks {len(missing)} mesh code tokens, e.g. <mesh{missing[0]}>")
-        eos = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        return cls(
-            mesh_start=vocab[MESH_START],
-            mesh_end=vocab[MESH_END],
-            code_ids=torch.tensor([codes[c] for c in range(n)], dtype=torch.long),
-            eos_ids=[eos] if eos is not None else [],
-            pad_id=pad if pad is not None else 0,
-            vocab_size=max(vocab_size or 0, len(tokenizer), max(vocab.values()) + 1),
-            unk_id=tokenizer.unk_token_id,
-        )
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.code_ids.numel())
-
-    def allowed_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean ``[vocab]`` masks of the tokens allowed in the text phase and in the mesh phase."""
-        text = torch.ones(self.vocab_size, dtype=torch.bool)
-        text[self.code_ids] = False
-        text[self.mesh_end] = False
-        if self.pad_id not in self.eos_ids:
-            text[self.pad_id] = False
-        if self.unk_id is not None and self.unk_id not in self.eos_ids:
-            text[self.unk_id] = False
-        mesh = torch.zeros(self.vocab_size, dtype=torch.bool)
-        mesh[self.code_ids] = True
-        mesh[self.mesh_end] = True
-        return text, mesh
-
-    def token_to_code(self) -> torch.Tensor:
-        lut = torch.full((self.vocab_size,), -1, dtype=torch.long)
-        lut[self.code_ids] = torch.arange(self.codebook_size)
-        return lut
-
-
-@dataclass
-class StepRollout:
-    """One step (reasoning + mesh) of one sample."""
-
-    context_ids: list[int]
-    completion_ids: list[int]
-    phases: list[int]  # per completion token: PHASE_TEXT / PHASE_MESH / PHASE_FORCED
-    reasoning_text: str
-    codes: np.ndarray  # [tokens_per_object] after ShapeLLM-Omni's pad/truncate rule
-    num_codes_emitted: int
-
-    @property
-    def action_mask(self) -> list[int]:
-        return [1 if p in (PHASE_TEXT, PHASE_MESH) else 0 for p in self.phases]
-
-
-@dataclass
-class RolloutBatch:
-    """Padded tensors of a list of :class:`StepRollout` for log-prob computation.
-
-    ``input_ids``/``attention_mask`` are ``[B, L]`` (right-padded context + completion); ``mask`` and
-    ``phases`` are ``[B, L-1]`` aligned with the predicted token ``input_ids[:, 1:]``.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    mask: torch.Tensor
-    phases: torch.Tensor
-
-    @classmethod
-    def collate(cls, steps: Sequence[StepRollout], pad_id: int) -> "RolloutBatch":
-        L = max(len(s.context_ids) + len(s.completion_ids) for s in steps)
-        ids = torch.full((len(steps), L), pad_id, dtype=torch.long)
-        att = torch.zeros((len(steps), L), dtype=torch.long)
-        mask = torch.zeros((len(steps), L), dtype=torch.float32)
-        phases = torch.zeros((len(steps), L), dtype=torch.long)
-        for i, s in enumerate(steps):
-            seq = s.context_ids + s.completion_ids
-            c = len(s.context_ids)
-            ids[i, : len(seq)] = torch.tensor(seq)
-            att[i, : len(seq)] = 1
-            mask[i, c : len(seq)] = torch.tensor(s.action_mask, dtype=torch.float32)
-            phases[i, c : len(seq)] = torch.tensor(s.phases)
-        return cls(ids, att, mask[:, 1:], phases[:, 1:])
-
-    def to(self, device: torch.device | str) -> "RolloutBatch":
-        return RolloutBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.mask, self.phases)))
-
-
-def forward_logits(model: nn.Module, **inputs: Any) -> Any:
-    """``model(**inputs)``, keeping the logits in the dtype the model computed them in.
-
-    A module set up by Lightning Fabric under a mixed precision (``bf16-mixed``, ``16-mixed``; DDP, FSDP or one
-    device) casts every floating-point output back to float32 after its forward (the precision plugin's
-    ``convert_output``): for a causal LM that is a second, float32 copy of the whole ``[B, L, V]`` logits,
-    kept for the backward in place of the bf16 ones (about 2 bytes x B x L x V more at the end of the
-    forward, 6 while both exist; 3.3 GB per micro-batch sequence for ShapeLLM-Omni at L = 5222).
-    :func:`sequence_logprobs` casts one row at a time instead, so this runs the wrapped module (DDP / FSDP
-    included) inside the plugin's forward context (autocast) without that cast; anything else is called as is.
-    """
-    inner, strategy = getattr(model, "_forward_module", None), getattr(model, "_strategy", None)
-    precision = getattr(strategy, "precision", None)
-    if inner is None or precision is None or not callable(getattr(precision, "forward_context", None)):
-        return model(**inputs)
-    inputs = precision.convert_input(inputs)  # floating inputs to the compute dtype (ids are left as they are)
-    with precision.forward_context():
-        return inner(**inputs)
-
-
-LOGPROB_CHUNK_TOKENS = 512  # scored tokens per output-layer chunk (HiGRPOConfig.logprob_chunk_tokens)
-
-
-def output_layer(model: nn.Module) -> nn.Linear:
-    """The vocabulary projection (``lm_head``) of a Hugging Face causal LM, through Fabric / DDP / PEFT
-    wrappers."""
-    m: Any = model
-    for _ in range(8):
-        get = getattr(m, "get_output_embeddings", None)
-        head = get() if callable(get) else None
-        if isinstance(head, nn.Linear):
-            return head
-        m = getattr(m, "module", None) or getattr(m, "_forward_module", None)
-        if m is None:
-            break
-    raise ValueError(f"{type(model).__name__} has no nn.Linear output layer (get_output_embeddings)")
-
-
-def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                    temps: torch.Tensor, phases: torch.Tensor, text_ok: torch.Tensor | None, mesh_ok: torch.Tensor | None,
-                    entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of ``targets`` (and the entropy, no gradient) at ``n`` positions from their hidden states
-    ``h`` [n, H]: the [n, V] logits (and the [n, V] mask of the tokens sampling could not choose, from the
-    ``[V]`` phase masks) exist only inside this call."""
-    lg = nn.functional.linear(h, weight, bias).float() / temps[:, None]
-    if text_ok is not None and mesh_ok is not None:
-        V = lg.shape[1]
-        ok_t, ok_m = (torch.nn.functional.pad(m[:V], (0, max(0, V - m.numel()))) for m in (text_ok, mesh_ok))
-        p = phases[:, None]  # ids past the tokenizer's vocabulary are never sampled under a constraint
-        blocked = ((p == PHASE_TEXT) & ~ok_t[None]) | ((p == PHASE_MESH) & ~ok_m[None])
-        lg = lg.masked_fill(blocked, torch.finfo(lg.dtype).min)
-    lse = torch.logsumexp(lg, dim=-1)
-    lp = lg.gather(-1, targets[:, None]).squeeze(-1) - lse
-    if not entropy:
-        return lp, lp.new_zeros(0)
-    with torch.no_grad():
-        ent = lse - (torch.softmax(lg, dim=-1) * lg).sum(-1)
-    return lp, ent
-
-
-def sequence_logprobs(
-    model: nn.Module,
-    batch: RolloutBatch,
-    temperature: float = 1.0,
-    allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
-    reasoning_temperature: float | None = None,
-    return_entropy: bool = False,
-    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``[B, L-1]`` log-probabilities of ``input_ids[:, 1:]`` under ``model`` (0 where masked).
-
-    Logits are divided by the temperature each position was sampled with (as TRL does): text-phase
-    positions by ``reasoning_temperature`` (``None``: ``temperature``), all others by ``temperature``.
-    With ``allowed`` (the text-phase and mesh-phase masks of :meth:`MeshVocab.allowed_masks`), each
-    position is normalized over the tokens sampling could choose there, so the ratio and KL refer to the
-    distribution that was sampled. ``return_entropy`` also returns the ``[B, L-1]`` entropy of that
-    distribution at each position (no gradient; 0 where masked).
-
-    Selective and chunked (as TRL's ``selective_log_softmax`` and verl's fused log-probs avoid a full
-    log-softmax): the output layer is applied only to the hidden states of the scored positions
-    (``mask > 0``), ``chunk_tokens`` of them at a time, each chunk under activation checkpointing, so no
-    ``[B, L, V]`` tensor (and no fp32 ``[B, L, V]`` one) is ever allocated: the largest vocabulary-wide
-    tensors are ``[chunk_tokens, V]``, in the forward and again when the backward recomputes a chunk. A
-    forward pre-hook on the output layer does this inside the model's own forward (so FSDP's root
-    all-gather of the output layer is in place) and hands the layer an empty slice.
-    """
-    head = output_layer(model)
-    targets = batch.input_ids[:, 1:]
-    sel = batch.mask > 0
-    text_ok = mesh_ok = None
-    if allowed is not None:  # once, not per chunk
-        text_ok, mesh_ok = (a.to(targets.device) for a in allowed)
-    ph = batch.phases[sel]
-    tgt = targets[sel]
-    if reasoning_temperature is not None and reasoning_temperature != temperature:
-        temps = torch.where(ph == PHASE_TEXT, reasoning_temperature, temperature).float()
-    else:
-        temps = torch.full(ph.shape, float(temperature), device=ph.device)
-    result: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(mod: nn.Module, args: tuple) -> tuple:
-        h = args[0][:, :-1][sel]  # [n, H]: the scored positions only
-        lps, ents = [], []
-        grad = torch.is_grad_enabled() and (h.requires_grad or mod.weight.requires_grad)
-        for s0 in range(0, h.shape[0], max(1, int(chunk_tokens))):
-            s1 = min(h.shape[0], s0 + max(1, int(chunk_tokens)))
-            chunk = (h[s0:s1], mod.weight, mod.bias, tgt[s0:s1], temps[s0:s1], ph[s0:s1], text_ok, mesh_ok,
-                     return_entropy)
-            if grad:
-                from torch.utils.checkpoint import checkpoint
-
-                lp, ent = checkpoint(_chunk_logprobs, *chunk, use_reentrant=False)
-            else:
-                lp, ent = _chunk_logprobs(*chunk)
-            lps.append(lp)
-            ents.append(ent)
-        result["out"] = (torch.cat(lps) if lps else h.new_zeros(0, dtype=torch.float32),
-                         torch.cat(ents) if ents else h.new_zeros(0, dtype=torch.float32))
-        return (args[0][:, :0],) + tuple(args[1:])  # the layer itself projects nothing
-
-    handle = head.register_forward_pre_hook(hook)
-    try:
-        # no KV cache: recomputation-safe
-        forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    finally:
-        handle.remove()
-    if "out" not in result:
-        raise RuntimeError(f"{type(model).__name__}'s forward never called its output layer")
-    lp_sel, ent_sel = result["out"]
-    lp = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).masked_scatter(sel, lp_sel.float())
-    lp = lp * batch.mask
-    if not return_entropy:
-        return lp
-    ent = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).masked_scatter(sel, ent_sel.float())
-    return lp, ent * batch.mask
-
-
-def mesh_phase_prompt(context_ids: Sequence[int], reasoning_ids: Sequence[int],
-                      vocab: MeshVocab) -> tuple[list[int], list[int], list[int]]:
-    """The mesh phase's prompt after a reasoning phase: ``(prompt, prefix, phases)`` with ``prompt =
-    context + prefix``. ``prefix`` is the generated reasoning when it ended with ``<mesh-start>``; after EOS
-    or the length limit, the reasoning without EOS plus a forced ``<mesh-start>`` (the released AR3D-R1
-    code appends it literally). ``phases`` marks each prefix token (PHASE_TEXT, or PHASE_FORCED)."""
-    r = list(reasoning_ids)
-    if r and r[-1] == vocab.mesh_start:
-        prefix, phases = r, [PHASE_TEXT] * len(r)
-    else:  # EOS or length limit: drop EOS, force <mesh-start>
-        body = [t for t in r if t not in vocab.eos_ids]
-        prefix, phases = body + [vocab.mesh_start], [PHASE_TEXT] * len(body) + [PHASE_FORCED]
-    return list(context_ids) + prefix, prefix, phases
 
 
 class _Restrict:

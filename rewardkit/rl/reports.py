@@ -20,7 +20,7 @@ import torch
 
 from rewardkit.rl.candidates import item_id_of, write_generations
 from rewardkit.rl.guards import audit_selection
-from rewardkit.rl.policy import PHASE_TEXT
+from rewardkit.rl.sequences import PHASE_TEXT
 from rewardkit.rl.rewards import group_stats
 from rewardkit.rl.rollout import _Group, _step_seed
 from rewardkit.rl.sample_grid import plot_sample_grid, sample_cells

