@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from helpers.blocked import blocked_env
 from helpers.scoring import CAMERA, RENDER_SIZE, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,18 +116,9 @@ def test_manifest_that_cannot_be_read_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_ray_engine_without_ray_names_the_extra(tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Blocker:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'ray':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Blocker())\n")
     names = _meshes(tmp_path, 1)
     manifest = _write_manifest(tmp_path, names)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    env = blocked_env(tmp_path, {"ray"})
     for cmd in (["render", "--out", str(tmp_path / "o")],
                 ["score", "--out", str(tmp_path / "s.jsonl"), "--scorer", str(scorer_set_dir())]):
         p = subprocess.run([sys.executable, "-m", "rewardkit", *cmd, "--manifest", str(manifest), "--engine", "ray"],

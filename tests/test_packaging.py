@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.blocked import blocked_env
 from helpers.scoring import mesh_files, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,19 +98,7 @@ def test_core_install_leaves_the_heavy_extras_out_and_all_restores_them(source, 
 
 def _blocked_env(tmp_path: Path) -> dict[str, str]:
     """PYTHONPATH with a sitecustomize that makes the extras' packages unimportable (as if not installed)."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        f"BLOCKED = {set(BLOCKED)!r}\n"
-        "class _Blocker:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in BLOCKED:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Blocker())\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(ROOT)])
-    return env
+    return blocked_env(tmp_path, set(BLOCKED))
 
 
 @pytest.mark.slow

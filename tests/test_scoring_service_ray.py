@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import socket
-import os
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.blocked import blocked_env
 from helpers.scoring import mesh_files, running, scorer_set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,16 +165,7 @@ def test_a_replica_killed_under_load_loses_and_duplicates_no_request(replicas, r
 @pytest.mark.slow  # a subprocess that imports torch: 8-21 s here
 def test_serve_engine_ray_without_ray_names_the_extra(tmp_path):
     """With Ray unimportable, ``rewardkit serve --engine ray`` is one line naming rewardkit[ray], exit 2."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Blocker:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'ray':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Blocker())\n")
-    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}
+    env = blocked_env(tmp_path, {"ray"})
     p = subprocess.run([sys.executable, "-m", "rewardkit", "serve", "--scorer", str(scorer_set_dir()), "--engine", "ray"],
                        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 2, p.stderr[-2000:]

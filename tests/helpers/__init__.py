@@ -6,5 +6,6 @@
 - ``models``: a rendered preference data set for training tests
 - ``scoring``: tiny exported scorer sets, mesh files, a running scorer service
 - ``postgres``: a private PostgreSQL cluster for the Label Studio tests
+- ``blocked``: an environment in which some packages cannot be imported (the missing-extra tests)
 - ``rl_runs``: Hi-GRPO runs in child processes (2-process DDP / FSDP, two torchrun nodes), killed whole on timeout
 """
