@@ -87,7 +87,10 @@ def test_bench_transfer(tmp_path):
                     "--out", tmp_path / "out", "--json")
     result = json.loads(out.splitlines()[-1])
     assert result["scorers"]["tiny"]["scored"] >= 2
-    assert result["scorers"]["tiny"]["global"]["max_abs_shift_under_texture_changes"] == 0
+    # the global stage reads geometry renders only, which texture changes leave pixel-identical; the tiny
+    # random scorer's float32 forward of identical inputs at other rows of one CLI batch can still differ by
+    # one ulp (9.5e-7 measured here). The demo's exported scorers give exactly 0.0 (reports/metrics.json).
+    assert result["scorers"]["tiny"]["global"]["max_abs_shift_under_texture_changes"] <= 1e-5
 
 
 def _policy_samples(folder: Path) -> Path:
