@@ -14,8 +14,8 @@ with ``strategy`` ddp / fsdp, ``precision: bf16-mixed`` (fp32 master weights and
 ``activation_checkpointing`` off / on, the reference as a frozen copy (sharded under FSDP), and
 ``HiGRPOTrainer.optimize`` -- the full update of one Hi-GRPO step (reference log-probs, both phases'
 forward/backward per micro-batch, gradient clipping, AdamW) -- on synthetic rollouts of fixed lengths
-(prompt + reasoning + <mesh-start> + mesh codes + <mesh-end>, lengths varied inside a group so padding and
-the attention mask are exercised). Generation is not timed (it is the same Hugging Face ``generate`` under
+(prompt + reasoning + <mesh-start> + mesh codes + <mesh-end>; every sequence of a phase has the same length,
+as in bench_rl_memory.py's plan; padding is tested in tests/test_rl_policy.py). Generation is not timed (it is the same Hugging Face ``generate`` under
 both strategies, with ``synced_gpus`` under FSDP; see docs/hi-grpo.md).
 
 Per case: seconds per update (median of ``--steps`` after ``--warmup`` untimed ones), tokens per second

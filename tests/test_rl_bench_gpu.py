@@ -32,5 +32,6 @@ def test_bench_rl_gpu_tiny_runs_ddp_and_fsdp(tmp_path):
     ddp, fsdp = rows
     # the FSDP count sums the ranks' shards: it must give the same model as DDP's full replica
     assert ddp["params"] == fsdp["params"] > 50_000
-    # both phases of 1 prompt x G=4 per rank, 2 ranks: completions of reasoning 8..5 + <mesh-start> + 64 codes + <mesh-end>
-    assert ddp["trained_tokens"] == fsdp["trained_tokens"] == 2 * 2 * sum(8 - i + 1 + 64 + 1 for i in range(4))
+    # both phases of 1 prompt x G=4 per rank, 2 ranks: completions of 8 reasoning tokens + <mesh-start> + 64 codes +
+    # <mesh-end> (bench_rl_memory's synthetic rollouts: every sequence of a phase has the plan's length)
+    assert ddp["trained_tokens"] == fsdp["trained_tokens"] == 2 * 2 * 4 * (8 + 1 + 64 + 1)
