@@ -4,7 +4,8 @@ Each case runs the script as a user would (``python benchmarks/<name>.py <small 
 repository's rewardkit) and checks that it exits 0 and prints its last figure. The figures themselves are
 not asserted: at these sizes they mean nothing; the full-size runs and their numbers are in docs/results.md.
 bench_rl_vs_trl and bench_rl_gpu have their own smoke tests (tests/test_bench_rl_vs_trl.py,
-tests/test_rl_bench_gpu.py) and so does gpu_check (tests/test_gpu_check.py). A benchmark added later brings its own case here.
+tests/test_rl_bench_gpu.py), and so do gpu_check (tests/test_gpu_check.py) and bench_recipes, which needs a
+run's labelled data (tests/test_pipeline.py, on the pipeline test's clone). A benchmark added later brings its own case here.
 """
 
 from __future__ import annotations

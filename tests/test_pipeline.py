@@ -624,6 +624,21 @@ def test_closing_summary_reads_the_reports(pipeline_run):
     assert "rl:       R_high" in p.stdout and "Hi-GRPO steps" in p.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_bench_recipes_smoke_on_the_runs_data(pipeline_run, tmp_path):
+    """benchmarks/bench_recipes.py needs a run's labelled data, so its smoke mode runs here, on this clone's
+    (issue 29 item 8); it overwrites the models, scorers and reports, which DVC's cache then restores."""
+    ws, _, _ = pipeline_run
+    p = in_clone(ws, [py(ws), "benchmarks/bench_recipes.py", "--smoke", "--out", str(tmp_path)])
+    assert "| recipe | demo held-out own: global | local |" in p.stdout, p.stdout[-2000:]
+    (report,) = tmp_path.glob("*.json")  # the first recipe's metrics.json, its name and seconds added
+    assert {"global", "local", "recipe"} <= json.loads(report.read_text()).keys()
+    in_clone(ws, dvc_cmd(ws, "checkout", "--force"))
+    git(["checkout", "--", "reports"], ws)
+    assert "up to date" in in_clone(ws, dvc_cmd(ws, "status")).stdout.lower()
+
+
 # -- a lab's own generations and Label Studio annotations: the same dvc.yaml, other params -----------------
 
 # the lab's meshes are YCB scans (tests/helpers/own_generations.py), not ../shared/meshes: that is the real-mesh
