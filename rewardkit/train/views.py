@@ -1,6 +1,7 @@
 """Render folders read into view tensors: :class:`ViewCache` (one item's views as a uint8 tensor, cached), used
-by the preference dataset (:mod:`rewardkit.train.data`) and the frozen-feature cache
-(:mod:`rewardkit.train.features`)."""
+by the preference dataset (:mod:`rewardkit.train.data`) and the frozen tower's features
+(:mod:`rewardkit.train.features`). The folders are read by :func:`rewardkit.render.load_views` (a render
+folder, or ``<folder>/<mode>/`` images in name order as other tools write them)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def _read_mode_pngs(render_dir: Path, mode: str) -> list[Image.Image]:
-    """Views of one mode from a render folder: ``rewardkit.render.load_views`` when the folder has its
-    metadata, else ``<render_dir>/<mode>/*.png`` in name order (folders written by other tools)."""
-    try:
-        from rewardkit.render import load_views  # imports pyrender; only the folder reader is used
-    except Exception:  # pragma: no cover - render stack unavailable
-        load_views = None
-    if load_views is not None and (render_dir / "meta.json").exists():
-        return load_views(render_dir, mode)
-    files = sorted((render_dir / mode).glob("*.png"))
-    if not files:
-        raise FileNotFoundError(f"{render_dir}: no {mode} views ({render_dir / mode}/*.png)")
-    out = []
-    for f in files:
-        with Image.open(f) as im:
-            out.append(im.convert("RGB"))
-    return out
+from rewardkit.render.folder import load_views
 
 
 class ViewCache:
@@ -48,7 +32,7 @@ class ViewCache:
             return hit
         tensors = []
         for mode in self.modes:
-            images = _read_mode_pngs(Path(render_dir), mode)
+            images = load_views(render_dir, mode)
             if self.views is not None:
                 bad = [i for i in self.views if i >= len(images)]
                 if bad:
