@@ -120,16 +120,17 @@ def _args(ext: dict, *more: str) -> list[str]:
 
 def _features(out: Path, fingerprint: str, kind: str) -> np.ndarray:
     """The cached features of every render folder of ``kind``, read back through the feature cache's API."""
-    from rewardkit.render import load_views
+    from rewardkit.eval.generation.features import decoding
+    from rewardkit.render import view_files
     from rewardkit.render.features import FeatureCache, views_key
 
     res = json.loads((out / "result.json").read_text())
     mode = res["protocol"]["render_mode"]
     dirs = sorted(p.parent for p in (out / "renders" / kind).glob("*/meta.json"))
-    bg = res["protocol"]["background"]
     cache = FeatureCache(out / "cache", fingerprint)
-    views = [[np.asarray(v) for v in load_views(d, mode, background=bg)] for d in dirs]
-    return np.concatenate([cache.get(views_key(v), len(v)) for v in views]).astype(np.float64)
+    files = [view_files(d, mode) for d in dirs]
+    return np.concatenate([cache.get(views_key(f, decoding(res["protocol"]["background"])), len(f))
+                           for f in files]).astype(np.float64)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The one feature cache (rewardkit.render.features) and the one reader of view images (rewardkit.render's
 ``view_files`` / ``open_view`` / ``load_views``), which training on a frozen tower and generator evaluation
-both use: the key follows the pixels, entries are read back whole, memory stays at about one batch, and a
-damaged or hostile cache folder is never read outside itself nor trusted."""
+both use: the key follows the view files and their decoding, a cached item is not even decoded, memory stays
+at about one batch, and a damaged or hostile cache folder is never read outside itself nor trusted."""
 
 from __future__ import annotations
 
@@ -19,10 +19,26 @@ from rewardkit.render.features import Encoder, FeatureCache, FeatureCacheError, 
 from rewardkit.train.views import ViewCache
 
 KEY = "ab" * 32
+DECODE = {"mode": "rgb"}
 
 
-def _views(seed: int, n: int = 3, size: int = 8) -> list[np.ndarray]:
-    return list(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+def _item(folder: Path, seed: int, n: int = 3, size: int = 8) -> list[Path]:
+    """An item's view files: ``n`` random RGB PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i:02d}.png")
+        PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _decoder(items: dict, log: list | None = None):
+    def decode(name):
+        if log is not None:
+            log.append(("decode", name))
+        return [np.asarray(open_view(p)) for p in items[name]]
+    return decode
 
 
 def _encode(log: list | None = None):
@@ -35,71 +51,81 @@ def _encode(log: list | None = None):
     return encode
 
 
-def test_features_are_encoded_once_in_full_batches_and_read_back(tmp_path):
-    items = {f"item{i}": _views(i) for i in range(5)}
+def test_features_are_encoded_once_in_full_batches_and_read_back_without_decoding(tmp_path):
+    items = {f"item{i}": _item(tmp_path / "r" / f"item{i}", i) for i in range(5)}
     log: list = []
-
-    def load(name):
-        log.append(("load", name))
-        return items[name]
-
-    cache = FeatureCache(tmp_path, KEY)
-    out = cached_features(items, load, {"x": Encoder(cache, _encode(log))}, batch_size=4)["x"]
+    cache = FeatureCache(tmp_path / "c", KEY)
+    out = cached_features(items, _decoder(items, log), {"x": Encoder(cache, _encode(log))}, decode_key=DECODE,
+                          batch_size=4)["x"]
     assert (cache.hits, cache.misses) == (0, 5)
-    # 15 views in batches of 4 (the last one shorter), the first batch encoded before the third item is read
+    # 15 views in batches of 4 (the last one shorter), the first batch encoded before the third item is decoded
     assert [n for what, n in log if what == "encode"] == [4, 4, 4, 3]
-    assert log.index(("encode", 4)) < log.index(("load", "item2"))
-    for name, views in items.items():
+    assert log.index(("encode", 4)) < log.index(("decode", "item2"))
+    for name, files in items.items():
         assert out[name].dtype == np.float32 and out[name].shape == (3, 6)
-        assert np.allclose(out[name], _encode()(views))
-    # another run (a new cache object): every entry read back, nothing encoded; moved items keep their features
-    again = FeatureCache(tmp_path, KEY)
+        assert np.allclose(out[name], _encode()([np.asarray(open_view(p)) for p in files]))
+    # another run (a new cache object) on the files moved elsewhere: every entry read back, nothing decoded
+    moved = {}
+    for name, files in items.items():
+        moved[name] = [tmp_path / "moved" / name / f.name for f in files]
+        moved[name][0].parent.mkdir(parents=True)
+        for f, g in zip(files, moved[name]):
+            g.write_bytes(f.read_bytes())
+    again = FeatureCache(tmp_path / "c", KEY)
     log.clear()
-    moved = {f"elsewhere/{k}": v for k, v in items.items()}
-    back = cached_features(moved, moved.__getitem__, {"x": Encoder(again, _encode(log))}, batch_size=4)["x"]
+    back = cached_features(moved, _decoder(moved, log), {"x": Encoder(again, _encode(log))}, decode_key=DECODE,
+                           batch_size=4)["x"]
     assert (again.hits, again.misses) == (5, 0) and log == []
-    assert all(np.array_equal(back[f"elsewhere/{k}"], out[k]) for k in items)
-    # one pixel changed: another key; another extractor: another folder
-    changed = [v.copy() for v in items["item0"]]
-    changed[1][0, 0, 0] ^= 1
-    assert views_key(changed) != views_key(items["item0"])
-    assert FeatureCache(tmp_path, "cd" * 32).get(views_key(items["item0"]), 3) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY[:32]]
+    assert all(np.array_equal(back[k], out[k]) for k in items)
+    # one pixel changed, or another decoding: another key; another extractor: another folder
+    img = np.asarray(PIL.Image.open(items["item0"][1])).copy()
+    img[0, 0, 0] ^= 1
+    PIL.Image.fromarray(img).save(tmp_path / "changed.png")
+    key = views_key(items["item0"], DECODE)
+    assert views_key([items["item0"][0], tmp_path / "changed.png", items["item0"][2]], DECODE) != key
+    assert views_key(items["item0"], {"mode": "rgb", "background": [0, 0, 0]}) != key
+    assert FeatureCache(tmp_path / "c", "cd" * 32).get(key, 3) is None
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [KEY[:32]]
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_items_with_the_same_pixels_are_encoded_once(tmp_path):
-    items = {"a": _views(0), "b": _views(1), "a-copy": [v.copy() for v in _views(0)], "a-again": _views(0)}
+def test_items_with_the_same_files_are_encoded_once(tmp_path):
+    a = _item(tmp_path / "a", 0)
+    copy = _item(tmp_path / "a-copy", 0)  # the same bytes elsewhere
+    items = {"a": a, "b": _item(tmp_path / "b", 1), "a-copy": copy, "a-again": a}
     log: list = []
-    cache = FeatureCache(tmp_path, KEY)
-    out = cached_features(items, items.__getitem__, {"x": Encoder(cache, _encode(log))}, batch_size=64)["x"]
-    assert (cache.hits, cache.misses) == (2, 2) and sum(n for _, n in log) == 6
+    cache = FeatureCache(tmp_path / "c", KEY)
+    out = cached_features(items, _decoder(items, log), {"x": Encoder(cache, _encode(log))}, decode_key=DECODE,
+                          batch_size=64)["x"]
+    assert (cache.hits, cache.misses) == (2, 2) and sum(n for what, n in log if what == "encode") == 6
+    assert [n for what, n in log if what == "decode"] == ["a", "b"]
     assert np.array_equal(out["a"], out["a-copy"]) and np.array_equal(out["a"], out["a-again"])
     assert set(out) == set(items)
 
 
-def test_views_of_other_sizes_are_encoded_apart_and_each_encoder_reads_the_views_once(tmp_path):
-    items = {"small": _views(0, 2, 8), "large": _views(1, 2, 16), "mixed": [*_views(2, 1, 8), *_views(3, 1, 16)]}
-    loads: list = []
-
-    def load(name):
-        loads.append(name)
-        return items[name]
-
-    tiles = Encoder(FeatureCache(tmp_path, "cd" * 32), _encode(), prepare=lambda vs: [v[::2, ::2] for v in vs])
-    out = cached_features(items, load, {"plain": Encoder(FeatureCache(tmp_path, KEY), _encode()), "tiles": tiles},
-                          batch_size=3)
-    assert loads == ["small", "large", "mixed"]
-    for name, views in items.items():
+def test_views_of_other_sizes_are_encoded_apart_and_each_item_is_decoded_once(tmp_path):
+    items = {"small": _item(tmp_path / "s", 0, 2, 8), "large": _item(tmp_path / "l", 1, 2, 16),
+             "mixed": [_item(tmp_path / "m1", 2, 1, 8)[0], _item(tmp_path / "m2", 3, 1, 16)[0]]}
+    log: list = []
+    halves = Encoder(FeatureCache(tmp_path / "c", "cd" * 32), _encode(), prepare=lambda vs: [v[::2, ::2] for v in vs])
+    out = cached_features(items, _decoder(items, log), {"plain": Encoder(FeatureCache(tmp_path / "c", KEY), _encode()),
+                                                        "halves": halves}, decode_key=DECODE, batch_size=3)
+    assert log == [("decode", "small"), ("decode", "large"), ("decode", "mixed")]
+    for name, files in items.items():
+        views = [np.asarray(open_view(p)) for p in files]
         assert np.allclose(out["plain"][name], np.concatenate([_encode()([v]) for v in views]))
-        assert np.allclose(out["tiles"][name], np.concatenate([_encode()([v[::2, ::2]]) for v in views]))
+        assert np.allclose(out["halves"][name], np.concatenate([_encode()([v[::2, ::2]]) for v in views]))
+    two = Encoder(FeatureCache(tmp_path / "c", "ef" * 32), _encode(), prepare=lambda vs: [*vs, *vs], rows_per_view=1)
+    with pytest.raises(ValueError, match="6 rows from 3 views, expected 1 per view"):
+        cached_features({"x": _item(tmp_path / "x", 4)}, _decoder({"x": _item(tmp_path / "x", 4)}), {"two": two},
+                        decode_key=DECODE)
 
 
 def test_a_damaged_or_hostile_cache_folder_is_a_miss_and_never_read_outside(tmp_path):
     root, outside = tmp_path / "cache", tmp_path / "outside"
     outside.mkdir()
-    views = _views(0)
-    key = views_key(views)
+    files = _item(tmp_path / "r", 0)
+    key = views_key(files, DECODE)
     cache = FeatureCache(root, KEY, max_entry_bytes=4096)
     entry = cache.path(key)
     entry.parent.mkdir(parents=True)
@@ -123,7 +149,8 @@ def test_a_damaged_or_hostile_cache_folder_is_a_miss_and_never_read_outside(tmp_
     entry.symlink_to(outside / "entry.safetensors")
     assert fresh().get(key, 3) is None
     # the miss is encoded and written over the link (the file outside is untouched)
-    out = cached_features({"a": views}, {"a": views}.__getitem__, {"x": Encoder(fresh(), _encode())})["x"]["a"]
+    out = cached_features({"a": files}, _decoder({"a": files}), {"x": Encoder(fresh(), _encode())},
+                          decode_key=DECODE)["x"]["a"]
     assert not entry.is_symlink() and np.array_equal(fresh().get(key, 3), out)
     assert np.array_equal(load_file(str(outside / "entry.safetensors"))["features"], good)
     # an extractor folder that is a link out of the cache: nothing read there, nothing written there
@@ -134,7 +161,7 @@ def test_a_damaged_or_hostile_cache_folder_is_a_miss_and_never_read_outside(tmp_
     other.dir.symlink_to(outside)
     assert other.get(key, 3) is None
     with pytest.raises(FeatureCacheError, match="leads out of the feature cache"):
-        other.put(views_key(_views(1)), good)
+        other.put("12" * 32, good)
     assert sorted(p.name for p in outside.rglob("*")) == sorted(["entry.safetensors", "x.safetensors", key[:2],
                                                                  f"{key}.safetensors"])
     # names are hex digests only
@@ -148,7 +175,7 @@ def test_a_damaged_or_hostile_cache_folder_is_a_miss_and_never_read_outside(tmp_
 
 
 def test_concurrent_writers_leave_one_whole_entry(tmp_path):
-    key = views_key(_views(0))
+    key = "34" * 32
     feats = [np.full((3, 512), i, np.float32) for i in range(8)]
     threads = [threading.Thread(target=lambda f=f: [FeatureCache(tmp_path, KEY).put(key, f) for _ in range(20)])
                for f in feats]

@@ -21,7 +21,6 @@ from rewardkit.models.backbone import (
 from rewardkit.train import TrainConfig, predict_deltas, train
 from rewardkit.render.features import views_key
 from rewardkit.train.features import TowerFeatures, tower_key
-from rewardkit.train.views import ViewCache
 
 from helpers.models import make_preference_dataset
 
@@ -149,11 +148,12 @@ def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_
     cfg = _cfg(dataset, tmp_path, "global")
     r1 = train(cfg)
     fc = r1.metrics["data"]["feature_cache"]
-    # every distinct render encoded once, for all epochs (candidates whose geometry views are the same pixels,
-    # e.g. texture-only degradations, share one entry)
+    # every distinct render encoded once, for all epochs (candidates whose geometry views are the same files,
+    # e.g. texture-only degradations rendered byte-identically, share one entry)
     splits = r1.datamodule.splits.values()
     dirs = {d for df in splits if df.height for d in (*df["dir_a"], *df["dir_b"])}
-    distinct = {views_key(ViewCache(["geometry"], 64)(d).permute(0, 2, 3, 1).numpy()) for d in dirs}
+    vc = r1.datamodule.feature_cache.views
+    distinct = {views_key(vc.files(d), vc.decoding) for d in dirs}
     assert len(dirs) == 24 * 4 and 0 < len(distinct) < len(dirs)
     assert (fc["hits"], fc["encoded"]) == (len(dirs) - len(distinct), len(distinct))
     assert r1.metrics["val"]["pairwise_accuracy"] >= 0.9, r1.metrics["val"]

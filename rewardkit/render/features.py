@@ -7,10 +7,10 @@ item (a render folder, a folder of reference images) under one extractor. Its ke
 
 - the **extractor key**, a hex digest the caller computes over everything that changes the features of the
   same pixels (architecture, weights, preprocessing, tiling); it names a folder of the cache;
-- the **views key** (:func:`views_key`): sha256 over the decoded views as uint8 ``[H, W, 3]`` arrays, in
-  order, each with its shape. What the key covers is what the network sees: the view selection, the resize
-  and alpha compositing are in the pixels, paths are not (renders that move keep their features; a
-  re-render with other pixels gets new ones).
+- the **views key** (:func:`views_key`): sha256 over the item's view files (each file's sha256, in order)
+  and how they are decoded (size, view selection, compositing background: a small dict). Together they fix
+  the pixels the network sees; paths do not count (renders that move keep their features; a re-render with
+  other bytes gets new ones), and a cached item is found without decoding its images.
 
 Layout: ``<root>/<extractor key[:32]>/<views key[:2]>/<views key>.safetensors``, one tensor ``features``.
 
@@ -25,6 +25,7 @@ too: :func:`cached_features` holds the decoded views of about ``batch_size`` row
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -38,7 +39,7 @@ import numpy as np
 
 from rewardkit.errors import RewardkitError
 
-KEY_VERSION = b"rewardkit.views/1"
+KEY_VERSION = b"rewardkit.view-files/1"
 """Hashed first into every views key: a change of the key scheme changes every key."""
 DEFAULT_MAX_ENTRY_BYTES = 32 << 20
 _HEX = re.compile(r"[0-9a-f]{32,128}")
@@ -48,16 +49,17 @@ class FeatureCacheError(RewardkitError, ValueError):
     """A feature cache folder that cannot be used (a key that is not a hex digest, a folder leading out of it)."""
 
 
-def views_key(views: Iterable[Any]) -> str:
-    """sha256 of an item's decoded views: uint8 arrays ``[H, W, 3]`` (or ``[H, W]``), in order, each with its
-    shape."""
+def views_key(files: Iterable[str | Path], decode: Mapping[str, Any]) -> str:
+    """sha256 of an item's view ``files`` (each file's sha256, in order) and of ``decode``, the settings that
+    turn them into the pixels an extractor sees (a JSON-able dict, e.g. ``{"size": 128}``)."""
     h = hashlib.sha256(KEY_VERSION)
-    for v in views:
-        a = np.ascontiguousarray(np.asarray(v))
-        if a.dtype != np.uint8:
-            raise ValueError(f"views_key: views must be uint8 images, got {a.dtype}")
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
+    h.update(json.dumps(decode, sort_keys=True).encode())
+    for f in files:
+        d = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                d.update(block)
+        h.update(d.digest())
     return h.hexdigest()
 
 
@@ -148,11 +150,12 @@ class FeatureCache:
 class Encoder:
     """One extractor as :func:`cached_features` runs it: its ``cache``; ``encode``, a batch of rows of one
     shape -> features ``[B, dim]`` (numpy or a CPU tensor); ``prepare``, an item's views -> the rows it
-    encodes (default: the views themselves; e.g. a model's tiles of them)."""
+    encodes (default: the views themselves; e.g. a model's tiles of them), ``rows_per_view`` of them."""
 
     cache: FeatureCache
     encode: Callable[[list], Any]
     prepare: Callable[[Sequence[np.ndarray]], Sequence[Any]] | None = None
+    rows_per_view: int = 1
 
 
 def _encode(encode: Callable[[list], Any], rows: list) -> np.ndarray:
@@ -178,20 +181,25 @@ class _Queue:
         self.feats: list[np.ndarray] = []
         self.n_feats = 0
 
-    def add(self, name: Hashable, key: str, views: Sequence[np.ndarray]) -> None:
-        """``name``'s features: from this call, the cache, or queued for encoding."""
-        if key in self.done or key in self.waiting:  # the same pixels as an item before it
+    def add(self, name: Hashable, key: str, n_views: int) -> bool:
+        """``name``'s features from this call or the cache; False when they must be encoded (:meth:`queue`)."""
+        if key in self.done or key in self.waiting:  # the same view files as an item before it
             self.enc.cache.hits += 1
             if key in self.done:
                 self.out[name] = self.done[key]
             else:
                 self.waiting[key].append(name)
-            return
-        rows = list(self.enc.prepare(views) if self.enc.prepare is not None else views)
-        hit = self.enc.cache.get(key, len(rows))
+            return True
+        hit = self.enc.cache.get(key, n_views * self.enc.rows_per_view)
         if hit is not None:
             self.out[name] = self.done[key] = hit
-            return
+        return hit is not None
+
+    def queue(self, name: Hashable, key: str, views: Sequence[np.ndarray]) -> None:
+        rows = list(self.enc.prepare(views) if self.enc.prepare is not None else views)
+        if len(rows) != len(views) * self.enc.rows_per_view:
+            raise ValueError(f"{name}: {len(rows)} rows from {len(views)} views, expected {self.enc.rows_per_view} "
+                             "per view")
         self.waiting[key] = [name]
         self.items.append((key, len(rows)))
         self.rows.extend(rows)
@@ -213,24 +221,29 @@ class _Queue:
                 self.out[name] = f
 
 
-def cached_features(names: Iterable[Hashable], load: Callable[[Any], Sequence[np.ndarray]],
-                    encoders: Mapping[str, Encoder], *, batch_size: int = 32,
+def cached_features(items: Mapping[Hashable, Sequence[str | Path]], decode: Callable[[Hashable], Sequence[Any]],
+                    encoders: Mapping[str, Encoder], *, decode_key: Mapping[str, Any], batch_size: int = 32,
                     progress: Callable[[Hashable, int], None] | None = None) -> dict[str, dict[Any, np.ndarray]]:
-    """``{encoder: {name: features [rows, dim]}}`` for every item ``name``: its views ``load(name)`` (uint8
-    ``[H, W, 3]`` arrays, decoded once for every encoder) are keyed by :func:`views_key` and read from each
-    encoder's cache, the missing ones encoded in batches of ``batch_size`` rows across items (items with the
-    same views once) and written to it; ``cache.hits`` counts the items not encoded, ``cache.misses`` those
-    encoded. ``progress(name, n_views)`` is called after each item is read."""
+    """``{encoder: {name: features [rows, dim]}}`` for every item: ``items`` maps a name to its view files,
+    keyed with ``decode_key`` (:func:`views_key`) and looked up in each encoder's cache; an item some encoder
+    misses is decoded once (``decode(name)``: its views, e.g. uint8 ``[H, W, 3]`` arrays) and encoded in
+    batches of ``batch_size`` rows across items (items with the same key once), then written to the cache.
+    ``cache.hits`` counts the items not encoded, ``cache.misses`` those encoded. ``progress(name, n_views)``
+    is called after each item."""
     out: dict[str, dict[Any, np.ndarray]] = {k: {} for k in encoders}
     queues = {k: _Queue(enc, out[k]) for k, enc in encoders.items()}
-    for name in dict.fromkeys(names):
-        views = load(name)
-        key = views_key(views)
-        for q in queues.values():
-            q.add(name, key, views)
-            q.run(batch_size, final=False)
+    for name, files in items.items():
+        key = views_key(files, decode_key)
+        missing = [q for q in queues.values() if not q.add(name, key, len(files))]
+        if missing:
+            views = decode(name)
+            if len(views) != len(files):
+                raise ValueError(f"{name}: decoded {len(views)} views from {len(files)} files")
+            for q in missing:
+                q.queue(name, key, views)
+                q.run(batch_size, final=False)
         if progress is not None:
-            progress(name, len(views))
+            progress(name, len(files))
     for q in queues.values():
         q.run(batch_size, final=True)
     return out

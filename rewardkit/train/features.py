@@ -4,14 +4,14 @@ With the image trunk frozen (``unlocked_image_blocks=0``; see ``StageRewardModel
 rendered view is encoded once. :class:`TowerFeatures` keeps a candidate's trunk features in memory and in the
 one feature cache of rewardkit (:mod:`rewardkit.render.features`), keyed by
 
-- the candidate's **views** (:func:`rewardkit.render.features.views_key`: the decoded view pixels it reads,
-  modes, view selection and size included),
+- the candidate's **views** (:func:`rewardkit.render.features.views_key`: the view files it reads and how
+  they are decoded: modes, view selection and size),
 - the **tower key** (:func:`tower_key`): sha256 of the trunk's architecture, input preprocessing, tiling and
   frozen weights.
 
 A second epoch, the other stage (where it reads the same views), a re-run of the pipeline, or another
 training run on the same renders reads the entry instead of running the tower again. Nothing in the key
-depends on paths, so renders that move keep their features, and a re-render with different pixels gets new
+depends on paths, so renders that move keep their features, and a re-render with different bytes gets new
 ones. The cache folder is ``feature_cache_dir``, else ``$REWARDKIT_FEATURE_CACHE``, else
 ``~/.cache/rewardkit/view_features``.
 """
@@ -76,8 +76,14 @@ class TowerFeatures:
     def stats(self) -> dict[str, int]:
         return {"hits": self.cache.hits, "encoded": self.cache.misses}
 
-    def _load(self, render_dir: str) -> list[np.ndarray]:
-        """A candidate's views as uint8 [S, S, 3] arrays (what the cache key covers)."""
+    @property
+    def rows_per_view(self) -> int:
+        """Rows of features per view: 1, or with ``view_tiles: n`` the n x n tiles (and the whole view)."""
+        n = self.model.config.view_tiles
+        return 1 if not n else n * n + (0 if self.model.config.tiles_only else 1)
+
+    def _decode(self, render_dir: str) -> list[np.ndarray]:
+        """A candidate's views as uint8 [S, S, 3] arrays."""
         return list(self.views(render_dir).permute(0, 2, 3, 1).numpy())
 
     def _tiled(self, views: list[np.ndarray]) -> list[torch.Tensor]:
@@ -94,11 +100,12 @@ class TowerFeatures:
 
     def prefetch(self, render_dirs: Iterable[str | Path]) -> None:
         """Make sure every candidate's features are in memory, encoding the ones the cache does not hold."""
-        todo = [d for d in dict.fromkeys(str(x) for x in render_dirs) if d not in self._mem]
+        todo = {d: self.views.files(d) for d in dict.fromkeys(str(x) for x in render_dirs) if d not in self._mem}
         if not todo:
             return
-        enc = Encoder(self.cache, self._encode, self._tiled)
-        got = cached_features(todo, self._load, {"tower": enc}, batch_size=self.batch_size)["tower"]
+        enc = Encoder(self.cache, self._encode, self._tiled, rows_per_view=self.rows_per_view)
+        got = cached_features(todo, self._decode, {"tower": enc}, decode_key=self.views.decoding,
+                              batch_size=self.batch_size)["tower"]
         self._mem.update((d, torch.from_numpy(f)) for d, f in got.items())
 
     def __call__(self, render_dir: str | Path) -> torch.Tensor:

@@ -393,31 +393,35 @@ def feature_caches(root: str | Path, extractors: dict[str, FeatureExtractor]) ->
     return {k: FeatureCache(root, e.fingerprint) for k, e in extractors.items()}
 
 
+def decoding(background: Sequence[int]) -> dict[str, Any]:
+    """How :func:`featurize` decodes view files (the feature cache's ``decode_key``)."""
+    return {"mode": "rgb", "background": [int(c) for c in background]}
+
+
 def featurize(renders: dict[str, list[Path]], extractors: dict[str, FeatureExtractor], caches: dict[str, Any], *,
               background: Sequence[int], batch_size: int = 32, progress: bool = True,
               label: str = "features") -> dict[str, dict[str, np.ndarray]]:
-    """``{extractor: {render name: features [views, dim]}}`` of the view files of each render, decoded once
-    (alpha composited over ``background``) for all extractors: read from ``caches``
-    (:func:`feature_caches`), the rest computed in batches of ``batch_size`` views across renders
-    (:func:`rewardkit.render.features.cached_features`)."""
+    """``{extractor: {render name: features [views, dim]}}`` of the view files of each render: read from
+    ``caches`` (:func:`feature_caches`, keyed by the files and :func:`decoding`), the rest decoded once (alpha
+    composited over ``background``) for all extractors and computed in batches of ``batch_size`` views across
+    renders (:func:`rewardkit.render.features.cached_features`)."""
     from rewardkit.progress import progress_bar
     from rewardkit.render.features import Encoder, cached_features
     from rewardkit.render.folder import open_view
 
-    def load(name: str) -> list[np.ndarray]:
+    def decode(name: str) -> list[np.ndarray]:
         return [np.asarray(open_view(p, background=background)) for p in renders[name]]
 
     encoders = {k: Encoder(caches[k], lambda batch, e=e: e(np.stack(batch))) for k, e in extractors.items()}
     total = sum(len(v) for v in renders.values())
     with progress_bar(label, disable=not progress or total == 0) as bar:
         task = bar.add_task("", total=total)
-        return cached_features(renders, load, encoders, batch_size=batch_size,
+        return cached_features(renders, decode, encoders, decode_key=decoding(background), batch_size=batch_size,
                                progress=lambda name, n: bar.update(task, advance=n, description=name))
-
 
 __all__ = [
     "ClipFeatures", "DinoFeatures", "FeatureError", "FeatureExtractor", "INCEPTION_FORMATS", "InceptionFeatures",
     "RANDOM_INIT_SUFFIX", "random_init_label",
-    "build_inception", "detect_inception_format", "feature_caches", "featurize", "load_clip", "load_dinov2",
+    "build_inception", "decoding", "detect_inception_format", "feature_caches", "featurize", "load_clip", "load_dinov2",
     "load_extractors", "load_inception", "load_state_dict", "to_tensor",
 ]

@@ -15,8 +15,8 @@ of reference renders). :func:`evaluate_generations` then
    decoding; RGBA composited over the background);
 3. computes Inception-V3, DINOv2 and CLIP features in batches
    (:func:`~rewardkit.eval.generation.features.featurize`), kept in rewardkit's feature cache
-   (:mod:`rewardkit.render.features`: keyed by the decoded views' pixels and each extractor's fingerprint, over
-   its weight files and preprocessing), so a re-run only featurizes what changed;
+   (:mod:`rewardkit.render.features`: keyed by the view files, the compositing background and each
+   extractor's fingerprint, over its weight files and preprocessing), so a re-run only featurizes what changed;
 4. scores KD ×100 (mean ± std over subsets), FD and the CLIP score overall and per ``category``
    (:func:`~rewardkit.eval.generation.metrics.set_metrics`).
 
