@@ -8,7 +8,9 @@ all; ``except <PackageError>`` one concern), and keeps the builtin base it had b
 - ``rewardkit.devices.DeviceError`` (ValueError): a device this machine does not have;
 - ``rewardkit.io.MeshError``: a mesh that cannot be loaded or used (``rewardkit.io.resources.LimitExceeded``,
   a file over a :class:`~rewardkit.io.MeshLimits` limit, is internal: ``load_mesh`` turns it into a MeshError);
-- ``rewardkit.render.RenderError`` (RuntimeError), ``RenderFolderError`` (FileNotFoundError);
+- ``rewardkit.render.RenderError`` (RuntimeError), ``RenderFolderError`` (FileNotFoundError), ``ViewImageError``
+  (ValueError): a view image that cannot be read or is over its pixel limit;
+  ``rewardkit.render.features.FeatureCacheError`` (ValueError): a feature cache folder that cannot be used;
 - ``rewardkit.data.tables.TableError`` (ValueError): a malformed items/pairs/preferences table;
 - ``rewardkit.models.backbone.BackboneError`` (RuntimeError);
 - ``rewardkit.annotation.AnnotationError`` (RuntimeError): Label Studio server, credentials, API;

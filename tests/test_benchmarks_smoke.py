@@ -62,6 +62,11 @@ def test_bench_eval_gen():
     assert "metrics CLIP score over 480 views (measured)" in out
 
 
+def test_bench_feature_cache():
+    out = run_bench("bench_feature_cache", "--smoke")
+    assert "key per item:" in out and "read a hit" in out and "peak memory encoding 4 items" in out
+
+
 @pytest.mark.slow
 def test_bench_train():
     out = run_bench("bench_train", "--only", "tiny", "--steps", 2, "--batch-size", 2, "--views", 2, "--threads", 1)

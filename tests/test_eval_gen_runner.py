@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from safetensors.numpy import load_file
 from click.testing import CliRunner
 from helpers.meshes import SHARED_MESHES, manifest
 
@@ -28,7 +29,8 @@ from rewardkit.eval.generation.protocol import (
     process_prompt,
     protocol_record,
 )
-from rewardkit.eval.generation.runner import identical_sets_kd, load_image
+from rewardkit.eval.generation.metrics import identical_sets_kd
+from rewardkit.render import open_view
 
 VIEWS, SIZE, N_VIEWS = "orbit8", 96, 8
 CATS = list(MME3DR_CATEGORIES)
@@ -68,7 +70,7 @@ def test_rgba_reference_images_are_composited_over_the_background(tmp_path):
     a[..., 0] = 200
     a[:2, :, 3] = 255  # top half opaque red, bottom half transparent
     PIL.Image.fromarray(a, "RGBA").save(tmp_path / "v.png")
-    im = load_image(tmp_path / "v.png", (10, 20, 30))
+    im = np.asarray(open_view(tmp_path / "v.png", background=(10, 20, 30)))
     assert im.shape == (4, 4, 3) and im[0, 0].tolist() == [200, 0, 0] and im[3, 3].tolist() == [10, 20, 30]
 
 
@@ -117,15 +119,18 @@ def _args(ext: dict, *more: str) -> list[str]:
 
 
 def _features(out: Path, fingerprint: str, kind: str) -> np.ndarray:
-    from rewardkit.eval.generation.runner import render_digest
-    from rewardkit.render import view_paths
+    """The cached features of every render folder of ``kind``, read back through the feature cache's API."""
+    from rewardkit.eval.generation.features import decoding
+    from rewardkit.render import view_files
+    from rewardkit.render.features import FeatureCache, views_key
 
     res = json.loads((out / "result.json").read_text())
     mode = res["protocol"]["render_mode"]
     dirs = sorted(p.parent for p in (out / "renders" / kind).glob("*/meta.json"))
-    bg = res["protocol"]["background"]
-    return np.concatenate([np.load(out / "cache" / fingerprint[:24] / f"{render_digest(view_paths(d, mode), bg)}.npy")
-                           for d in dirs]).astype(np.float64)
+    cache = FeatureCache(out / "cache", fingerprint)
+    files = [view_files(d, mode) for d in dirs]
+    return np.concatenate([cache.get(views_key(f, decoding(res["protocol"]["background"])), len(f))
+                           for f in files]).astype(np.float64)
 
 
 @pytest.mark.slow
@@ -156,7 +161,7 @@ def test_eval_gen_on_the_shared_real_meshes(tmp_path, extractors):
     for short, kind in (("incep", "inception"), ("dinov2", "dinov2")):
         fp = res["extractors"][kind]["fingerprint"]
         gen, ref = _features(out, fp, "generated"), np.concatenate(
-            [np.load(p) for p in sorted((out / "cache" / fp[:24]).glob("*.npy"))])
+            [load_file(p)["features"] for p in sorted((out / "cache" / fp[:32]).rglob("*.safetensors"))])
         assert len(gen) == N_VIEWS * n and len(ref) == N_VIEWS * n  # references were rendered byte-identically: one cache entry
         expected = 100 * identical_sets_kd(gen)  # -(2/n)(mean k(x,x) - mean k(x,x')), not 0
         assert expected < 0 and m[f"kd_{short}_x100"] == pytest.approx(expected, rel=1e-6, abs=1e-9)

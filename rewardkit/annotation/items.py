@@ -8,7 +8,6 @@ optionally ``prompt_id`` (default: a hash of the prompt text, so equal prompts g
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -25,14 +24,16 @@ def items_from_renders(renders: str | Path, prompts_csv: str | Path) -> pl.DataF
     for col in ("item_id", "prompt"):
         if col not in table.columns:
             raise ValueError(f"{prompts_csv}: needs columns item_id and prompt (has {table.columns})")
+    from rewardkit.render.folder import META_FILE, RenderFolderError, read_meta
+
     rows, missing = [], []
     for r in table.iter_rows(named=True):
         rd = renders / r["item_id"]
-        meta_path = rd / "meta.json"
-        if not meta_path.is_file():
-            missing.append(str(meta_path))
+        try:
+            meta = read_meta(rd)
+        except RenderFolderError:
+            missing.append(str(rd / META_FILE))
             continue
-        meta = json.loads(meta_path.read_text())
         rows.append({
             "item_id": r["item_id"],
             "prompt_id": r.get("prompt_id") or prompt_id_of(r["prompt"]),

@@ -1,13 +1,18 @@
-"""Camera protocols, the offscreen renderer, view grids and render folders."""
+"""Camera protocols, the offscreen renderer, view grids, render folders (the one reader of view images:
+``view_files``, ``open_view``, ``load_views``) and the feature cache of rendered views
+(:mod:`rewardkit.render.features`)."""
 
 from rewardkit.render.batch import BatchSummary, output_names, render_batch, render_one
 from rewardkit.render.folder import (
     RenderFolderError,
     RenderResult,
+    ViewImageError,
     is_rendered,
     load_views,
+    open_view,
     read_meta,
     render_to_dir,
+    view_files,
     view_paths,
     write_views,
 )
@@ -17,6 +22,7 @@ from rewardkit.render.renderer import MODES, RenderConfig, RenderError, Renderer
 
 __all__ = [
     "BatchSummary", "CameraProtocol", "MODES", "PRESETS", "PROTOCOL_VERSION", "RenderConfig", "RenderError",
-    "RenderFolderError", "RenderResult", "Renderer", "get_protocol", "grid_shape", "is_rendered", "load_views", "look_at_pose",
-    "make_grid", "output_names", "read_meta", "render_batch", "render_one", "render_to_dir", "view_paths", "write_views",
+    "RenderFolderError", "RenderResult", "Renderer", "ViewImageError", "get_protocol", "grid_shape", "is_rendered",
+    "load_views", "look_at_pose", "make_grid", "open_view", "output_names", "read_meta", "render_batch", "render_one",
+    "render_to_dir", "view_files", "view_paths", "write_views",
 ]

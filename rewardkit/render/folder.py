@@ -9,6 +9,11 @@
 
 Nothing in a render folder depends on the time or the machine, so the same mesh and protocol give
 byte-identical files (and DVC sees no change).
+
+This module is also the one reader of view images, render folders or not: :func:`view_files` finds them
+(a render folder by its ``meta.json``; else ``<folder>/<mode>/`` or the folder itself, images in name order, as
+other tools write them, e.g. Toys4K's ``000.png ... 023.png``), :func:`open_view` decodes one and
+:func:`load_views` does both.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -28,13 +33,19 @@ from rewardkit.errors import RewardkitError
 from rewardkit.io import LoadedMesh, load_mesh
 from rewardkit.render.grid import make_grid
 from rewardkit.render.protocol import CameraProtocol, get_protocol
-from rewardkit.render.renderer import Renderer
+from rewardkit.render.renderer import MODES, Renderer
 
 META_FILE = "meta.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+"""The view images :func:`view_files` reads from a folder that is not a render folder."""
 
 
 class RenderFolderError(RewardkitError, FileNotFoundError):
     """A render folder is missing, incomplete or has no metadata."""
+
+
+class ViewImageError(RewardkitError, ValueError):
+    """A view image that cannot be read, or is larger than the pixel limit it is read under."""
 
 
 @dataclass
@@ -140,16 +151,19 @@ def read_meta(render_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def is_rendered(render_dir: str | Path, protocol: CameraProtocol, modes: Iterable[str], render_config: dict) -> bool:
+def is_rendered(render_dir: str | Path, protocol: CameraProtocol, modes: Iterable[str], render_config: dict,
+                mesh_sha256: str | None = None) -> bool:
     """Whether ``render_dir`` is a complete render folder of this protocol, these modes and this render
-    config (``meta.json`` is written after every view, so it marks a finished folder). A re-run of a batch
-    skips such folders; any other state (absent, half-written, another protocol) is rendered again."""
+    config (``meta.json`` is written after every view, so it marks a finished folder), and with
+    ``mesh_sha256`` of that mesh. A re-run of a batch skips such folders; any other state (absent,
+    half-written, another protocol or mesh) is rendered again."""
     try:
         meta = read_meta(render_dir)
         modes = list(modes)
         as_json = lambda x: json.loads(json.dumps(x))  # noqa: E731 - tuples -> lists, as meta.json holds them
         if (meta.get("protocol") != as_json(protocol.to_dict()) or meta.get("render_config") != as_json(render_config)
-                or not set(modes) <= set(meta.get("modes", []))):
+                or not set(modes) <= set(meta.get("modes", []))
+                or (mesh_sha256 is not None and meta.get("mesh_sha256") != mesh_sha256)):
             return False
         return all(p.is_file() for m in modes for p in view_paths(render_dir, m))
     except (RenderFolderError, OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -157,7 +171,7 @@ def is_rendered(render_dir: str | Path, protocol: CameraProtocol, modes: Iterabl
 
 
 def view_paths(render_dir: str | Path, mode: str) -> list[Path]:
-    """Paths of the view PNGs of one mode, in view order; error names what is missing."""
+    """Paths of the view PNGs of one mode of a render folder, in view order; error names what is missing."""
     render_dir = Path(render_dir)
     meta = read_meta(render_dir)
     if mode not in meta["modes"]:
@@ -169,10 +183,52 @@ def view_paths(render_dir: str | Path, mode: str) -> list[Path]:
     return paths
 
 
-def load_views(render_dir: str | Path, mode: str) -> list[PIL.Image.Image]:
-    """The views of one mode as RGB (``mask``: L) PIL images, in view order."""
-    images = []
-    for p in view_paths(render_dir, mode):
-        with PIL.Image.open(p) as im:
-            images.append(im.convert("L" if mode == "mask" else "RGB"))
-    return images
+def view_files(folder: str | Path, mode: str, *, max_pixels: int | None = None) -> list[Path]:
+    """The view images of ``mode`` in ``folder``, in view order: a render folder's (:func:`view_paths`, when
+    ``folder`` has a ``meta.json``), else the images (:data:`IMAGE_SUFFIXES`) of ``<folder>/<mode>/`` if that
+    folder exists, else those of ``folder`` itself unless it has a subfolder named after a mode (the grids
+    of a half-written render folder are no views), in name order. With ``max_pixels`` each image's size is
+    read from its header and checked before anything decodes it (:class:`ViewImageError`); a folder with no
+    views raises :class:`RenderFolderError` naming where it looked."""
+    folder = Path(folder)
+    if (folder / META_FILE).is_file():
+        paths = view_paths(folder, mode)
+    else:
+        sub = folder / mode
+        layout = any((folder / m).is_dir() for m in MODES)  # a render folder's layout: its grids are no views
+        src = sub if sub.is_dir() else folder if folder.is_dir() and not layout else None
+        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if src else []
+        if not paths:
+            raise RenderFolderError(f"{folder}: not a render folder (no {META_FILE}) and no {mode} views: no images "
+                                    f"({', '.join(IMAGE_SUFFIXES)}) in {sub}" + ("" if layout else f" or {folder}"))
+    if max_pixels is not None:
+        for p in paths:
+            try:
+                with PIL.Image.open(p) as im:  # the header only
+                    w, h = im.size
+            except Exception as exc:
+                raise ViewImageError(f"{p}: not a readable image: {exc}") from exc
+            if w * h > max_pixels:
+                raise ViewImageError(f"{p}: {w}x{h} pixels exceeds max_texture_pixels={max_pixels}")
+    return paths
+
+
+def open_view(path: str | Path, mode: str = "rgb", *, background: Sequence[int] | None = None) -> PIL.Image.Image:
+    """One view image decoded: ``L`` for ``mode="mask"``, else RGB; with ``background`` an alpha channel is
+    composited over it (without, it is dropped)."""
+    with PIL.Image.open(path) as im:
+        if mode == "mask":
+            return im.convert("L")
+        if background is not None and (im.mode in ("RGBA", "LA", "PA")
+                                       or (im.mode == "P" and "transparency" in im.info)):
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+            a = rgba[..., 3:4] / 255.0
+            out = rgba[..., :3] * a + np.asarray(background, np.float32) * (1.0 - a)
+            return PIL.Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+        return im.convert("RGB")
+
+
+def load_views(folder: str | Path, mode: str, *, background: Sequence[int] | None = None,
+               max_pixels: int | None = None) -> list[PIL.Image.Image]:
+    """The views of one mode (:func:`view_files`) decoded by :func:`open_view`, in view order."""
+    return [open_view(p, mode, background=background) for p in view_files(folder, mode, max_pixels=max_pixels)]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rewardkit.data.tables import TableError, read_items, read_pairs, read_preferences
 from rewardkit.models.losses import LABEL_TARGETS
 from rewardkit.train.augment import Augment
-from rewardkit.train.features import FeatureCache
+from rewardkit.train.features import TowerFeatures
 from rewardkit.train.views import ViewCache
 
 SPLITS = ("train", "val", "test")
@@ -278,8 +278,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.feature_model is None:
             self._loader = ViewCache(self.modes, self.image_size, self.views)
         else:
-            self.feature_cache = FeatureCache(self.feature_model, ViewCache(self.modes, self.image_size, self.views,
-                                                                            max_items=0), self.feature_cache_dir)
+            self.feature_cache = TowerFeatures(self.feature_model, ViewCache(self.modes, self.image_size, self.views,
+                                                                             max_items=0), self.feature_cache_dir)
             dirs = [d for df in self.splits.values() if df.height for d in (*df["dir_a"], *df["dir_b"])]
             self.feature_cache.prefetch(dirs)
             self._loader = self.feature_cache

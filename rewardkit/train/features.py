@@ -1,15 +1,19 @@
-"""Cached view features for training on a frozen image tower.
+"""Training on a frozen image tower from cached view features.
 
 With the image trunk frozen (``unlocked_image_blocks=0``; see ``StageRewardModel.frozen_image_trunk``) each
-rendered view is encoded once. ``FeatureCache`` keys a candidate's features by
+rendered view is encoded once. :class:`TowerFeatures` keeps a candidate's trunk features in memory and in the
+one feature cache of rewardkit (:mod:`rewardkit.render.features`), keyed by
 
-- the **render hash**: sha256 of the decoded view pixels it reads (modes, view selection and size included),
-- the **tower key**: sha256 of the trunk's architecture, input preprocessing and frozen weights,
+- the candidate's **views** (:func:`rewardkit.render.features.views_key`: the view files it reads and how
+  they are decoded: modes, view selection and size),
+- the **tower key** (:func:`tower_key`): sha256 of the trunk's architecture, input preprocessing, tiling and
+  frozen weights.
 
-and stores them as one small safetensors file per candidate under ``<cache_dir>/<tower key>/``. A second
-epoch, the other stage (where it reads the same views), a re-run of the pipeline, or another training run
-on the same renders reads the file instead of running the tower again. Nothing in the key depends on paths,
-so renders that move keep their features, and a re-render with different pixels gets new ones.
+A second epoch, the other stage (where it reads the same views), a re-run of the pipeline, or another
+training run on the same renders reads the entry instead of running the tower again. Nothing in the key
+depends on paths, so renders that move keep their features, and a re-render with different bytes gets new
+ones. The cache folder is ``feature_cache_dir``, else ``$REWARDKIT_FEATURE_CACHE``, else
+``~/.cache/rewardkit/view_features``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rewardkit.models.stage import StageRewardModel
+from rewardkit.render.features import Encoder, FeatureCache, cached_features
 from rewardkit.train.views import ViewCache
 
 DEFAULT_CACHE_DIR = "~/.cache/rewardkit/view_features"
@@ -35,7 +40,7 @@ def default_cache_dir() -> Path:
 
 
 def tower_key(model: StageRewardModel) -> str:
-    """sha256 over the frozen trunk: architecture, preprocessing and every weight and buffer."""
+    """sha256 over the frozen trunk: architecture, preprocessing, tiling and every weight and buffer."""
     trunk = model.frozen_image_trunk()
     if trunk is None:
         raise ValueError("feature cache: the image trunk trains (set unlocked_image_blocks=0 to freeze it)")
@@ -50,95 +55,58 @@ def tower_key(model: StageRewardModel) -> str:
     return h.hexdigest()
 
 
-def render_hash(views: torch.Tensor) -> str:
-    """sha256 of a candidate's decoded views (uint8 [V, 3, S, S]) and their shape."""
-    h = hashlib.sha256(str(tuple(views.shape)).encode())
-    h.update(views.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class FeatureCache:
-    """render folder -> frozen-trunk features [V, F] (float32), from memory, disk, or the tower.
+class TowerFeatures:
+    """render folder -> frozen-trunk features [V, F] (float32), from memory, the feature cache, or the tower.
 
     ``views``: the ViewCache that reads the candidate's views (its modes, size and view selection define what
     is encoded). ``prefetch(render_dirs)`` encodes every missing candidate in batches of ``batch_size`` views;
-    ``stats`` counts candidates read from disk (``hits``) and encoded (``encoded``).
+    ``stats`` counts candidates read from the cache (``hits``) and encoded (``encoded``); ``dir`` is the
+    tower's folder of the cache.
     """
 
     def __init__(self, model: StageRewardModel, views: ViewCache, cache_dir: str | Path | None = None,
                  batch_size: int = 64):
         self.model, self.views = model, views
-        self.dir = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / tower_key(model)[:32]
+        self.cache = FeatureCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), tower_key(model))
+        self.dir = self.cache.dir
         self.batch_size = int(batch_size)
         self._mem: dict[str, torch.Tensor] = {}
-        self.stats = {"hits": 0, "encoded": 0}
 
-    def _tiled(self, views: torch.Tensor) -> torch.Tensor:
-        """A candidate's views [V_total, 3, S, S] (modes in equal blocks) as the model sees them: with
-        ``view_tiles`` its tiles (:meth:`StageRewardModel.tile_views`), otherwise unchanged."""
-        if not self.model.config.view_tiles:
-            return views
-        n_modes = len(self.model.modes)
-        x, _ = self.model.tile_views(views.unsqueeze(0), [views.shape[0] // n_modes] * n_modes)
-        return x[0]
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.cache.hits, "encoded": self.cache.misses}
 
-    def _file(self, rhash: str) -> Path:
-        return self.dir / rhash[:2] / f"{rhash}.safetensors"
+    @property
+    def rows_per_view(self) -> int:
+        """Rows of features per view: 1, or with ``view_tiles: n`` the n x n tiles (and the whole view)."""
+        n = self.model.config.view_tiles
+        return 1 if not n else n * n + (0 if self.model.config.tiles_only else 1)
 
-    def _load(self, rhash: str) -> torch.Tensor | None:
-        f = self._file(rhash)
-        if not f.is_file():
-            return None
-        from safetensors.torch import load_file
+    def _decode(self, render_dir: str) -> list[np.ndarray]:
+        """A candidate's views as uint8 [S, S, 3] arrays."""
+        return list(self.views(render_dir).permute(0, 2, 3, 1).numpy())
 
-        try:
-            return load_file(str(f))["features"]
-        except Exception:  # a torn file: encode again (it is rewritten atomically)
-            return None
+    def _tiled(self, views: list[np.ndarray]) -> list[torch.Tensor]:
+        """A candidate's views (modes in equal blocks) as the model sees them: with ``view_tiles`` its tiles
+        (:meth:`StageRewardModel.tile_views`), otherwise unchanged; one [3, S, S] tensor per row."""
+        x = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2)
+        if self.model.config.view_tiles:
+            n_modes = len(self.model.modes)
+            x = self.model.tile_views(x.unsqueeze(0), [x.shape[0] // n_modes] * n_modes)[0][0]
+        return list(x)
 
-    def _save(self, rhash: str, feats: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        f = self._file(rhash)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": feats.contiguous()}, tmp)
-            os.replace(tmp, f)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def _encode(self, rows: list[torch.Tensor]) -> np.ndarray:
+        return self.model.encode_trunk(torch.stack(rows)).float().cpu().numpy()
 
     def prefetch(self, render_dirs: Iterable[str | Path]) -> None:
-        """Make sure every candidate's features are in memory, encoding the ones no cache file holds."""
-        todo: list[tuple[str, str, torch.Tensor]] = []
-        for d in dict.fromkeys(str(x) for x in render_dirs):
-            if d in self._mem:
-                continue
-            views = self.views(d)
-            rh = render_hash(views)
-            views = self._tiled(views)
-            hit = self._load(rh)
-            if hit is not None and hit.shape[0] == views.shape[0]:
-                self._mem[d] = hit
-                self.stats["hits"] += 1
-            else:
-                todo.append((d, rh, views))
+        """Make sure every candidate's features are in memory, encoding the ones the cache does not hold."""
+        todo = {d: self.views.files(d) for d in dict.fromkeys(str(x) for x in render_dirs) if d not in self._mem}
         if not todo:
             return
-        flat = torch.cat([v for _, _, v in todo])
-        out = []
-        for i in range(0, flat.shape[0], self.batch_size):
-            out.append(self.model.encode_trunk(flat[i:i + self.batch_size]).float().cpu())
-        feats = torch.cat(out)
-        start = 0
-        for d, rh, v in todo:
-            f = feats[start:start + v.shape[0]].clone()
-            start += v.shape[0]
-            self._save(rh, f)
-            self._mem[d] = f
-            self.stats["encoded"] += 1
+        enc = Encoder(self.cache, self._encode, self._tiled, rows_per_view=self.rows_per_view)
+        got = cached_features(todo, self._decode, {"tower": enc}, decode_key=self.views.decoding,
+                              batch_size=self.batch_size)["tower"]
+        self._mem.update((d, torch.from_numpy(f)) for d, f in got.items())
 
     def __call__(self, render_dir: str | Path) -> torch.Tensor:
         key = str(render_dir)
@@ -147,4 +115,4 @@ class FeatureCache:
         return self._mem[key]
 
 
-__all__ = ["DEFAULT_CACHE_DIR", "FeatureCache", "default_cache_dir", "render_hash", "tower_key"]
+__all__ = ["DEFAULT_CACHE_DIR", "TowerFeatures", "default_cache_dir", "tower_key"]

@@ -1,6 +1,8 @@
 """Render folders read into view tensors: :class:`ViewCache` (one item's views as a uint8 tensor, cached), used
-by the preference dataset (:mod:`rewardkit.train.data`) and the frozen-feature cache
-(:mod:`rewardkit.train.features`)."""
+by the preference dataset (:mod:`rewardkit.train.data`) and the frozen tower's features
+(:mod:`rewardkit.train.features`). The folders are read by rewardkit's one reader, :func:`rewardkit.render.view_files` /
+:func:`~rewardkit.render.open_view` (a render folder, or ``<folder>/<mode>/`` images in name order as other
+tools write them)."""
 
 from __future__ import annotations
 
@@ -11,24 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def _read_mode_pngs(render_dir: Path, mode: str) -> list[Image.Image]:
-    """Views of one mode from a render folder: ``rewardkit.render.load_views`` when the folder has its
-    metadata, else ``<render_dir>/<mode>/*.png`` in name order (folders written by other tools)."""
-    try:
-        from rewardkit.render import load_views  # imports pyrender; only the folder reader is used
-    except Exception:  # pragma: no cover - render stack unavailable
-        load_views = None
-    if load_views is not None and (render_dir / "meta.json").exists():
-        return load_views(render_dir, mode)
-    files = sorted((render_dir / mode).glob("*.png"))
-    if not files:
-        raise FileNotFoundError(f"{render_dir}: no {mode} views ({render_dir / mode}/*.png)")
-    out = []
-    for f in files:
-        with Image.open(f) as im:
-            out.append(im.convert("RGB"))
-    return out
+from rewardkit.render.folder import open_view, view_files
 
 
 class ViewCache:
@@ -41,23 +26,34 @@ class ViewCache:
         self.max_items = max_items
         self._cache: dict[str, torch.Tensor] = {}
 
+    @property
+    def decoding(self) -> dict:
+        """What turns an item's view files into its tensor (the feature cache's ``decode_key``)."""
+        return {"modes": self.modes, "size": self.size, "views": self.views, "resize": "bicubic"}
+
+    def files(self, render_dir: str | Path) -> list[Path]:
+        """The view files read for an item, in tensor order (modes in blocks; :attr:`views` selected)."""
+        out = []
+        for mode in self.modes:
+            paths = view_files(render_dir, mode)
+            if self.views is not None:
+                if any(i >= len(paths) for i in self.views):
+                    raise IndexError(f"{render_dir}: {mode} has {len(paths)} views; asked for {self.views}")
+                paths = [paths[i] for i in self.views]
+            out.extend(paths)
+        return out
+
     def __call__(self, render_dir: str | Path) -> torch.Tensor:
         key = str(render_dir)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         tensors = []
-        for mode in self.modes:
-            images = _read_mode_pngs(Path(render_dir), mode)
-            if self.views is not None:
-                bad = [i for i in self.views if i >= len(images)]
-                if bad:
-                    raise IndexError(f"{render_dir}: {mode} has {len(images)} views; asked for {self.views}")
-                images = [images[i] for i in self.views]
-            for im in images:
-                if im.size != (self.size, self.size):
-                    im = im.resize((self.size, self.size), Image.BICUBIC)
-                tensors.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+        for path in self.files(render_dir):
+            im = open_view(path)
+            if im.size != (self.size, self.size):
+                im = im.resize((self.size, self.size), Image.BICUBIC)
+            tensors.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
         out = torch.stack(tensors)
         if self.max_items is None or len(self._cache) < self.max_items:
             self._cache[key] = out

@@ -14,8 +14,9 @@
   (:func:`rewardkit.models.backbone.create_backbone`). Input: the tower's size and normalization.
 
 Images are uint8 arrays [B, H, W, 3]; resizing is bilinear with antialiasing (torch). Every extractor has a
-``fingerprint`` (kind, weight file digests, preprocessing) that keys the feature cache and is written into
-the results, and ``describe()`` for the record.
+``fingerprint`` (kind, weight file digests, preprocessing) that keys its folder of the feature cache
+(:mod:`rewardkit.render.features`) and is written into the results, and ``describe()`` for the record.
+:func:`featurize` runs them over the view files of renders, through the cache.
 """
 
 from __future__ import annotations
@@ -364,9 +365,63 @@ def load_clip(arch: str, weights: str | Path | None, device: str = "cpu", allow_
                         device=device, tokenizer=get_tokenizer(BackboneConfig(name=arch)), mean=pp["mean"], std=pp["std"])
 
 
+# -- renders -> features (cached) ----------------------------------------------------------------------
+
+def load_extractors(cfg: Any, device: str) -> dict[str, FeatureExtractor]:
+    """The extractors an :class:`~rewardkit.eval.generation.protocol.EvalGenConfig` configures (``inception``,
+    ``dinov2``, ``clip``); unconfigured ones are left out."""
+    from rewardkit.eval.generation.inputs import EvalInputError
+
+    ext: dict[str, FeatureExtractor] = {}
+    if cfg.inception.weights:
+        ext["inception"] = load_inception(cfg.inception.weights, cfg.inception.format, cfg.inception.input_size, device)
+    if cfg.dinov2.weights:
+        ext["dinov2"] = load_dinov2(cfg.dinov2.weights, cfg.dinov2.input_size, device)
+    if cfg.clip.weights:
+        ext["clip"] = load_clip(cfg.clip.arch, cfg.clip.weights, device)
+    if not ext:
+        raise EvalInputError("no extractor configured: set inception.weights, dinov2.weights and/or clip.weights "
+                             "(local files; docs/generator-evaluation.md names the paper's)")
+    return ext
+
+
+def feature_caches(root: str | Path, extractors: dict[str, FeatureExtractor]) -> dict[str, Any]:
+    """One :class:`rewardkit.render.features.FeatureCache` per extractor under ``root``, keyed by its
+    ``fingerprint``."""
+    from rewardkit.render.features import FeatureCache
+
+    return {k: FeatureCache(root, e.fingerprint) for k, e in extractors.items()}
+
+
+def decoding(background: Sequence[int]) -> dict[str, Any]:
+    """How :func:`featurize` decodes view files (the feature cache's ``decode_key``)."""
+    return {"mode": "rgb", "background": [int(c) for c in background]}
+
+
+def featurize(renders: dict[str, list[Path]], extractors: dict[str, FeatureExtractor], caches: dict[str, Any], *,
+              background: Sequence[int], batch_size: int = 32, progress: bool = True,
+              label: str = "features") -> dict[str, dict[str, np.ndarray]]:
+    """``{extractor: {render name: features [views, dim]}}`` of the view files of each render: read from
+    ``caches`` (:func:`feature_caches`, keyed by the files and :func:`decoding`), the rest decoded once (alpha
+    composited over ``background``) for all extractors and computed in batches of ``batch_size`` views across
+    renders (:func:`rewardkit.render.features.cached_features`)."""
+    from rewardkit.progress import progress_bar
+    from rewardkit.render.features import Encoder, cached_features
+    from rewardkit.render.folder import open_view
+
+    def decode(name: str) -> list[np.ndarray]:
+        return [np.asarray(open_view(p, background=background)) for p in renders[name]]
+
+    encoders = {k: Encoder(caches[k], lambda batch, e=e: e(np.stack(batch))) for k, e in extractors.items()}
+    total = sum(len(v) for v in renders.values())
+    with progress_bar(label, disable=not progress or total == 0) as bar:
+        task = bar.add_task("", total=total)
+        return cached_features(renders, decode, encoders, decode_key=decoding(background), batch_size=batch_size,
+                               progress=lambda name, n: bar.update(task, advance=n, description=name))
+
 __all__ = [
     "ClipFeatures", "DinoFeatures", "FeatureError", "FeatureExtractor", "INCEPTION_FORMATS", "InceptionFeatures",
     "RANDOM_INIT_SUFFIX", "random_init_label",
-    "build_inception", "detect_inception_format", "load_clip", "load_dinov2", "load_inception", "load_state_dict",
-    "to_tensor",
+    "build_inception", "decoding", "detect_inception_format", "feature_caches", "featurize", "load_clip", "load_dinov2",
+    "load_extractors", "load_inception", "load_state_dict", "to_tensor",
 ]

@@ -12,6 +12,8 @@
   Σ₁^½ Σ₂ Σ₁^½, negative round-off clipped. So identical sets give 0 up to rounding, never NaN.
 - :func:`clip_score`: 100 × the mean cosine between each view's image embedding and its prompt's text
   embedding, averaged over the views of an object, then over objects.
+- :func:`set_metrics`: all of them between the renders of a set of objects and their references, as
+  ``result.json`` records them.
 
 Everything is float64 numpy.
 """
@@ -19,7 +21,7 @@ Everything is float64 numpy.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -174,8 +176,48 @@ def clip_score(image_embeddings, text_embeddings, object_index: Sequence[int]) -
     return float(100.0 * np.mean(per_object))
 
 
+def set_metrics(gen: dict[str, dict[str, np.ndarray]], ref: dict[str, dict[str, np.ndarray]], objects: Sequence[str],
+                refs: Sequence[str], text: dict[str, np.ndarray] | None, kd: Any) -> dict[str, Any]:
+    """The metrics between the views of ``objects`` (generated) and ``refs`` (their references):
+    ``gen`` / ``ref`` map an extractor (``inception``, ``dinov2``, ``clip``) to each render's features,
+    ``text`` each object's prompt embedding (CLIP), ``kd`` the KD subsets (``subsets``, ``subset_size``,
+    ``seed``: an :class:`~rewardkit.eval.generation.protocol.KDConfig`)."""
+    out: dict[str, Any] = {"objects": len(objects), "references": len(refs)}
+    for k in ("inception", "dinov2"):
+        if k not in gen:
+            continue
+        x = np.concatenate([gen[k][o] for o in objects]).astype(np.float64)
+        y = np.concatenate([ref[k][r] for r in refs]).astype(np.float64)
+        out["generated_views"], out["reference_views"] = len(x), len(y)
+        short = "incep" if k == "inception" else "dinov2"
+        if min(len(x), len(y)) < 2:
+            out[f"kd_{short}_x100"] = out[f"kd_{short}_x100_std"] = out[f"fd_{short}"] = None
+            continue
+        d = kernel_distance(x, y, kd.subsets, kd.subset_size, kd.seed)
+        out[f"kd_{short}_x100"], out[f"kd_{short}_x100_std"] = d.scaled()
+        out[f"kd_{short}_subset_size"] = d.subset_size
+        out[f"fd_{short}"] = frechet_distance(x, y)
+    if "clip" in gen and text is not None:
+        img = np.concatenate([gen["clip"][o] for o in objects]).astype(np.float64)
+        txt = np.concatenate([np.repeat(text[o][None], len(gen["clip"][o]), axis=0) for o in objects])
+        idx = np.concatenate([np.full(len(gen["clip"][o]), i) for i, o in enumerate(objects)])
+        out["clip_score"] = clip_score(img, txt, idx)
+    return out
+
+
+def identical_sets_kd(features: np.ndarray, degree: int = 3) -> float:
+    """KD (unscaled, whole sets) of a set against itself: MMD²_u(X, X) = −(2/n)(mean k(x,x) − mean k(x,x′)) —
+    small but not 0 (the unbiased estimate drops the diagonal from k(X,X) but not from k(X,Y))."""
+    x = np.asarray(features, np.float64)
+    k = polynomial_kernel(x, x, degree)
+    n = len(x)
+    diag = float(np.trace(k)) / n
+    off = float(k.sum() - np.trace(k)) / (n * (n - 1))
+    return -2.0 / n * (diag - off)
+
+
 __all__ = [
     "KD_SCALE", "KernelDistance", "clip_score", "frechet_distance", "frechet_distance_from_stats", "gaussian_fit",
-    "kernel_distance", "kernel_distance_subsets", "mmd2_unbiased", "polynomial_kernel", "subset_indices",
-    "trace_sqrt_product",
+    "identical_sets_kd", "kernel_distance", "kernel_distance_subsets", "mmd2_unbiased", "polynomial_kernel",
+    "set_metrics", "subset_indices", "trace_sqrt_product",
 ]
