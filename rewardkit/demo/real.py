@@ -11,6 +11,10 @@ exactly like the demo's own objects:
 - these scans carry no texture, so each gets the demo's procedural texture atlas (a prompted colour and
   material, triplanar UVs: :func:`rewardkit.demo.objects.assemble`) and a prompt made of the colour, the
   material and the object's name ("a red striped banana");
+- with ``RealConfig.photos`` (off by default) a drawn share of the scans (``photo_fraction``) gets a crop of a
+  colour photograph instead (``PHOTO_SOURCES``: scikit-image's CC0 / public-domain photos), prompted with the
+  crop's dominant palette colour ("a red cracker box") and degraded by ``photo_texture`` (texture grey, hue
+  rotated, removed, blur, noise; docs/reward-models.md, recipe D);
 - candidates are degraded by the demo's degradation library (:mod:`rewardkit.demo.degrade`): vertex noise at
   several strengths (``RealConfig.noise``, fractions of the largest extent), an extra part, and the texture
   degradations; a scan is one part, so ``missing_part`` does not apply;
