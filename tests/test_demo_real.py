@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,7 +15,8 @@ import trimesh
 
 from helpers.meshes import SHARED_MESHES
 from rewardkit.demo import DemoConfig, RealConfig, generate, label_pairs
-from rewardkit.demo.real import SOURCES, find_objects, noun_of
+from rewardkit.demo import textures as tx
+from rewardkit.demo.real import PHOTO_SOURCES, SOURCES, find_objects, find_photos, noun_of
 from rewardkit.eval.transfer import make_variants, summarise
 
 
@@ -110,6 +112,52 @@ def test_real_config_rejects_bad_values():
         RealConfig(sources=("pybullet",))
     with pytest.raises(ValueError, match="missing_part"):
         RealConfig(sources=("ycb",), geometry=("missing_part",))
+
+
+def _main_tile(path) -> np.ndarray:
+    """The main tile (left half) of a demo GLB's texture atlas."""
+    mesh = trimesh.load(path, force="mesh")
+    return np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))[:, : tx.TILE]
+
+
+def test_photo_textures_are_recorded_deterministic_and_named_by_their_colour(shared_hashes, tmp_path):
+    """Photo-textured scans (generate.real.photos): every photo is licence-recorded and no validation file;
+    the prompt's colour word is the clean crop's dominant colour; texture_grey keeps the crop's luminance and
+    hue_rotated changes its colour word; the same config gives the same meshes."""
+    licences = Path(__file__).resolve().parents[1] / "data" / "real" / "LICENSES.md"
+    text = licences.read_text()
+    photos = find_photos(sorted(PHOTO_SOURCES))
+    assert len(photos) >= 5
+    for ph in photos:
+        assert ph.path.name in text and _sha(ph.path) not in shared_hashes
+    real = RealConfig(sources=("ycb",), objects=4, photos=("skimage",), photo_fraction=1.0,
+                      photo_texture=("texture_grey", "hue_rotated"))
+    cfg = DemoConfig(prompts_per_category=0, holdout_per_category=0, categories=("mug",), real=real)
+    items, cands = generate(cfg, tmp_path / "a")
+    assert set(cands["material"]) == {"photo"} and cands["prompt_id"].n_unique() == 4
+    assert set(cands["texture_degradation"]) == {"none", "texture_grey", "hue_rotated"}
+    path = dict(zip(items["item_id"], items["mesh_path"]))
+    prompt = dict(zip(items["item_id"], items["prompt"]))
+    for r in cands.filter(pl.col("degradation") == "clean").iter_rows(named=True):
+        word = tx.dominant_colour(_main_tile(path[r["item_id"]]))
+        assert word == r["colour"] and prompt[r["item_id"]].split()[1] == word
+        clean = _main_tile(path[r["item_id"]])
+        for deg in ("texture_grey", "hue_rotated"):
+            got = _main_tile(path[f"{r['prompt_id']}-{deg}"])
+            if deg == "texture_grey":
+                assert np.abs(got.astype(int) - tx.grey(clean).astype(int)).max() <= 1
+            else:
+                assert tx.dominant_colour(got) != word
+    items2, _ = generate(cfg, tmp_path / "b")
+    assert items2["mesh_sha256"].to_list() == items["mesh_sha256"].to_list()
+    assert not set(items["mesh_sha256"].to_list()) & shared_hashes
+
+
+def test_dominant_colour_names_palette_colours_and_not_grey():
+    for word, rgb in tx.COLOURS.items():
+        assert tx.dominant_colour(tx.flat_tile(rgb)) == word
+    assert tx.dominant_colour(tx.flat_tile((128, 128, 128))) is None
+    assert tx.dominant_colour(tx.grey(tx.pattern_tile("striped", "red", np.random.default_rng(0)))) is None
 
 
 def test_transfer_variants_change_only_what_they_name(tmp_path):

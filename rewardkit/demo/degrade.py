@@ -24,7 +24,11 @@ from rewardkit.demo.objects import (
 
 GEOMETRY = ("vertex_noise", "missing_part", "extra_part", "wrong_proportions", "wrong_category")
 TEXTURE = ("wrong_colour", "texture_noise", "blur", "texture_removed")
-DEGRADATIONS = GEOMETRY + TEXTURE
+# colour changes that keep the texture's pattern (what the real-mesh transfer report applies to real textures,
+# rewardkit.eval.transfer): its luminance only, or its hue turned; not in the demo's default TEXTURE list
+COLOUR_SHIFTS = ("texture_grey", "hue_rotated")
+DEGRADATIONS = GEOMETRY + TEXTURE + COLOUR_SHIFTS
+HUE_RANGE = (90.0, 270.0)  # hue_rotated: degrees, drawn uniformly (a far hue either way round the wheel)
 
 
 def kind_of(degradation: str) -> str:
@@ -32,7 +36,7 @@ def kind_of(degradation: str) -> str:
     if degradation in ("", "none", "clean"):
         return "none"
     names = degradation.split("+")
-    kinds = {"geometry" if n in GEOMETRY else "texture" if n in TEXTURE else "?" for n in names}
+    kinds = {"geometry" if n in GEOMETRY else "texture" if n in TEXTURE + COLOUR_SHIFTS else "?" for n in names}
     if "?" in kinds:
         raise ValueError(f"unknown degradation {degradation!r}; known: {DEGRADATIONS}")
     return kinds.pop() if len(kinds) == 1 else "both"
@@ -137,4 +141,8 @@ def degrade_texture(name: str, atlas: np.ndarray, spec: ObjectSpec, rng: np.rand
         return tx.atlas(tx.blur_tile(main), secondary)
     if name == "texture_removed":
         return None
-    raise ValueError(f"unknown texture degradation {name!r}; known: {TEXTURE}")
+    if name == "texture_grey":
+        return tx.atlas(tx.grey(main), secondary)
+    if name == "hue_rotated":
+        return tx.atlas(tx.hue_rotate(main, float(rng.uniform(*HUE_RANGE))), secondary)
+    raise ValueError(f"unknown texture degradation {name!r}; known: {TEXTURE + COLOUR_SHIFTS}")

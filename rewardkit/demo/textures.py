@@ -57,6 +57,38 @@ def far_colour(colour: str, rng: np.random.Generator) -> str:
     return str(far[int(rng.integers(len(far)))])
 
 
+def dominant_colour(rgb: np.ndarray, min_saturation: float = 0.25, min_value: float = 0.2,
+                    min_coloured: float = 0.3, min_concentration: float = 0.75, max_distance: float = 30.0) -> str | None:
+    """The palette word (:data:`COLOURS`) of an image's dominant hue, or ``None`` when it has none.
+
+    Pixels with HSV saturation >= ``min_saturation`` and value >= ``min_value`` are *coloured*; they must be
+    at least ``min_coloured`` of the image, their saturation-weighted hues concentrated (mean resultant
+    length >= ``min_concentration``: one hue, not a rainbow), and the mean hue within ``max_distance``
+    degrees of the nearest palette colour's hue. A photo crop that passes is one a colour word describes."""
+    x = rgb[..., :3].reshape(-1, 3).astype(np.float64) / 255.0
+    mx, mn = x.max(-1), x.min(-1)
+    c = mx - mn
+    s = np.where(mx > 0, c / np.where(mx > 0, mx, 1), 0)
+    keep = (s >= min_saturation) & (mx >= min_value) & (c > 0)
+    if keep.mean() < min_coloured:
+        return None
+    r, g, b, cs = x[keep, 0], x[keep, 1], x[keep, 2], c[keep]
+    m = mx[keep]
+    h = np.where(m == r, ((g - b) / cs) % 6, np.where(m == g, (b - r) / cs + 2, (r - g) / cs + 4)) / 6.0
+    w = s[keep]
+    vec = np.array([(w * np.cos(2 * np.pi * h)).sum(), (w * np.sin(2 * np.pi * h)).sum()]) / w.sum()
+    if float(np.hypot(*vec)) < min_concentration:
+        return None
+    mean = float(np.arctan2(vec[1], vec[0]) / (2 * np.pi)) % 1.0
+    best, dist = None, 1.0
+    for name, col in COLOURS.items():
+        d = abs(_hue(col) - mean)
+        d = min(d, 1.0 - d)
+        if d < dist:
+            best, dist = name, d
+    return best if dist * 360.0 <= max_distance else None
+
+
 def _shade(rgb: tuple[int, int, int], f: float) -> np.ndarray:
     return np.clip(np.asarray(rgb, dtype=np.float32) * f, 0, 255)
 
