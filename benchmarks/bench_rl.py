@@ -97,7 +97,7 @@ def bench_overlap(steps: int, device: str, threads: int, backbone: str, camera: 
 
 
 def bench_vqvae(device: str, batch: int) -> None:
-    from rewardkit.rl.shapes import DEMO_SHAPES
+    from rewardkit.demo.shapes import DEMO_SHAPES
     from rewardkit.rl.tokenizers.vqvae import ShapeVQVAE, VQVAETokenizer
 
     torch.manual_seed(0)

@@ -593,8 +593,8 @@ def test_dvc_yaml_stages_and_params_sections_match():
 
 
 def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
-    from rewardkit.rl.run_report import curve_rows
-    from rewardkit.rl.run_report import report_metrics as report
+    from rewardkit.reporting.rl_run import curve_rows
+    from rewardkit.reporting.rl_run import report_metrics as report
     from rewardkit.rl.trainer import HiGRPOConfig
 
     for section in (yaml.safe_load((ROOT / "params.yaml").read_text())["rl"], SMALL_PARAMS["rl"]):

@@ -19,7 +19,7 @@ from rewardkit.data.tables import read_pairs
 from rewardkit.rl.guards import GuardConfig, HackingGuard, audit_selection, group_agreement, spearman
 from rewardkit.rl.policy import build_tiny_policy
 from rewardkit.rl.rewards import RewardError, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
-from rewardkit.rl.shapes import demo_shape, jitter
+from rewardkit.demo.shapes import demo_shape, jitter
 from rewardkit.rl.tokenizers import occupancy_to_mesh
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 

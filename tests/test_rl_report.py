@@ -1,10 +1,10 @@
-"""rewardkit.rl.run_report (what the rl stages write): the RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
+"""rewardkit.reporting.rl_run (what the rl stages write): the RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
 
 from __future__ import annotations
 
 
 def test_reward_curve_has_heldout_columns_only_when_evaluated():
-    from rewardkit.rl.run_report import curve_columns, curve_rows
+    from rewardkit.reporting.rl_run import curve_columns, curve_rows
 
     plain = [{"step": 1, "r_high": 0.1, "r_low": 0.2}]
     assert curve_columns(plain) == ["step", "r_high", "r_low", "r_high_group_std", "r_low_group_std"]
@@ -20,7 +20,7 @@ def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_p
     import pytest
 
     from rewardkit.config import ConfigError
-    from rewardkit.rl.run_report import compare_rows, penalised_params, plot_compare
+    from rewardkit.reporting.rl_run import compare_rows, penalised_params, plot_compare
 
     p = {"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}, {"name": "g", "scorer": "data/scorers"}],
          "rewards_low": [{"name": "f1", "builtin": "surface_f1"}, {"name": "l", "scorer": "data/scorers"}], "steps": 3}

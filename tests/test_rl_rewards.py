@@ -14,7 +14,7 @@ import torch
 from helpers.scoring import scorer_set_dir
 from rewardkit.rl.policy import build_tiny_policy
 from rewardkit.rl.rewards import build_step_reward, build_term, mirror_symmetry, occupancy_iou, surface_f1
-from rewardkit.rl.shapes import DEMO_SHAPES, demo_shape, jitter
+from rewardkit.demo.shapes import DEMO_SHAPES, demo_shape, jitter
 from rewardkit.rl.tokenizers import occupancy_to_mesh
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from rewardkit.rl.shapes import DEMO_SHAPES
+from rewardkit.demo.shapes import DEMO_SHAPES
 from rewardkit.rl.tokenizers import ShapeTokenizer, VoxelBlockTokenizer, create_tokenizer, occupancy_to_mesh, voxelize_mesh
 from rewardkit.rl.tokenizers.vqvae import ShapeVQVAE, VQVAEConfig, VQVAETokenizer
 

@@ -15,7 +15,7 @@ from rewardkit.rl.candidates import CandidatesConfig
 from rewardkit.rl.guards import GuardConfig
 from rewardkit.rl.lora import LoRAConfig
 from rewardkit.rl.policy import SamplingConfig
-from rewardkit.rl.shapes import DEMO_SHAPES
+from rewardkit.demo.shapes import DEMO_SHAPES
 from rewardkit.rl.vllm_rollout import RolloutConfig
 
 __all__ = ["HiGRPOConfig", "WarmStartConfig", "load_config", "STEP1_TEMPLATE", "STEP2_TEMPLATE"]

@@ -32,7 +32,7 @@ import numpy as np
 from rewardkit.errors import RewardkitError
 from rewardkit.rl.scorer_adapters import scorer_reward
 from rewardkit.rl.term_values import RewardFn, TermValues
-from rewardkit.rl.shapes import demo_shape
+from rewardkit.demo.shapes import demo_shape
 from rewardkit.rl.tokenizers.base import voxelize_mesh
 
 __all__ = [
