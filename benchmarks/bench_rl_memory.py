@@ -200,8 +200,8 @@ def measure(args: dict) -> None:
     cfg = HiGRPOConfig.from_dict(dict(
         policy_path=str(out / "policy"), tokens_per_object=spec["tokens_per_object"],
         shape_tokenizer={"type": "voxel_blocks", "resolution": 8 if spec["tokens_per_object"] == 64 else 4, "block": 2},
-        prompts=["a cube"], rewards_high=[{"name": "occ", "builtin": "occupied_fraction"}],
-        rewards_low=[{"name": "occ", "builtin": "occupied_fraction"}], group_size=1, prompts_per_step=1,
+        prompts=["a cube"], rewards_global=[{"name": "occ", "builtin": "occupied_fraction"}],
+        rewards_local=[{"name": "occ", "builtin": "occupied_fraction"}], group_size=1, prompts_per_step=1,
         micro_batch_size=1, accelerator="cpu", devices=2, strategy="fsdp", precision=args["precision"],
         activation_checkpointing=args["ckpt"], output_dir=str(out / f"run-{args['ckpt']}"), render=False,
         eval_group_size=0, overlap_rewards=False, num_threads=1, dynamic_sampling=False, max_grad_norm=1.0,

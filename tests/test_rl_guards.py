@@ -124,9 +124,9 @@ def _trainer(tmp_path, **kw) -> HiGRPOTrainer:
     return HiGRPOTrainer(HiGRPOConfig.from_dict(dict(
         policy_path=str(tmp_path / "p"), tokens_per_object=8, shape_tokenizer={"type": "voxel_blocks", "resolution": 4, "block": 2},
         prompts=["a cube", "a ball"], sampling={"max_reasoning_tokens": 2}, group_size=3, prompts_per_step=2, lr=1e-3,
-        rewards_high=[{"name": "iou", "builtin": "occupancy_iou"},
+        rewards_global=[{"name": "iou", "builtin": "occupancy_iou"},
                       {"name": "ens", "callable": _ens, "learned": True, "uncertainty_penalty": 0.5, "weight": 0.5}],
-        rewards_low=[{"name": "sym", "builtin": "mirror_symmetry"}], reward_on_error="mark",
+        rewards_local=[{"name": "sym", "builtin": "mirror_symmetry"}], reward_on_error="mark",
         output_dir=str(tmp_path / "run"), save_every=0, eval_group_size=2, render=False, accelerator="cpu",
         num_threads=1, dynamic_sampling=False, **kw)))
 

@@ -44,7 +44,7 @@ def test_shipped_config_loads_and_fits_8x80gb(counts):
     cfg = load_config(CONFIG)
     assert (cfg.strategy, cfg.devices, cfg.group_size, cfg.prompts_per_step) == ("fsdp", 8, 8, 2)
     assert cfg.sampling.max_reasoning_tokens == 2048 and cfg.tokens_per_object == 1024
-    assert cfg.activation_checkpointing and cfg.shape_tokenizer["type"] == "shapellm_vqvae"
+    assert cfg.activation_checkpointing and cfg.shape_tokenizer.type == "shapellm_vqvae"
     # the shipped config rolls out with the vLLM engine colocated (its gpu_memory_utilization share of 80 GB
     # while it samples)
     assert cfg.rollout.backend == "vllm"

@@ -28,9 +28,11 @@ _EXPORTS = {
     "SamplingConfig": "rewardkit.rl.policy",
     "build_tiny_policy": "rewardkit.rl.policy",
     "RewardTerm": "rewardkit.rl.rewards",
+    "RewardTermConfig": "rewardkit.rl.rewards",
     "StepReward": "rewardkit.rl.rewards",
     "RewardError": "rewardkit.rl.rewards",
     "create_tokenizer": "rewardkit.rl.tokenizers",
+    "ShapeTokenizerConfig": "rewardkit.rl.tokenizers",
     "VoxelBlockTokenizer": "rewardkit.rl.tokenizers",
     "VQVAETokenizer": "rewardkit.rl.tokenizers",
 }
