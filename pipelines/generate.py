@@ -19,14 +19,18 @@ SOURCES = ("demo", "own")
 
 def demo(p: dict) -> pl.DataFrame:
     """The demo's candidates table (written under data/candidates/ with the items and meshes)."""
-    from rewardkit.config import from_dict
+    from rewardkit.config import ConfigError, from_dict
     from rewardkit.demo import DemoConfig, generate
 
     d = {k: v for k, v in p.items() if k not in ("source", "own", "factorial", "real")}
     d.update({f"factorial_{kind}": n for kind, n in (p.get("factorial") or {}).items()})
     if (p.get("real") or {}).get("sources"):  # no sources: no real meshes at all
         d["real"] = p["real"]
-    return generate(from_dict(DemoConfig, d, key="generate"), CANDIDATES_DIR)[1]
+    try:
+        cfg = from_dict(DemoConfig, d, key="generate")
+    except ConfigError as exc:
+        raise SystemExit(f"generate: params.yaml {exc}") from None
+    return generate(cfg, CANDIDATES_DIR)[1]
 
 
 def own(p: dict) -> pl.DataFrame:
