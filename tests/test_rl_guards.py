@@ -18,7 +18,7 @@ from rewardkit.data.candidates import prompt_id_of, read_generations
 from rewardkit.data.tables import read_pairs
 from rewardkit.rl.guards import GuardConfig, HackingGuard, audit_selection, group_agreement, spearman
 from rewardkit.rl.policy import build_tiny_policy
-from rewardkit.rl.rewards import RewardError, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
+from rewardkit.rl.rewards import RewardError, RewardTermConfig, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
 from rewardkit.demo.shapes import demo_shape, jitter
 from rewardkit.rl.tokenizers import occupancy_to_mesh
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
@@ -225,7 +225,9 @@ def test_the_constructed_collapse_is_flagged(tmp_path, caplog):
     learned scorer term that rewards the arch, the guard flags the cylinder prompt, and only it."""
     scorer = _arch_loving_scorer(tmp_path)
     reward = StepReward([build_term({"name": "shape_iou", "builtin": "occupancy_iou", "args": {"resolution": 8}}),
-                         build_term({"name": "global_scorer", "scorer": scorer, "weight": 0.5, "args": {"stage": "global"}})])
+                         # a loaded scorer object (Python only; a config names a folder)
+                         build_term(RewardTermConfig(name="global_scorer", scorer=scorer, weight=0.5,
+                                                     args={"stage": "global"}))])
     # the learned term really prefers the arch for the cylinder prompt, and the anchor really does not
     probe = reward(_shape_meshes("cylinder", 4, 900) + _shape_meshes("arch", 4, 901), [CYL] * 8)
     assert probe.terms["global_scorer"][4:].min() > probe.terms["global_scorer"][:4].max()

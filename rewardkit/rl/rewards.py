@@ -242,7 +242,8 @@ class RewardTermConfig:
     - ``builtin``: one of :data:`BUILTIN_REWARDS` (``args``: its keyword arguments; the tokenizer's
       resolution fills ``resolution`` when not given);
     - ``fn: "module:attr"``: a callable, or a factory called with ``args``;
-    - ``scorer: DIR``: an exported rewardkit scorer (set) directory, scored in-process;
+    - ``scorer: DIR``: an exported rewardkit scorer (set) directory, scored in-process (in Python, a
+      ``RewardTermConfig(scorer=...)`` may also hold a loaded scorer);
     - ``url: http://HOST:PORT``: a running ``rewardkit serve`` scoring service;
     - ``callable`` (Python only, never from a file): the reward function itself.
 
