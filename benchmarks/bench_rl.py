@@ -60,8 +60,8 @@ def bench_overlap(steps: int, device: str, threads: int, backbone: str, camera: 
         "policy_path": str(out / "init"), "output_dir": str(out / "run"), "eval_group_size": 0,
         "accelerator": device, "num_threads": threads, "save_every": 0,
     })
-    cfg.rewards_high = cfg.rewards_high + [{"name": "scorer_global", "scorer": scorers, "args": {**args, "stage": "global"}}]
-    cfg.rewards_low = cfg.rewards_low + [{"name": "scorer_local", "scorer": scorers, "args": {**args, "stage": "local"}}]
+    cfg.rewards_global = cfg.rewards_global + [{"name": "scorer_global", "scorer": scorers, "args": {**args, "stage": "global"}}]
+    cfg.rewards_local = cfg.rewards_local + [{"name": "scorer_local", "scorer": scorers, "args": {**args, "stage": "local"}}]
     cfg.warm_start.steps = 50
     trainer = HiGRPOTrainer(cfg)
     model, gen_s = trainer.policy.model, [0.0]
@@ -97,7 +97,7 @@ def bench_overlap(steps: int, device: str, threads: int, backbone: str, camera: 
 
 
 def bench_vqvae(device: str, batch: int) -> None:
-    from rewardkit.rl.shapes import DEMO_SHAPES
+    from rewardkit.demo.shapes import DEMO_SHAPES
     from rewardkit.rl.tokenizers.vqvae import ShapeVQVAE, VQVAETokenizer
 
     torch.manual_seed(0)

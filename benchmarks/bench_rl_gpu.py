@@ -72,8 +72,8 @@ def run_case(spec: dict) -> None:
     cfg = HiGRPOConfig(
         policy_path=spec["policy"], tokens_per_object=b["tokens_per_object"],
         shape_tokenizer={"type": "voxel_blocks", "resolution": res, "block": 2},
-        prompts=["a cube"], rewards_high=[{"name": "occ", "builtin": "occupied_fraction"}],
-        rewards_low=[{"name": "occ", "builtin": "occupied_fraction"}],
+        prompts=["a cube"], rewards_global=[{"name": "occ", "builtin": "occupied_fraction"}],
+        rewards_local=[{"name": "occ", "builtin": "occupied_fraction"}],
         group_size=b["group_size"], prompts_per_step=b["prompts_per_step"], micro_batch_size=b["micro_batch_size"],
         accelerator=spec["accelerator"], devices=spec["devices"], strategy=spec["strategy"],
         precision=spec["precision"], activation_checkpointing=spec["ckpt"], output_dir=spec["dir"], render=False,

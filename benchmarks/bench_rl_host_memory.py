@@ -54,7 +54,7 @@ def measure(args: dict) -> None:
     out = Path(args["dir"])
     cfg = HiGRPOConfig.from_dict(dict(
         policy_path=str(out / "policy"), tokens_per_object=8, shape_tokenizer={"type": "voxel_blocks", "resolution": 4, "block": 2},
-        prompts=["a cube"], rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "occupied_fraction"}],
+        prompts=["a cube"], rewards_global=[{"builtin": "occupied_fraction"}], rewards_local=[{"builtin": "occupied_fraction"}],
         output_dir=str(out / "run"), eval_group_size=0, render=False, accelerator="cpu", devices=2, strategy="fsdp",
         precision="bf16-mixed", num_threads=1, reference="copy",
     ))

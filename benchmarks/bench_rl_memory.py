@@ -5,10 +5,10 @@
     python benchmarks/bench_rl_memory.py --device cuda   # validation on a GPU (max_memory_allocated)
 
 1. The plan. ShapeLLM-Omni's architecture is built on the meta device from Qwen2.5-VL-7B-Instruct's
-   published config (``rewardkit.rl.memory.QWEN2_5_VL_7B_CONFIG``, source cited there) with the vocabulary
+   published config (``rewardkit.plan.memory.QWEN2_5_VL_7B_CONFIG``, source cited there) with the vocabulary
    resized to 151,665 + 8192 + 2 = 159,859 tokens and an untied lm_head; its parameters are counted exactly
    (total; trainable under the default freeze = vision tower + lm_head; LoRA r=16 on q/k/v/o/gate/up/down).
-   Per-GPU bytes come from ``rewardkit.rl.memory.plan_memory``, whose docstring states the formula:
+   Per-GPU bytes come from ``rewardkit.plan.memory.plan_memory``, whose docstring states the formula:
 
      peak = params (m P / W) + AdamW (8 T / W) + reference (m P / W) [+ 4 T DDP buckets]
             + max over phases of
@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewardkit.rl.memory import GB, build_meta_model, count_model, plan_memory, shapellm_omni_config, step_lengths
+from rewardkit.plan.memory import GB, build_meta_model, count_model, plan_memory, shapellm_omni_config, step_lengths
 
 GPUS = {"80 GB": 80e9, "141 GB": 141e9}
 
@@ -114,7 +114,7 @@ def print_plan(counts, overhead_gb: float) -> None:
 
 def print_config_plan(counts, overhead_gb: float) -> None:
     """The shipped paper config's plan (its own micro-batch, checkpointing and rollout settings)."""
-    from rewardkit.rl.memory import plan_for_config
+    from rewardkit.plan.memory import plan_for_config
     from rewardkit.rl.trainer import load_config
 
     path = Path(__file__).resolve().parents[1] / "rewardkit" / "rl" / "configs" / "ar3d_r1_8x80gb.yaml"
@@ -190,7 +190,7 @@ def measure(args: dict) -> None:
 
     import torch
 
-    from rewardkit.rl.memory import count_model, plan_memory
+    from rewardkit.plan.memory import count_model, plan_memory
     from rewardkit.rl.policy import MeshPolicy
     from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
@@ -200,8 +200,8 @@ def measure(args: dict) -> None:
     cfg = HiGRPOConfig.from_dict(dict(
         policy_path=str(out / "policy"), tokens_per_object=spec["tokens_per_object"],
         shape_tokenizer={"type": "voxel_blocks", "resolution": 8 if spec["tokens_per_object"] == 64 else 4, "block": 2},
-        prompts=["a cube"], rewards_high=[{"name": "occ", "builtin": "occupied_fraction"}],
-        rewards_low=[{"name": "occ", "builtin": "occupied_fraction"}], group_size=1, prompts_per_step=1,
+        prompts=["a cube"], rewards_global=[{"name": "occ", "builtin": "occupied_fraction"}],
+        rewards_local=[{"name": "occ", "builtin": "occupied_fraction"}], group_size=1, prompts_per_step=1,
         micro_batch_size=1, accelerator="cpu", devices=2, strategy="fsdp", precision=args["precision"],
         activation_checkpointing=args["ckpt"], output_dir=str(out / f"run-{args['ckpt']}"), render=False,
         eval_group_size=0, overlap_rewards=False, num_threads=1, dynamic_sampling=False, max_grad_norm=1.0,

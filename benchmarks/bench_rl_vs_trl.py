@@ -133,7 +133,7 @@ def run_rewardkit(a: argparse.Namespace, policy_dir: Path, out: Path) -> dict[st
         policy_path=str(policy_dir), tokens_per_object=(a.resolution // 2) ** 3,
         shape_tokenizer={"type": "voxel_blocks", "resolution": a.resolution, "block": 2},
         sampling=SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_reasoning_tokens=a.reasoning),
-        prompts=list(PROMPTS), rewards_high=[iou], rewards_low=[iou], group_size=a.group_size,
+        prompts=list(PROMPTS), rewards_global=[iou], rewards_local=[iou], group_size=a.group_size,
         prompts_per_step=a.prompts_per_step, mu=1, beta=0.01, eps_low=0.2, eps_high=0.28, lr=1e-5,
         micro_batch_size=a.group_size * a.prompts_per_step, dynamic_sampling=False, steps=a.steps, seed=0,
         output_dir=str(out), save_every=0, eval_group_size=0, render=False, accelerator="cpu", devices=1,

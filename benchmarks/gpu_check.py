@@ -3,7 +3,7 @@
 1. FSDP step peak memory against the memory plan: ``HiGRPOTrainer.optimize`` on a random-init
    Qwen2.5-0.5B-shaped policy (``benchmarks/bench_rl_gpu.py``'s policy, batch and measurement, in fresh
    processes), FSDP on 1 device, bf16-mixed, activation checkpointing off / on; measured
-   ``torch.cuda.max_memory_allocated`` against ``rewardkit.rl.memory.plan_memory``'s peak of the same
+   ``torch.cuda.max_memory_allocated`` against ``rewardkit.plan.memory.plan_memory``'s peak of the same
    configuration (its training phases), and their ratio;
 2. the chunked log-prob path: ``rewardkit.rl.policy.sequence_logprobs`` (chunks of 512 scored tokens) against a
    plain full-vocabulary ``log_softmax`` over ``[B, T, V]``, forward + backward on the same model: peak CUDA
@@ -58,7 +58,7 @@ def _device_info() -> dict:
 
 def _plan_for(policy: Path, batch: dict, ckpt: bool, precision: str) -> dict:
     """The plan's peak for bench_rl_gpu.py's case: FSDP on 1 device, reference copy, step-2 sequences."""
-    from rewardkit.rl.memory import count_model, plan_memory
+    from rewardkit.plan.memory import count_model, plan_memory
     from rewardkit.rl.policy import LOGPROB_CHUNK_TOKENS, MeshPolicy
 
     counts = count_model(MeshPolicy.from_pretrained(policy, tokens_per_object=batch["tokens_per_object"],
@@ -125,7 +125,7 @@ def print_fsdp(res: dict) -> None:
         print(head + f"{r['s_per_update']:11.3f}{r['predicted'] / MB:14.1f}{r['measured'] / MB:13.1f}"
               f"{r['ratio']:10.2f}  {r['plan_phase']}")
     print(f"(measured: {res['rows'][0].get('measured_kind')}, whole run incl. setup; predicted: "
-          f"rewardkit.rl.memory.plan_memory, persistent + largest training phase)")
+          f"rewardkit.plan.memory.plan_memory, persistent + largest training phase)")
 
 
 # -- 2. chunked log-probs against the plain log_softmax ---------------------------------------------

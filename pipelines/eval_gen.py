@@ -1,7 +1,7 @@
 """Stage ``eval_gen``: the Hi-GRPO policy before and after RL, scored with AR3D-R1's Table 4 metrics.
 
 On held-out prompts (``eval_gen.prompts``, none of them in ``rl.prompts``), each naming the demo shape it asks
-for (:data:`rewardkit.rl.shapes.DEMO_SHAPES`) and an MME-3DR category, the stage samples
+for (:data:`rewardkit.demo.shapes.DEMO_SHAPES`) and an MME-3DR category, the stage samples
 ``samples_per_prompt`` two-step generations (the step-2 refined object) from the initial policy
 (``data/rl/init_policy``) and from the final one (``data/rl/policy``), with the rl section's templates,
 sampling and shape tokenizer; the references are ``references_per_prompt`` jittered copies of the demo shape,

@@ -19,21 +19,17 @@ SOURCES = ("demo", "own")
 
 def demo(p: dict) -> pl.DataFrame:
     """The demo's candidates table (written under data/candidates/ with the items and meshes)."""
-    from rewardkit.demo import DemoConfig, RealConfig, generate
+    from rewardkit.config import ConfigError, from_dict
+    from rewardkit.demo import DemoConfig, generate
 
-    cfg = DemoConfig(
-        prompts_per_category=int(p["prompts_per_category"]),
-        holdout_per_category=int(p["holdout_per_category"]),
-        categories=tuple(p["categories"]),
-        geometry=tuple(p["geometry"]),
-        texture=tuple(p["texture"]),
-        mixed=int(p["mixed"]),
-        design=str(p.get("design", "single")),
-        factorial_geometry=int((p.get("factorial") or {}).get("geometry", 2)),
-        factorial_texture=int((p.get("factorial") or {}).get("texture", 2)),
-        seed=int(p["seed"]),
-        real=RealConfig(**(p.get("real") or {})) if (p.get("real") or {}).get("sources") else None,
-    )
+    d = {k: v for k, v in p.items() if k not in ("source", "own", "factorial", "real")}
+    d.update({f"factorial_{kind}": n for kind, n in (p.get("factorial") or {}).items()})
+    if (p.get("real") or {}).get("sources"):  # no sources: no real meshes at all
+        d["real"] = p["real"]
+    try:
+        cfg = from_dict(DemoConfig, d, key="generate")
+    except ConfigError as exc:
+        raise SystemExit(f"generate: params.yaml {exc}") from None
     return generate(cfg, CANDIDATES_DIR)[1]
 
 
@@ -46,8 +42,7 @@ def own(p: dict) -> pl.DataFrame:
     if not o.get("dir"):
         raise SystemExit("params.yaml: generate.source is 'own' but generate.own.dir is not set")
     try:
-        items, cands = read_generations(o["dir"], holdout_fraction=float(o.get("holdout_fraction", 0.2)),
-                                        seed=int(o.get("seed", 0)))
+        items, cands = read_generations(o["dir"], **{k: o[k] for k in ("holdout_fraction", "seed") if k in o})
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"generate: {exc}") from None
     CANDIDATES_DIR.mkdir(parents=True, exist_ok=True)

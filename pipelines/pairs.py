@@ -48,13 +48,17 @@ def main() -> None:
 
 
 def _active(a: dict, items: pl.DataFrame) -> pl.DataFrame:
+    from rewardkit.config import ConfigError, from_dict
     from rewardkit.data.active import ActiveConfig
     from rewardkit.train.active import select_next_pairs
 
     prev = Path(a.get("previous") or "data/previous_round")
     if not (prev / "scorers" / "config.json").is_file():
         raise SystemExit(f"pairs: strategy active needs round r's scorers in {prev}/scorers (see docs/active-learning.md)")
-    cfg = ActiveConfig(**{k: v for k, v in a.items() if k not in ("previous", "stage")})
+    try:
+        cfg = from_dict(ActiveConfig, {k: v for k, v in a.items() if k not in ("previous", "stage")}, key="pairs.active")
+    except ConfigError as exc:
+        raise SystemExit(f"pairs: params.yaml {exc}") from None
     lab = prev / "pairs.parquet"
     prefs = prev / "preferences.parquet"
     selected, summary = select_next_pairs(prev / "scorers", a.get("stage", "global"), items, cfg,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipelines._common import REPORTS_DIR, chdir_root, params, step
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
-from rewardkit.rl.run_report import penalised_params, write_comparison, write_run_report
+from rewardkit.reporting.rl_run import penalised_params, write_comparison, write_run_report
 
 RL_DIR = Path("data/rl")  # rl: init_policy/, checkpoints/, policy/, metrics.*, samples_before|after/
 PEN_DIR = Path("data/rl_penalised")  # the uncertainty-penalised arm (stage rl_penalised)

@@ -15,7 +15,7 @@ def main() -> None:
         raise SystemExit(f"{metrics}: no report yet; run `dvc repro` first")
     from pipelines.evaluate import print_summary
     from pipelines.rl import RL_DIR
-    from rewardkit.rl.run_report import reward_line
+    from rewardkit.reporting.rl_run import reward_line
 
     print_summary(json.loads(metrics.read_text()), title="rewardkit demo pipeline: done")
     rl_report = REPORTS_DIR / "rl.json"

@@ -9,6 +9,8 @@ file, a params.yaml section, ``--set`` overrides) and checks it against the data
   ``str``, ``bool`` (``true``/``false``/``yes``/``no``/``on``/``off``), ``Optional``/``X | None``,
   ``Literal`` choices (the error lists the allowed values), ``list[T]``, ``tuple[T, ...]``,
   ``dict[K, V]``, nested dataclasses (from a mapping) and ``Any``;
+- a key a dataclass renamed (its ``RENAMED_KEYS`` class attribute, old -> new) is an error naming the
+  new key;
 - a dataclass's own ``__post_init__`` checks still run; their ``ValueError`` becomes a
   :class:`ConfigError` too.
 
@@ -199,6 +201,10 @@ def _exact(value: Any, tp: Any) -> bool:
 
 def _unknown_key_error(cls: type, unknown: Sequence[str], known: Sequence[str], key: str) -> ConfigError:
     prefix = f"{key}." if key else ""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    for name in unknown:
+        if name in renamed:
+            return ConfigError(f"config key '{prefix}{name}' was renamed: use '{prefix}{renamed[name]}'")
     parts = []
     for name in unknown:
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)

@@ -104,7 +104,7 @@ def _policy_samples(folder: Path) -> Path:
     PLY voxel surfaces): two prompts, three jittered samples each."""
     import numpy as np
 
-    from rewardkit.rl.shapes import demo_shape, jitter
+    from rewardkit.demo.shapes import demo_shape, jitter
     from rewardkit.rl.tokenizers.base import occupancy_to_mesh
 
     rng = np.random.default_rng(0)

@@ -50,7 +50,7 @@ def _cli(*args):
 def rl_config(tmp_path) -> Path:
     path = tmp_path / "rl.yaml"
     path.write_text(f"policy_path: {tmp_path / 'policy'}\nprompts: [a cube]\nsampling: {{temperature: 1.0}}\n"
-                    "rewards_high: [{builtin: occupancy_iou}]\nrewards_low: [{builtin: surface_f1}]\n")
+                    "rewards_global: [{builtin: occupancy_iou}]\nrewards_local: [{builtin: surface_f1}]\n")
     return path
 
 
@@ -161,12 +161,15 @@ def test_rl_config_errors(tmp_path, rl_config):
     rc, err = _cli("rl", "--config", rl_config, "--set", f"prompts_file={tmp_path / 'none.txt'}")
     assert rc == 2
     _one_line_error(err, "rl", "none.txt")
-    rc, err = _cli("rl", "--config", rl_config, "--set", "rewards_low=[]")
+    rc, err = _cli("rl", "--config", rl_config, "--set", "rewards_local=[]")
     assert rc == 2
-    _one_line_error(err, "rl", "rewards_low: a step needs at least one reward term")
-    rc, err = _cli("rl", "--config", rl_config, "--set", "rewards_high=[{builtin: nope}]")
+    _one_line_error(err, "rl", "rewards_local: a step needs at least one reward term")
+    rc, err = _cli("rl", "--config", rl_config, "--set", "rewards_global=[{builtin: nope}]")
     assert rc == 2
-    _one_line_error(err, "rl", "rewards_high: ")
+    _one_line_error(err, "rl", "config key 'rewards_global[0].builtin': 'nope' is not one of 'occupancy_iou'")
+    rc, err = _cli("rl", "--config", rl_config, "--set", "rewards_high=[{builtin: surface_f1}]")
+    assert rc == 2
+    _one_line_error(err, "rl", "config key 'rewards_high' was renamed: use 'rewards_global'")
     rc, err = _cli("rl", "--config", rl_config)  # no policy there and warm_start off
     assert rc == 2
     _one_line_error(err, "rl", "holds no Hugging Face model")

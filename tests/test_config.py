@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,3 +134,38 @@ def test_every_config_class_uses_the_grammar():
     assert load_train_config(None, ["stage=local", "model.lock_text=false"]).model.modes == ["rgb"]
     assert load_train_config(None, ["progress_bar=lines"]).progress_bar == "lines"
     assert TrainConfig().progress_bar == "auto"
+
+
+def test_hi_grpo_reward_terms_and_shape_tokenizer_are_typed():
+    from rewardkit.rl.trainer import HiGRPOConfig
+
+    cfg = HiGRPOConfig.from_dict({
+        "rewards_global": [{"builtin": "occupancy_iou", "weight": "0.5"}],
+        "rewards_local": [{"scorer": "data/scorers", "args": {"stage": "local"}, "dims": 3}],
+        "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4},
+    })
+    assert (cfg.rewards_global[0].builtin, cfg.rewards_global[0].weight) == ("occupancy_iou", 0.5)
+    assert (cfg.rewards_local[0].source, cfg.rewards_local[0].dims) == ("scorer", 3.0)
+    assert (cfg.shape_tokenizer.type, cfg.shape_tokenizer.resolution) == ("voxel_blocks", 4)
+    # a config built in Python goes through the same grammar
+    assert HiGRPOConfig(rewards_global=[{"builtin": "surface_f1"}]).rewards_global[0].builtin == "surface_f1"
+    bad = [
+        ({"rewards_high": []}, "config key 'rewards_high' was renamed: use 'rewards_global'"),
+        ({"rewards_low": []}, "config key 'rewards_low' was renamed: use 'rewards_local'"),
+        ({"rewards_global": [{"builtin": "iou"}]}, "'rewards_global[0].builtin': 'iou' is not one of 'occupancy_iou'"),
+        ({"rewards_global": [{"builtin": "surface_f1", "wieght": 2}]},
+         "'rewards_global[0].wieght' (did you mean 'rewards_global[0].weight'"),
+        ({"rewards_local": [{"fn": "m:f", "weight": "heavy"}]}, "'rewards_local[0].weight': expected a float"),
+        ({"rewards_local": [{"fn": "m:f", "scorer": "s"}]}, "exactly one of builtin/fn/scorer/url, got ['fn', 'scorer']"),
+        ({"rewards_local": [{"url": "http://x", "uncertainty_penalty": -1}]}, "uncertainty_penalty must be >= 0"),
+        ({"shape_tokenizer": {"type": "vqvae"}}, "'shape_tokenizer.type': 'vqvae' is not one of 'voxel_blocks'"),
+        ({"shape_tokenizer": {"type": "shapellm_vqvae"}}, "type shapellm_vqvae needs 'weights'"),
+        ({"shape_tokenizer": {"type": "shapellm_vqvae", "weights": "w.bin", "block": 2}},
+         "block is not a setting of type shapellm_vqvae"),
+        ({"shape_tokenizer": {"resolution": 8, "device": "cuda"}}, "device is not a setting of type voxel_blocks"),
+    ]
+    for data, message in bad:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            HiGRPOConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="'rewards_high' was renamed: use 'rewards_global'"):
+        apply_overrides({}, ["rewards_high=[]"], HiGRPOConfig)

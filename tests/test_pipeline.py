@@ -68,9 +68,9 @@ SMALL_PARAMS = {
         "shape_tokenizer": {"type": "voxel_blocks", "resolution": 8, "block": 2},
         "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_reasoning_tokens": 8},
         "prompts": ["a cube", "a ball", "a cone", "an arch"],
-        "rewards_high": [{"name": "shape_iou", "builtin": "occupancy_iou", "weight": 1.0},
+        "rewards_global": [{"name": "shape_iou", "builtin": "occupancy_iou", "weight": 1.0},
                          {"name": "global_scorer", "scorer": "data/scorers", "weight": 0.5, "args": {"stage": "global"}}],
-        "rewards_low": [{"name": "surface_f1", "builtin": "surface_f1", "weight": 1.0},
+        "rewards_local": [{"name": "surface_f1", "builtin": "surface_f1", "weight": 1.0},
                         {"name": "local_scorer", "scorer": "data/scorers", "weight": 0.5, "args": {"stage": "local"}}],
         "reward_on_error": "raise", "group_size": 4, "prompts_per_step": 2, "mu": 2, "lr": 0.0005,
         "micro_batch_size": 16, "steps": 3, "seed": 0, "save_every": 0, "eval_group_size": 2, "render_size": 64,
@@ -593,15 +593,15 @@ def test_dvc_yaml_stages_and_params_sections_match():
 
 
 def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
-    from rewardkit.rl.run_report import curve_rows
-    from rewardkit.rl.run_report import report_metrics as report
+    from rewardkit.reporting.rl_run import curve_rows
+    from rewardkit.reporting.rl_run import report_metrics as report
     from rewardkit.rl.trainer import HiGRPOConfig
 
     for section in (yaml.safe_load((ROOT / "params.yaml").read_text())["rl"], SMALL_PARAMS["rl"]):
         assert "output_dir" not in section  # the stage fixes data/rl
         cfg = HiGRPOConfig.from_dict(section)
         assert cfg.warm_start.enabled and cfg.resolve_prompts()
-        assert {t.get("args", {}).get("stage") for t in cfg.rewards_high + cfg.rewards_low} >= {"global", "local"}
+        assert {t.args.get("stage") for t in cfg.rewards_global + cfg.rewards_local} >= {"global", "local"}
     records = [{"step": 1, "skipped": 1.0}, {"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
                                              "r_low_group_std": 0.02, "high/shape_iou": 0.1}]
     assert curve_rows(records) == [{"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,

@@ -83,7 +83,7 @@ def test_render_progress_goes_to_stderr_as_lines(tmp_path):
 RL_CONFIG = {
     "tokens_per_object": 8, "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
     "prompts": ["a cube", "a ball"], "sampling": {"max_reasoning_tokens": 3},
-    "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
+    "rewards_global": [{"builtin": "occupancy_iou"}], "rewards_local": [{"builtin": "surface_f1"}],
     "group_size": 4, "prompts_per_step": 1, "lr": 0.001, "steps": 3, "save_every": 0,
     "eval_group_size": 0, "render": False, "accelerator": "cpu", "num_threads": 1,
     "warm_start": {"enabled": True, "shapes": ["cube", "sphere"], "steps": 5, "hidden_size": 32, "num_layers": 1},

@@ -57,7 +57,7 @@ def test_learning_curves_mark_the_exported_epoch(tmp_path):
 
 
 def _groups(n_prompts: int = 2, G: int = 3):
-    from rewardkit.rl.shapes import demo_shape
+    from rewardkit.demo.shapes import demo_shape
     from rewardkit.rl.tokenizers.base import occupancy_to_mesh
     from rewardkit.rl.rollout import _Group
 
@@ -73,7 +73,7 @@ def _groups(n_prompts: int = 2, G: int = 3):
 
 
 def test_rl_sample_grid_labels_columns_and_shows_each_samples_terms(tmp_path):
-    from rewardkit.rl.sample_grid import plot_sample_grid
+    from rewardkit.reporting.sample_grid import plot_sample_grid
 
     weights = {"high": {"shape_iou": 1.0, "global_scorer": 0.5}, "low": {"surface_f1": 1.0, "symmetry": 1.0}}
     data = plot_sample_grid(_groups(), tmp_path / "grid.png", max_samples=2, render_size=48, weights=weights, render=False)

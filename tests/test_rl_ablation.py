@@ -49,7 +49,7 @@ def test_defaults_are_the_papers_best_recipe_and_bad_values_are_config_errors():
 
 
 def test_kl_removal_holds_no_reference_model_anywhere(tiny_policy, tmp_path):
-    from rewardkit.rl.memory import count_model, plan_for_config
+    from rewardkit.plan.memory import count_model, plan_for_config
 
     kept = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "kl"), rewards_high=_index_reward(), rewards_low=_index_reward())
     assert kept.ref_model is not None

@@ -13,7 +13,7 @@ from rewardkit.data.candidates import read_generations
 from rewardkit.data.tables import PREFERENCES_SCHEMA
 from rewardkit.rl.annotator import AnchorError, AnchorRules, anchor_values, grid_occupancy, label_pairs_by_anchors
 from rewardkit.rl.rewards import BUILTIN_REWARDS
-from rewardkit.rl.shapes import DEMO_SHAPES, demo_shape, jitter
+from rewardkit.demo.shapes import DEMO_SHAPES, demo_shape, jitter
 from rewardkit.rl.tokenizers.base import occupancy_to_mesh
 
 RES = 8

@@ -210,8 +210,8 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
         "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
         "prompts": ["a cube", "a ball"],
         "sampling": {"max_reasoning_tokens": 4},
-        "rewards_high": [{"builtin": "occupancy_iou"}],
-        "rewards_low": [{"builtin": "surface_f1"}, {"name": "sym", "builtin": "mirror_symmetry", "weight": 0.5}],
+        "rewards_global": [{"builtin": "occupancy_iou"}],
+        "rewards_local": [{"builtin": "surface_f1"}, {"name": "sym", "builtin": "mirror_symmetry", "weight": 0.5}],
         "group_size": 4, "prompts_per_step": 2, "lr": 0.001, "steps": 2, "save_every": 1,
         "output_dir": str(tmp_path / "run"), "eval_group_size": 2, "render_size": 64,
         "accelerator": "cpu", "num_threads": 1,
@@ -293,8 +293,8 @@ def test_shipped_configs_and_params_yaml_section(tmp_path):
     cfg_dir = Path(rewardkit.rl.__file__).parent / "configs"
     for name in ("demo.json", "demo_scorers.json"):
         cfg = load_config(cfg_dir / name)
-        assert cfg.warm_start.enabled and cfg.tokens_per_object == 64 and cfg.rewards_high and cfg.rewards_low
-    assert any("scorer" in t for t in load_config(cfg_dir / "demo_scorers.json").rewards_high)
+        assert cfg.warm_start.enabled and cfg.tokens_per_object == 64 and cfg.rewards_global and cfg.rewards_local
+    assert any(t.scorer for t in load_config(cfg_dir / "demo_scorers.json").rewards_global)
     params = tmp_path / "params.yaml"
     params.write_text("train: {lr: 1}\nrl:\n  policy_path: p\n  prompts: [a cube]\n  beta: 0.02\n  sampling: {top_p: 0.7}\n")
     cfg = load_config(params, {"steps": 3})
@@ -496,7 +496,7 @@ def test_fsdp_two_processes_sharded_checkpoint_resume_and_export(tmp_path):
             "policy_path": str(init), "tokens_per_object": 8,
             "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
             "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
-            "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
+            "rewards_global": [{"builtin": "occupancy_iou"}], "rewards_local": [{"builtin": "surface_f1"}],
             "group_size": 4, "prompts_per_step": 1, "lr": 0.01, "mu": 2, "steps": steps, "save_every": 2,
             "output_dir": str(tmp_path / out), "eval_group_size": 0, "render": False, "dynamic_sampling": False,
             "accelerator": "cpu", "devices": devices, "strategy": "fsdp", "num_threads": 1,

@@ -47,7 +47,7 @@ def test_dynamic_sampling_rounds_are_decided_by_all_ranks_under_fsdp(tiny_fsdp_p
     (tmp_path / "flat_on_rank1.py").write_text(FLAT_ON_RANK1)
     term = {"fn": "flat_on_rank1:make", "args": {"flat_calls": 1}}
     cfg = rl_config(tmp_path, policy_path=str(tiny_fsdp_policy), strategy="fsdp", warm_start={"enabled": False},
-                    rewards_high=[term], rewards_low=[term], dynamic_sampling=True, max_sampling_rounds=3,
+                    rewards_global=[term], rewards_local=[term], dynamic_sampling=True, max_sampling_rounds=3,
                     steps=1, save_every=0)
     run_rl(tmp_path, cfg, timeout=150, extra_path=tmp_path)
     [row] = metric_rows(tmp_path / "run")

@@ -23,7 +23,7 @@ out = Path(sys.argv[2])
 cfg = HiGRPOConfig.from_dict(dict(
     policy_path=sys.argv[1], tokens_per_object=8, shape_tokenizer={"type": "voxel_blocks", "resolution": 4, "block": 2},
     prompts=["a cube", "a ball"], sampling={"max_reasoning_tokens": 3},
-    rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "occupied_fraction"}],
+    rewards_global=[{"builtin": "occupied_fraction"}], rewards_local=[{"builtin": "occupied_fraction"}],
     group_size=2, prompts_per_step=1, micro_batch_size=1, dynamic_sampling=False, lr=1e-3,
     output_dir=str(out / "run"), eval_group_size=0, render=False, overlap_rewards=False,
     accelerator="cpu", devices=2, strategy="fsdp", precision="bf16-mixed", num_threads=1,

@@ -18,8 +18,8 @@ from rewardkit.data.candidates import prompt_id_of, read_generations
 from rewardkit.data.tables import read_pairs
 from rewardkit.rl.guards import GuardConfig, HackingGuard, audit_selection, group_agreement, spearman
 from rewardkit.rl.policy import build_tiny_policy
-from rewardkit.rl.rewards import RewardError, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
-from rewardkit.rl.shapes import demo_shape, jitter
+from rewardkit.rl.rewards import RewardError, RewardTermConfig, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
+from rewardkit.demo.shapes import demo_shape, jitter
 from rewardkit.rl.tokenizers import occupancy_to_mesh
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
@@ -124,9 +124,9 @@ def _trainer(tmp_path, **kw) -> HiGRPOTrainer:
     return HiGRPOTrainer(HiGRPOConfig.from_dict(dict(
         policy_path=str(tmp_path / "p"), tokens_per_object=8, shape_tokenizer={"type": "voxel_blocks", "resolution": 4, "block": 2},
         prompts=["a cube", "a ball"], sampling={"max_reasoning_tokens": 2}, group_size=3, prompts_per_step=2, lr=1e-3,
-        rewards_high=[{"name": "iou", "builtin": "occupancy_iou"},
+        rewards_global=[{"name": "iou", "builtin": "occupancy_iou"},
                       {"name": "ens", "callable": _ens, "learned": True, "uncertainty_penalty": 0.5, "weight": 0.5}],
-        rewards_low=[{"name": "sym", "builtin": "mirror_symmetry"}], reward_on_error="mark",
+        rewards_local=[{"name": "sym", "builtin": "mirror_symmetry"}], reward_on_error="mark",
         output_dir=str(tmp_path / "run"), save_every=0, eval_group_size=2, render=False, accelerator="cpu",
         num_threads=1, dynamic_sampling=False, **kw)))
 
@@ -225,7 +225,9 @@ def test_the_constructed_collapse_is_flagged(tmp_path, caplog):
     learned scorer term that rewards the arch, the guard flags the cylinder prompt, and only it."""
     scorer = _arch_loving_scorer(tmp_path)
     reward = StepReward([build_term({"name": "shape_iou", "builtin": "occupancy_iou", "args": {"resolution": 8}}),
-                         build_term({"name": "global_scorer", "scorer": scorer, "weight": 0.5, "args": {"stage": "global"}})])
+                         # a loaded scorer object (Python only; a config names a folder)
+                         build_term(RewardTermConfig(name="global_scorer", scorer=scorer, weight=0.5,
+                                                     args={"stage": "global"}))])
     # the learned term really prefers the arch for the cylinder prompt, and the anchor really does not
     probe = reward(_shape_meshes("cylinder", 4, 900) + _shape_meshes("arch", 4, 901), [CYL] * 8)
     assert probe.terms["global_scorer"][4:].min() > probe.terms["global_scorer"][:4].max()

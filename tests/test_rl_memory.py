@@ -1,4 +1,4 @@
-"""The memory plan of Hi-GRPO runs (rewardkit.rl.memory) and the shipped 8 x 80 GB config of the paper's
+"""The memory plan of Hi-GRPO runs (rewardkit.plan.memory) and the shipped 8 x 80 GB config of the paper's
 experiment: exact parameter counts on the meta device, the activation formula against autograd's saved
 tensors of a real small Qwen2.5-VL, and the plan of the shipped config."""
 
@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from rewardkit.rl.memory import (
+from rewardkit.plan.memory import (
     GB,
     SHAPELLM_OMNI_VOCAB,
     build_meta_model,
@@ -30,7 +30,7 @@ def counts():
 
 
 def test_shapellm_omni_counts_on_meta(counts):
-    H, I, kv, V = 3584, 18944, 512, SHAPELLM_OMNI_VOCAB  # noqa: E741 - I: the MLP width, as in rewardkit.rl.memory
+    H, I, kv, V = 3584, 18944, 512, SHAPELLM_OMNI_VOCAB  # noqa: E741 - I: the MLP width, as in rewardkit.plan.memory
     layer = (H * H + H) + 2 * (H * kv + kv) + H * H + 3 * H * I + 2 * H  # q/k/v (bias), o, SwiGLU, 2 norms
     assert counts.vocab == 159_859
     assert counts.layer == layer
@@ -44,7 +44,7 @@ def test_shipped_config_loads_and_fits_8x80gb(counts):
     cfg = load_config(CONFIG)
     assert (cfg.strategy, cfg.devices, cfg.group_size, cfg.prompts_per_step) == ("fsdp", 8, 8, 2)
     assert cfg.sampling.max_reasoning_tokens == 2048 and cfg.tokens_per_object == 1024
-    assert cfg.activation_checkpointing and cfg.shape_tokenizer["type"] == "shapellm_vqvae"
+    assert cfg.activation_checkpointing and cfg.shape_tokenizer.type == "shapellm_vqvae"
     # the shipped config rolls out with the vLLM engine colocated (its gpu_memory_utilization share of 80 GB
     # while it samples)
     assert cfg.rollout.backend == "vllm"

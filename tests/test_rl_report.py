@@ -1,10 +1,10 @@
-"""rewardkit.rl.run_report (what the rl stages write): the RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
+"""rewardkit.reporting.rl_run (what the rl stages write): the RL reward curve (reports/rl_rewards.csv) carries the held-out evaluation when one ran."""
 
 from __future__ import annotations
 
 
 def test_reward_curve_has_heldout_columns_only_when_evaluated():
-    from rewardkit.rl.run_report import curve_columns, curve_rows
+    from rewardkit.reporting.rl_run import curve_columns, curve_rows
 
     plain = [{"step": 1, "r_high": 0.1, "r_low": 0.2}]
     assert curve_columns(plain) == ["step", "r_high", "r_low", "r_high_group_std", "r_low_group_std"]
@@ -20,15 +20,15 @@ def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_p
     import pytest
 
     from rewardkit.config import ConfigError
-    from rewardkit.rl.run_report import compare_rows, penalised_params, plot_compare
+    from rewardkit.reporting.rl_run import compare_rows, penalised_params, plot_compare
 
-    p = {"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}, {"name": "g", "scorer": "data/scorers"}],
-         "rewards_low": [{"name": "f1", "builtin": "surface_f1"}, {"name": "l", "scorer": "data/scorers"}], "steps": 3}
+    p = {"rewards_global": [{"name": "iou", "builtin": "occupancy_iou"}, {"name": "g", "scorer": "data/scorers"}],
+         "rewards_local": [{"name": "f1", "builtin": "surface_f1"}, {"name": "l", "scorer": "data/scorers"}], "steps": 3}
     out = penalised_params(p, 2.0)
-    assert [t.get("uncertainty_penalty") for t in out["rewards_high"] + out["rewards_low"]] == [None, 2.0, None, 2.0]
-    assert "uncertainty_penalty" not in p["rewards_high"][1]  # the rl params themselves are untouched
+    assert [t.get("uncertainty_penalty") for t in out["rewards_global"] + out["rewards_local"]] == [None, 2.0, None, 2.0]
+    assert "uncertainty_penalty" not in p["rewards_global"][1]  # the rl params themselves are untouched
     with pytest.raises(ConfigError, match="no reward term has a scorer"):
-        penalised_params({"rewards_high": [{"name": "iou", "builtin": "occupancy_iou"}]}, 1.0)
+        penalised_params({"rewards_global": [{"name": "iou", "builtin": "occupancy_iou"}]}, 1.0)
     with pytest.raises(ConfigError, match=">= 0"):
         penalised_params(p, -1.0)
 

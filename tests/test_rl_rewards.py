@@ -14,7 +14,7 @@ import torch
 from helpers.scoring import scorer_set_dir
 from rewardkit.rl.policy import build_tiny_policy
 from rewardkit.rl.rewards import build_step_reward, build_term, mirror_symmetry, occupancy_iou, surface_f1
-from rewardkit.rl.shapes import DEMO_SHAPES, demo_shape, jitter
+from rewardkit.demo.shapes import DEMO_SHAPES, demo_shape, jitter
 from rewardkit.rl.tokenizers import occupancy_to_mesh
 from rewardkit.rl.trainer import HiGRPOConfig, HiGRPOTrainer
 
@@ -45,7 +45,7 @@ def test_term_specs():
     assert t.name == "f" and t.dims == 3.0
     with pytest.raises(ValueError, match="exactly one"):
         build_term({"builtin": "occupancy_iou", "fn": "x:y"})
-    with pytest.raises(ValueError, match="unknown builtin"):
+    with pytest.raises(ValueError, match="config key .builtin.: .nope. is not one of .occupancy_iou."):
         build_term({"builtin": "nope"})
     # weighted, dimension-normalized sum: R = 2 * iou + frac / 3
     step = build_step_reward([{"builtin": "occupancy_iou", "weight": 2.0},
@@ -76,7 +76,7 @@ def _scorer_config(tmp_path, high, low) -> HiGRPOConfig:
     return HiGRPOConfig.from_dict(dict(
         policy_path=str(tmp_path / "p"), tokens_per_object=8, shape_tokenizer={"type": "voxel_blocks", "resolution": 4, "block": 2},
         prompts=["a cube"], sampling={"max_reasoning_tokens": 2}, group_size=3, prompts_per_step=1, lr=1e-3,
-        rewards_high=high, rewards_low=low, reward_on_error="mark", output_dir=str(tmp_path / "run"),
+        rewards_global=high, rewards_local=low, reward_on_error="mark", output_dir=str(tmp_path / "run"),
         save_every=0, eval_group_size=0, accelerator="cpu", num_threads=1,
     ))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from rewardkit.rl.shapes import DEMO_SHAPES
+from rewardkit.demo.shapes import DEMO_SHAPES
 from rewardkit.rl.tokenizers import ShapeTokenizer, VoxelBlockTokenizer, create_tokenizer, occupancy_to_mesh, voxelize_mesh
 from rewardkit.rl.tokenizers.vqvae import ShapeVQVAE, VQVAEConfig, VQVAETokenizer
 
@@ -175,7 +175,7 @@ def test_trainer_runs_on_a_hf_checkpoint_and_vqvae_weights_paths(random_vqvae, t
         policy_path=str(tmp_path / "hf"), tokens_per_object=16,
         shape_tokenizer={"type": "shapellm_vqvae", "weights": str(tmp_path / "3DVQVAE.bin"), "config": SMALL.__dict__},
         prompts=["a small table"], sampling={"max_reasoning_tokens": 2}, group_size=3, prompts_per_step=1,
-        rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "mirror_symmetry"}],
+        rewards_global=[{"builtin": "occupied_fraction"}], rewards_local=[{"builtin": "mirror_symmetry"}],
         dynamic_sampling=False, output_dir=str(tmp_path / "run"), save_every=0, eval_group_size=0,
         accelerator="cpu", num_threads=1, lr=1e-3,
     ))

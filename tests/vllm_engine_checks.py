@@ -41,7 +41,7 @@ def _config(policy: str, out: str, backend: str, seed: int) -> dict:
         prompts=PROMPTS, step1_template="plan {prompt}", step2_template="detail {prompt} {plan}",
         sampling={"max_reasoning_tokens": 4, "temperature": 1.0, "reasoning_temperature": 1.3,
                   "force_mesh_length": False},
-        rewards_high=[{"builtin": "occupied_fraction"}], rewards_low=[{"builtin": "occupied_fraction"}],
+        rewards_global=[{"builtin": "occupied_fraction"}], rewards_local=[{"builtin": "occupied_fraction"}],
         group_size=8, prompts_per_step=2, lr=0.01, beta=0.01, mu=1, dynamic_sampling=False, steps=STEPS,
         output_dir=out, save_every=0, eval_group_size=0, render=False, accelerator="cpu", num_threads=1,
         micro_batch_size=8, seed=seed, freeze=["embeddings"],

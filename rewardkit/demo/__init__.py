@@ -6,6 +6,7 @@
 - :mod:`rewardkit.demo.real`      real meshes from installed packages (YCB scans) as training objects
 - :mod:`rewardkit.demo.generate`  the data set on disk (GLB meshes, items + candidates tables)
 - :mod:`rewardkit.demo.annotator` synthetic preferences from the recorded degradations
+- :mod:`rewardkit.demo.shapes`    procedural occupancy shapes: the Hi-GRPO demo's warm-start set and reward targets
 
 Nothing here is downloaded: every mesh and texel comes from code and a seed, or (real meshes) from a
 package that setup installed.

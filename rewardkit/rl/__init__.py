@@ -8,7 +8,7 @@
 - :mod:`rewardkit.rl.config`      :class:`HiGRPOConfig` (every field commented), :func:`load_config`
 - :mod:`rewardkit.rl.trainer`     :class:`HiGRPOTrainer` (Lightning Fabric), assembled from
   :mod:`~rewardkit.rl.rollout`, :mod:`~rewardkit.rl.update`, :mod:`~rewardkit.rl.checkpoint`,
-  :mod:`~rewardkit.rl.reports` (+ :mod:`~rewardkit.rl.sample_grid`); devices in :mod:`~rewardkit.rl.engine` and :mod:`~rewardkit.rl.sharding`;
+  :mod:`~rewardkit.rl.reports` (+ :mod:`~rewardkit.reporting.sample_grid`); devices in :mod:`~rewardkit.rl.engine` and :mod:`~rewardkit.rl.sharding`;
   :mod:`~rewardkit.rl.freezing`, :mod:`~rewardkit.rl.lora`; the demo's :mod:`~rewardkit.rl.warm_start`
 
 Heavy modules are imported on first attribute access.
@@ -28,9 +28,11 @@ _EXPORTS = {
     "SamplingConfig": "rewardkit.rl.policy",
     "build_tiny_policy": "rewardkit.rl.policy",
     "RewardTerm": "rewardkit.rl.rewards",
+    "RewardTermConfig": "rewardkit.rl.rewards",
     "StepReward": "rewardkit.rl.rewards",
     "RewardError": "rewardkit.rl.rewards",
     "create_tokenizer": "rewardkit.rl.tokenizers",
+    "ShapeTokenizerConfig": "rewardkit.rl.tokenizers",
     "VoxelBlockTokenizer": "rewardkit.rl.tokenizers",
     "VQVAETokenizer": "rewardkit.rl.tokenizers",
 }

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 
 from rewardkit import config as _config
@@ -15,7 +15,9 @@ from rewardkit.rl.candidates import CandidatesConfig
 from rewardkit.rl.guards import GuardConfig
 from rewardkit.rl.lora import LoRAConfig
 from rewardkit.rl.policy import SamplingConfig
-from rewardkit.rl.shapes import DEMO_SHAPES
+from rewardkit.rl.rewards import RewardTerm, RewardTermConfig
+from rewardkit.rl.tokenizers import ShapeTokenizerConfig
+from rewardkit.demo.shapes import DEMO_SHAPES
 from rewardkit.rl.vllm_rollout import RolloutConfig
 
 __all__ = ["HiGRPOConfig", "WarmStartConfig", "load_config", "STEP1_TEMPLATE", "STEP2_TEMPLATE"]
@@ -65,9 +67,9 @@ class HiGRPOConfig:
     policy_path: str = ""  # local Hugging Face checkpoint directory; "{output_dir}" is substituted
     tokens_per_object: int = 1024  # ShapeLLM-Omni: 1024
     codebook_size: int | None = None  # None: every <meshN> token in the vocabulary
-    # mesh tokens <-> occupancy -> mesh: {"type": "voxel_blocks", "resolution", "block"} or
-    # {"type": "shapellm_vqvae", "weights": PATH, "config": {...}, "key_map": {...}, "device": ...}
-    shape_tokenizer: dict[str, Any] = field(default_factory=lambda: {"type": "voxel_blocks", "resolution": 8, "block": 2})
+    # mesh tokens <-> occupancy -> mesh: {type: voxel_blocks, resolution, block} or {type: shapellm_vqvae,
+    # weights: PATH, config, key_map, device} (rewardkit.rl.tokenizers.ShapeTokenizerConfig)
+    shape_tokenizer: ShapeTokenizerConfig = field(default_factory=ShapeTokenizerConfig)
     # dtype of the trained (master) weights. None: float32 unless ``precision`` is a "-true" low
     # precision (``bf16-true``, ``16-true``), so a bf16 checkpoint trains with fp32 weights and fp32
     # AdamW states under ``bf16-mixed`` (in pure bf16, updates at lr 1e-6 round away)
@@ -95,8 +97,10 @@ class HiGRPOConfig:
     step1_template: str = STEP1_TEMPLATE  # step-1 context; {prompt}
     step2_template: str = STEP2_TEMPLATE  # step-2 context; {prompt}, {plan} (step 1's reasoning text)
     # -- rewards ---------------------------------------------------------------------------------
-    rewards_high: list[dict[str, Any]] = field(default_factory=list)  # step-1 (global) terms
-    rewards_low: list[dict[str, Any]] = field(default_factory=list)  # step-2 (local) terms
+    # R_high: step 1's (global) terms; R_low: step 2's (local) terms. Each a rewardkit.rl.RewardTermConfig:
+    # exactly one of builtin / fn / scorer / url, with args, name, weight, dims, learned, uncertainty_penalty
+    rewards_global: list[RewardTermConfig] = field(default_factory=list)
+    rewards_local: list[RewardTermConfig] = field(default_factory=list)
     reward_on_error: Literal["raise", "mark"] = "raise"  # raise, or mark: a failed reward is NaN and its sample trains on nothing
     # decode + score step 1 in a worker thread while step 2 generates (all reward calls run in that one
     # thread); False: everything in the calling thread, one after the other
@@ -177,6 +181,18 @@ class HiGRPOConfig:
     num_threads: int | None = None  # torch CPU threads; 1 is fastest for tiny models on a busy machine
     # -- warm start ------------------------------------------------------------------------------
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)  # the CPU demo's tiny policy
+
+    # keys of earlier releases: an error naming the new key (rewardkit.config)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"rewards_high": "rewards_global", "rewards_low": "rewards_local"}
+
+    def __post_init__(self) -> None:
+        # a config built in Python (HiGRPOConfig(rewards_global=[{...}])) is read by the same grammar
+        for key in ("rewards_global", "rewards_local"):
+            setattr(self, key, [t if isinstance(t, (RewardTermConfig, RewardTerm))
+                                else _config.from_dict(RewardTermConfig, t, key=f"{key}[{i}]")
+                                for i, t in enumerate(getattr(self, key))])
+        if isinstance(self.shape_tokenizer, Mapping):
+            self.shape_tokenizer = _config.from_dict(ShapeTokenizerConfig, self.shape_tokenizer, key="shape_tokenizer")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HiGRPOConfig":

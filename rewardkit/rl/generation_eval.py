@@ -1,6 +1,6 @@
 """A Hi-GRPO policy's generations scored with AR3D-R1's Table 4 metrics (the pipeline's ``eval_gen`` stage).
 
-On held-out prompts, each naming the demo shape it asks for (:data:`rewardkit.rl.shapes.DEMO_SHAPES`) and an
+On held-out prompts, each naming the demo shape it asks for (:data:`rewardkit.demo.shapes.DEMO_SHAPES`) and an
 MME-3DR category, :func:`evaluate_policies` samples ``samples_per_prompt`` two-step generations (the step-2
 refined object, :func:`rewardkit.rl.sampling.sample_two_steps`) from each policy, with the RL config's templates,
 sampling and shape tokenizer; the references are ``references_per_prompt`` jittered copies of the demo shape,
@@ -40,7 +40,7 @@ METRICS = ("clip_score", "kd_incep_x100", "kd_incep_x100_std", "fd_incep", "kd_d
 
 def heldout_prompts(p: dict, rl_prompts: list[str]) -> list[dict]:
     """The configured prompts, checked: each names a demo shape and is not an RL training prompt."""
-    from rewardkit.rl.shapes import DEMO_SHAPES
+    from rewardkit.demo.shapes import DEMO_SHAPES
 
     rows = [dict(r) for r in p["prompts"]]
     for r in rows:
@@ -54,7 +54,7 @@ def heldout_prompts(p: dict, rl_prompts: list[str]) -> list[dict]:
 
 def write_references(rows: list[dict], tokenizer, n: int, seed: int, folder: Path) -> dict[str, list[str]]:
     """``n`` jittered copies of each prompt's demo shape, meshed by the policy's shape tokenizer."""
-    from rewardkit.rl.shapes import DEMO_SHAPES, jitter
+    from rewardkit.demo.shapes import DEMO_SHAPES, jitter
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -23,7 +23,7 @@ from rewardkit.rl.guards import audit_selection
 from rewardkit.rl.sequences import PHASE_TEXT
 from rewardkit.rl.rewards import group_stats
 from rewardkit.rl.rollout import _Group, _step_seed
-from rewardkit.rl.sample_grid import plot_sample_grid, sample_cells
+from rewardkit.reporting.sample_grid import plot_sample_grid, sample_cells
 
 __all__ = ["ReportsMixin"]
 
@@ -174,7 +174,7 @@ class ReportsMixin:
                              title=f"Audit of step {n}: per group its highest-R_high sample (sample 1) and its lowest (sample 2)")
 
     def _render(self, groups: Sequence[_Group], path: Path, title: str = "") -> dict:
-        """The sample grid (:mod:`rewardkit.rl.sample_grid`): per eval prompt, its first samples' step-1 and
+        """The sample grid (:mod:`rewardkit.reporting.sample_grid`): per eval prompt, its first samples' step-1 and
         step-2 meshes with their rewards and reward terms."""
         return plot_sample_grid(groups, path, max_samples=4, render_size=self.cfg.render_size,
                                 weights=self._term_weights(), title=title, render=True)

@@ -25,20 +25,22 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from rewardkit import config as _config
 from rewardkit.errors import RewardkitError
 from rewardkit.rl.scorer_adapters import scorer_reward
 from rewardkit.rl.term_values import RewardFn, TermValues
-from rewardkit.rl.shapes import demo_shape
+from rewardkit.demo.shapes import demo_shape
 from rewardkit.rl.tokenizers.base import voxelize_mesh
 
 __all__ = [
     "RewardFn",
     "RewardError",
     "RewardTerm",
+    "RewardTermConfig",
     "TermValues",
     "StepReward",
     "StepRewardResult",
@@ -232,63 +234,87 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_term(spec: Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any] | None = None) -> RewardTerm:
-    """A term from a config mapping. Exactly one source key:
+@dataclass
+class RewardTermConfig:
+    """One reward term of a step in a Hi-GRPO config (``rewards_global`` / ``rewards_local``). Exactly one
+    source:
 
-    - ``builtin: NAME`` (+ ``args``): one of :data:`BUILTIN_REWARDS`;
-    - ``fn: "module:attr"`` (+ ``args``): a callable, or a factory called with ``args``;
-    - ``scorer: DIR``: an exported rewardkit scorer (set) directory, scored in-process;
-    - ``url: http://HOST:PORT``: a running ``rewardkit serve`` scoring service.
+    - ``builtin``: one of :data:`BUILTIN_REWARDS` (``args``: its keyword arguments; the tokenizer's
+      resolution fills ``resolution`` when not given);
+    - ``fn: "module:attr"``: a callable, or a factory called with ``args``;
+    - ``scorer: DIR``: an exported rewardkit scorer (set) directory, scored in-process (in Python, a
+      ``RewardTermConfig(scorer=...)`` may also hold a loaded scorer);
+    - ``url: http://HOST:PORT``: a running ``rewardkit serve`` scoring service;
+    - ``callable`` (Python only, never from a file): the reward function itself.
 
     For ``scorer``/``url``, ``args`` go to :func:`rewardkit.rl.scorer_adapters.scorer_reward`
     (``stage: global|local`` or ``weights``, ``empty_score``, ``device``, ``batch_size``, ``render_size``).
-
-    Common keys: ``name``, ``weight`` (1), ``dims`` (1), ``learned`` (default: true for ``scorer``/``url``
-    terms; the reward-hacking guard watches learned terms against the others), ``uncertainty_penalty``
-    (k, default 0: the term adds ``mean - k * std``; its callable must return :class:`TermValues`).
-    ``defaults`` fill builtin ``args`` (e.g. the tokenizer resolution).
     """
+
+    builtin: Literal["occupancy_iou", "surface_f1", "mirror_symmetry", "occupied_fraction"] | None = None
+    fn: str | None = None
+    scorer: str | None = None
+    url: str | None = None
+    callable: Any = None
+    args: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # default: the builtin's / fn's attribute name, or scorer_<stage> / url_<stage>
+    weight: float = 1.0
+    dims: float = 1.0  # the term's share is weight / dims (a multi-dimensional reward model's dimensions)
+    # a learned reward model, watched by the reward-hacking guard against the step's anchors (None: true
+    # for scorer/url terms, false otherwise)
+    learned: bool | None = None
+    # k >= 0: the term adds mean - k * std (its callable must return TermValues)
+    uncertainty_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("builtin", "fn", "scorer", "url", "callable") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"a reward term needs exactly one of builtin/fn/scorer/url, got {sources or 'none'}")
+        if self.uncertainty_penalty < 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}")
+        if self.fn is not None and not self.fn.partition(":")[2]:
+            raise ValueError(f"fn: expected 'module:attribute', got {self.fn!r}")
+
+    @property
+    def source(self) -> str:
+        return next(k for k in ("builtin", "fn", "scorer", "url", "callable") if getattr(self, k) is not None)
+
+
+def build_term(spec: RewardTermConfig | Mapping[str, Any] | RewardTerm, defaults: Mapping[str, Any] | None = None
+               ) -> RewardTerm:
+    """The :class:`RewardTerm` of a config term (a mapping is read by the config grammar).
+    ``defaults`` fill builtin ``args`` the factory accepts (e.g. the tokenizer resolution)."""
     if isinstance(spec, RewardTerm):
         return spec
-    spec = dict(spec)
-    args = dict(spec.get("args") or {})
-    sources = [k for k in ("builtin", "fn", "scorer", "url", "callable") if k in spec]
-    if len(sources) != 1:
-        raise ValueError(f"reward term needs exactly one of builtin/fn/scorer/url, got {sources}: {spec}")
-    src = sources[0]
+    if not isinstance(spec, RewardTermConfig):
+        spec = _config.from_dict(RewardTermConfig, spec)
+    args, src = dict(spec.args), spec.source
     if src == "builtin":
-        factory = BUILTIN_REWARDS.get(spec["builtin"])
-        if factory is None:
-            raise ValueError(f"unknown builtin reward {spec['builtin']!r} (known: {sorted(BUILTIN_REWARDS)})")
+        factory = BUILTIN_REWARDS[spec.builtin]
         import inspect
 
         accepted = inspect.signature(factory).parameters
         for k, v in (defaults or {}).items():
             if k in accepted:
                 args.setdefault(k, v)
-        fn = factory(**args)
-        name = spec.get("name", spec["builtin"])
+        fn, name = factory(**args), spec.builtin
     elif src == "fn":
-        obj = _import(spec["fn"])
-        fn = obj(**args) if args else obj
-        name = spec.get("name", spec["fn"].rpartition(":")[2])
+        obj = _import(spec.fn)
+        fn, name = (obj(**args) if args else obj), spec.fn.rpartition(":")[2]
     elif src == "callable":
-        fn, name = spec["callable"], spec.get("name", "reward")
+        fn, name = spec.callable, "reward"
+    elif src == "scorer":
+        fn, name = scorer_reward(spec.scorer, **args), f"scorer_{args.get('stage', 'sum')}"
     else:
-        if src == "scorer":
-            fn = scorer_reward(spec["scorer"], **args)
-        else:
-            fn = scorer_reward(url=spec["url"], **args)
-        name = spec.get("name", f"{src}_{args.get('stage', 'sum')}")
-    k = float(spec.get("uncertainty_penalty", 0.0))
-    if k < 0:
-        raise ValueError(f"uncertainty_penalty must be >= 0, got {k}: {spec}")
-    return RewardTerm(name=name, fn=fn, weight=float(spec.get("weight", 1.0)), dims=float(spec.get("dims", 1.0)),
-                      learned=bool(spec.get("learned", src in ("scorer", "url"))), uncertainty_penalty=k)
+        fn, name = scorer_reward(url=spec.url, **args), f"url_{args.get('stage', 'sum')}"
+    learned = src in ("scorer", "url") if spec.learned is None else spec.learned
+    return RewardTerm(name=spec.name or name, fn=fn, weight=spec.weight, dims=spec.dims, learned=learned,
+                      uncertainty_penalty=spec.uncertainty_penalty)
 
 
 def build_step_reward(
-    terms: Sequence[Mapping[str, Any] | RewardTerm], on_error: str = "raise", defaults: Mapping[str, Any] | None = None
+    terms: Sequence[RewardTermConfig | Mapping[str, Any] | RewardTerm], on_error: str = "raise",
+    defaults: Mapping[str, Any] | None = None,
 ) -> StepReward:
     return StepReward([build_term(t, defaults) for t in terms], on_error=on_error)
 

@@ -114,19 +114,17 @@ class HiGRPOTrainer(RolloutMixin, UpdateMixin, ReportsMixin, CheckpointMixin):
         )
         if fabric is None:
             self.fabric.launch()
-        spec = dict(config.shape_tokenizer)
-        if spec.get("type") in ("shapellm_vqvae", "vqvae"):  # decode on the policy's device by default
-            spec.setdefault("device", str(self.fabric.device))
-        self.shape_tokenizer = shape_tokenizer or create_tokenizer(spec)
+        # a VQVAE decodes on the policy's device unless its config names one
+        self.shape_tokenizer = shape_tokenizer or create_tokenizer(config.shape_tokenizer, str(self.fabric.device))
         res = self.shape_tokenizer.resolution
         try:
-            self.rewards_high = rewards_high or build_step_reward(config.rewards_high, config.reward_on_error, {"resolution": res})
+            self.rewards_high = rewards_high or build_step_reward(config.rewards_global, config.reward_on_error, {"resolution": res})
         except ValueError as exc:  # a bad term in the config: a one-line ConfigError naming the section
-            raise _config.ConfigError(f"rewards_high: {exc}") from exc
+            raise _config.ConfigError(f"rewards_global: {exc}") from exc
         try:
-            self.rewards_low = rewards_low or build_step_reward(config.rewards_low, config.reward_on_error, {"resolution": res})
+            self.rewards_low = rewards_low or build_step_reward(config.rewards_local, config.reward_on_error, {"resolution": res})
         except ValueError as exc:
-            raise _config.ConfigError(f"rewards_low: {exc}") from exc
+            raise _config.ConfigError(f"rewards_local: {exc}") from exc
         try:
             self.guard = HackingGuard(config.guard, {"high": getattr(self.rewards_high, "terms", []),
                                                      "low": getattr(self.rewards_low, "terms", [])})

@@ -175,7 +175,7 @@ def sequence_budget(prompt_tokens: int, max_reasoning_tokens: int, tokens_per_ob
     """The engine's ``max_model_len`` for a run: the longest sequence it is asked to extend is step 2's mesh
     phase, whose prompt holds the templated context, step 1's plan (at most ``max_reasoning_tokens``, re-
     tokenized from its text) and step 2's own reasoning: ``prompt_tokens + 2 R + 1 + M + 1`` (the same count
-    as the memory plan's ``rewardkit.rl.memory.step_lengths``), plus 1/16 for the plan's re-tokenization,
+    as the memory plan's ``rewardkit.plan.memory.step_lengths``), plus 1/16 for the plan's re-tokenization,
     rounded up to a multiple of 64. ``prompt_tokens``: the longest templated context with an empty plan."""
     n = prompt_tokens + 2 * max_reasoning_tokens + tokens_per_object + 2
     n += max(16, n // 16)

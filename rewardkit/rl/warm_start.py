@@ -15,7 +15,7 @@ import torch
 from rewardkit.rl.config import HiGRPOConfig
 from rewardkit.rl.policy import MeshPolicy, SamplingConfig, build_tiny_policy
 from rewardkit.rl.sequences import PHASE_MESH, PHASE_TEXT, RolloutBatch, StepRollout
-from rewardkit.rl.shapes import demo_shape, jitter
+from rewardkit.demo.shapes import demo_shape, jitter
 from rewardkit.rl.tokenizers import ShapeTokenizer
 
 __all__ = ["warm_start"]

@@ -22,7 +22,7 @@ def rl_config(tmp_path: Path, **overrides: Any) -> dict:
         "policy_path": str(tmp_path / "init"), "tokens_per_object": 8,
         "shape_tokenizer": {"type": "voxel_blocks", "resolution": 4, "block": 2},
         "prompts": ["a cube", "a ball", "a cone"], "sampling": {"max_reasoning_tokens": 3},
-        "rewards_high": [{"builtin": "occupancy_iou"}], "rewards_low": [{"builtin": "surface_f1"}],
+        "rewards_global": [{"builtin": "occupancy_iou"}], "rewards_local": [{"builtin": "surface_f1"}],
         "group_size": 4, "prompts_per_step": 1, "lr": 0.001, "steps": 2, "save_every": 2,
         "output_dir": str(tmp_path / "run"), "eval_group_size": 0, "render": False,
         "accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1,

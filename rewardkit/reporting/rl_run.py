@@ -140,7 +140,7 @@ def penalised_params(p: dict, k: float) -> dict:
         raise ConfigError(f"rl_penalised.uncertainty_penalty must be >= 0, got {k}")
     out = dict(p)
     learned = 0
-    for key in ("rewards_high", "rewards_low"):
+    for key in ("rewards_global", "rewards_local"):
         terms = []
         for t in p.get(key) or []:
             t = dict(t)
