@@ -165,6 +165,16 @@ def test_frozen_tower_trains_on_cached_features_reused_across_runs(dataset, tmp_
     # the exported model scores images exactly as training scored the cached features
     model = StageRewardModel.from_pretrained(Path(cfg.out_dir) / "model")
     _assert_scores_images_as_cached(model, r1, dataset, "global", ["geometry"])
+    # the ensemble of the export reads the trunk features training cached (nothing encoded again), and its
+    # member 0 on them validates exactly as the model did in training
+    import json
+
+    from rewardkit.train.ensemble import EnsembleConfig, train_ensemble
+
+    tc = json.loads((Path(cfg.out_dir) / "train_config.json").read_text())
+    _, rep = train_ensemble(model, tc, EnsembleConfig(members=2, epochs=2))
+    assert rep["feature_cache"] == {"hits": len(dirs), "encoded": 0}
+    assert rep["val_member_accuracy"][0] == pytest.approx(r1.metrics["val"]["pairwise_accuracy"])
     # the key follows the tower: other weights, another cache folder
     other = StageRewardModel(StageModelConfig(stage="global", backbone=BackboneConfig("rk-effnet-lite0", image_size=64),
                                               unlocked_image_blocks=0))

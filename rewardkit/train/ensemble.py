@@ -29,6 +29,7 @@ from rewardkit.models.ensemble import RewardHead, StageEnsemble, head_reward
 from rewardkit.models.losses import bradley_terry_loss
 from rewardkit.models.stage import StageRewardModel
 from rewardkit.train.data import ViewCache, add_prompt_weights, build_examples, split_prompts
+from rewardkit.train.features import TowerFeatures
 
 
 @dataclass
@@ -58,19 +59,27 @@ class HeadFeatures:
     """Per-view image features [V, D] of each render folder and text features [D] of each prompt, from a
     model's towers, computed once (batches of ``batch_size`` candidates, no gradients)."""
 
-    def __init__(self, model: StageRewardModel, views: ViewCache, batch_size: int = 32):
+    def __init__(self, model: StageRewardModel, views: ViewCache, batch_size: int = 32,
+                 feature_cache: bool = False, feature_cache_dir: str | Path | None = None):
         self.model, self.views, self.batch_size = model.eval(), views, int(batch_size)
         self.image: dict[str, torch.Tensor] = {}
         self.text: dict[str, torch.Tensor] = {}
         self.mode_index: torch.Tensor | None = None
         self.view_index: torch.Tensor | None = None
+        # with a frozen trunk and the training's feature cache on, the trunk's features come from that cache
+        # (what training encoded, by the same key) and only the image head runs here
+        self.trunk: TowerFeatures | None = None
+        if feature_cache and model.frozen_image_trunk() is not None:
+            self.trunk = TowerFeatures(model, views, feature_cache_dir)
 
     @torch.no_grad()
     def add_dirs(self, dirs: Sequence[str]) -> None:
         todo = [d for d in dict.fromkeys(str(x) for x in dirs) if d not in self.image]
+        if self.trunk is not None:
+            self.trunk.prefetch(todo)
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            x = torch.stack([self.views(d) for d in chunk])
+            x = torch.stack([self.trunk(d) if self.trunk is not None else self.views(d) for d in chunk])
             feats, mi, vi = self.model.encode_views(x)
             self.mode_index, self.view_index = mi, vi
             for d, f in zip(chunk, feats.float()):
@@ -233,7 +242,8 @@ def _train_ensemble(model: StageRewardModel, tc: dict[str, Any], cfg: EnsembleCo
     train_ex = add_prompt_weights(examples.filter(pl.col("split") == "train"))
     val_ex = examples.filter(pl.col("split") == "val")
     size = int(tc.get("image_size") or model.load_size)
-    feats = HeadFeatures(model, ViewCache(model.modes, size, tc.get("views")))
+    feats = HeadFeatures(model, ViewCache(model.modes, size, tc.get("views")),
+                         feature_cache=bool(tc.get("feature_cache")), feature_cache_dir=tc.get("feature_cache_dir"))
     feats.add_dirs([*train_ex["dir_a"], *train_ex["dir_b"], *val_ex["dir_a"], *val_ex["dir_b"]])
     feats.add_prompts([*train_ex["prompt"], *val_ex["prompt"]])
     t_feat = time.perf_counter() - t0
@@ -255,6 +265,8 @@ def _train_ensemble(model: StageRewardModel, tc: dict[str, Any], cfg: EnsembleCo
             torch.set_grad_enabled(True)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     report["feature_seconds"] = round(t_feat, 2)
+    if feats.trunk is not None:
+        report["feature_cache"] = feats.trunk.stats  # the trunk features read from training's cache / encoded
     return ensemble, report
 
 
