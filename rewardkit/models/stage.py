@@ -91,7 +91,7 @@ class StageModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, Mapping):
-            self.backbone = BackboneConfig(**self.backbone)
+            self.backbone = _config.from_dict(BackboneConfig, self.backbone, key="backbone")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.modes is None:
