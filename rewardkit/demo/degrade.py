@@ -8,6 +8,8 @@ two reward stages are expected to pick up (docs/architecture.md, "Two reward sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import trimesh
 
@@ -26,6 +28,13 @@ GEOMETRY = ("vertex_noise", "missing_part", "extra_part", "wrong_proportions", "
 TEXTURE = ("wrong_colour", "texture_noise", "blur", "texture_removed")
 DEGRADATIONS = GEOMETRY + TEXTURE
 
+
+
+def check_known(values: Sequence[str], known: Sequence[str], what: str) -> None:
+    """ValueError naming the first of ``values`` that is not in ``known`` (``what``: what the values are)."""
+    for v in values:
+        if v not in known:
+            raise ValueError(f"{what}: unknown {v!r}; known: {list(known)}")
 
 def kind_of(degradation: str) -> str:
     """``"none"``, ``"geometry"``, ``"texture"`` or ``"both"`` (for ``"geo+tex"`` combinations)."""

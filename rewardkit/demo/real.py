@@ -79,15 +79,9 @@ class RealConfig:
     _variants: list[tuple[str, float]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for s in self.sources:
-            if s not in SOURCES:
-                raise ValueError(f"unknown real-mesh source {s!r}; known: {sorted(SOURCES)}")
-        for g in self.geometry:
-            if g not in REAL_GEOMETRY:
-                raise ValueError(f"real meshes: unknown geometry degradation {g!r}; known: {REAL_GEOMETRY}")
-        for t in self.texture:
-            if t not in degrade.TEXTURE:
-                raise ValueError(f"real meshes: unknown texture degradation {t!r}; known: {degrade.TEXTURE}")
+        degrade.check_known(self.sources, sorted(SOURCES), "real-mesh source")
+        degrade.check_known(self.geometry, REAL_GEOMETRY, "real meshes: geometry degradation")
+        degrade.check_known(self.texture, degrade.TEXTURE, "real meshes: texture degradation")
         if any(not 0 < float(s) < 0.5 for s in self.noise):
             raise ValueError(f"real meshes: noise strengths must be in (0, 0.5), got {list(self.noise)}")
         self._variants = [(g, float(s)) for g in self.geometry for s in (self.noise if g == "vertex_noise" else (0.0,))]
