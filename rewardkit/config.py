@@ -124,26 +124,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{where}: expected a bool (true/false), got {_show(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp is int or tp is float:  # a number, or a string of one ("3", "1e-4"); an int only from a whole number
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return tp(value.strip())
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected an int, got {_show(value)}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a float, got {_show(value)}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                tp is float or isinstance(value, int) or value.is_integer()):
+            return tp(value)
+        raise ConfigError(f"{where}: expected {'an int' if tp is int else 'a float'}, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value

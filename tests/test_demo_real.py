@@ -108,7 +108,7 @@ def test_noun_of_drops_ycb_ids():
 
 
 def test_real_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="unknown real-mesh source"):
+    with pytest.raises(ValueError, match="real-mesh source: unknown"):
         RealConfig(sources=("pybullet",))
     with pytest.raises(ValueError, match="missing_part"):
         RealConfig(sources=("ycb",), geometry=("missing_part",))

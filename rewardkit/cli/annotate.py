@@ -38,6 +38,12 @@ CREDS = click.option(
     help="Credentials file (default: $REWARDKIT_LS_CREDENTIALS or ./.rewardkit-credentials.json).",
 )
 
+
+def SERVER(f):  # a decorator, named like the options above
+    """--data-dir, --url, --project, --credentials: which Label Studio server and project a command talks to."""
+    return DATA_DIR(URL(PROJECT(CREDS(f))))
+
+
 EXIT_SOME_FAILED = 1  # some inputs failed, the rest were processed (e.g. broken rows in an export)
 EXIT_USAGE = 2  # usage, configuration or server error: nothing was done
 
@@ -251,10 +257,7 @@ def up(renders, document_root, data_dir, port, title, label_config, guidelines, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--document-root", type=click.Path(path_type=Path), default=None,
               help="Local-files document root (default: the one of the server started by `up`).")
-@DATA_DIR
-@URL
-@PROJECT
-@CREDS
+@SERVER
 def push(items_path, pairs_path, display, seed, document_root, data_dir, url, project, credentials) -> None:
     """Import a task for every pair that has none yet (running it twice imports nothing twice)."""
     from rewardkit.annotation import build_tasks, push_tasks
@@ -284,10 +287,7 @@ def push(items_path, pairs_path, display, seed, document_root, data_dir, url, pr
 @click.option("--items", "items_path", type=click.Path(path_type=Path), default=None)
 @click.option("--problems-out", type=click.Path(path_type=Path), default=None,
               help="Write every problem and repair of the conversion here (JSON lines: kind, task, annotation, detail).")
-@DATA_DIR
-@URL
-@PROJECT
-@CREDS
+@SERVER
 def pull(pairs_path, out, raw_out, hf_out, hf_embed_images, items_path, problems_out, data_dir, url, project, credentials) -> None:
     """Export the annotations into the preferences table.
 
@@ -345,10 +345,7 @@ def _kinds(problems) -> dict[str, int]:
 # -- status ---------------------------------------------------------------------------------------
 @annotate.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@DATA_DIR
-@URL
-@PROJECT
-@CREDS
+@SERVER
 def status(as_json, data_dir, url, project, credentials) -> None:
     """Progress: tasks answered / skipped / left, annotations answered / skipped, per annotator."""
     from rewardkit.annotation import export_tasks, progress, user_map

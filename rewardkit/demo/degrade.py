@@ -8,6 +8,8 @@ two reward stages are expected to pick up (docs/architecture.md, "Two reward sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import trimesh
 
@@ -30,6 +32,13 @@ COLOUR_SHIFTS = ("texture_grey", "hue_rotated")
 DEGRADATIONS = GEOMETRY + TEXTURE + COLOUR_SHIFTS
 HUE_RANGE = (90.0, 270.0)  # hue_rotated: degrees, drawn uniformly (a far hue either way round the wheel)
 
+
+
+def check_known(values: Sequence[str], known: Sequence[str], what: str) -> None:
+    """ValueError naming the first of ``values`` that is not in ``known`` (``what``: what the values are)."""
+    for v in values:
+        if v not in known:
+            raise ValueError(f"{what}: unknown {v!r}; known: {list(known)}")
 
 def kind_of(degradation: str) -> str:
     """``"none"``, ``"geometry"``, ``"texture"`` or ``"both"`` (for ``"geo+tex"`` combinations)."""

@@ -68,15 +68,9 @@ class DemoConfig:
     real: real.RealConfig | None = None  # real meshes among the training prompts (rewardkit.demo.real)
 
     def __post_init__(self) -> None:
-        for c in self.categories:
-            if c not in CATEGORIES:
-                raise ValueError(f"unknown category {c!r}; known: {CATEGORIES}")
-        for d in self.geometry:
-            if d not in degrade.GEOMETRY:
-                raise ValueError(f"unknown geometry degradation {d!r}; known: {degrade.GEOMETRY}")
-        for d in self.texture:
-            if d not in degrade.TEXTURE:
-                raise ValueError(f"unknown texture degradation {d!r}; known: {degrade.TEXTURE}")
+        degrade.check_known(self.categories, CATEGORIES, "category")
+        degrade.check_known(self.geometry, degrade.GEOMETRY, "geometry degradation")
+        degrade.check_known(self.texture, degrade.TEXTURE, "texture degradation")
         if self.mixed and not (self.geometry and self.texture):
             raise ValueError("mixed candidates need at least one geometry and one texture degradation")
         if self.design not in DESIGNS:

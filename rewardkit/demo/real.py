@@ -102,22 +102,11 @@ class RealConfig:
     _variants: list[tuple[str, float]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for s in self.sources:
-            if s not in SOURCES:
-                raise ValueError(f"unknown real-mesh source {s!r}; known: {sorted(SOURCES)}")
-        for g in self.geometry:
-            if g not in REAL_GEOMETRY:
-                raise ValueError(f"real meshes: unknown geometry degradation {g!r}; known: {REAL_GEOMETRY}")
-        for t in self.texture:
-            if t not in degrade.TEXTURE + degrade.COLOUR_SHIFTS:
-                raise ValueError(f"real meshes: unknown texture degradation {t!r}; "
-                                 f"known: {degrade.TEXTURE + degrade.COLOUR_SHIFTS}")
-        for p in self.photos:
-            if p not in PHOTO_SOURCES:
-                raise ValueError(f"unknown photo source {p!r}; known: {sorted(PHOTO_SOURCES)}")
-        for t in self.photo_texture:
-            if t not in PHOTO_TEXTURE:
-                raise ValueError(f"real meshes: unknown photo texture degradation {t!r}; known: {PHOTO_TEXTURE}")
+        degrade.check_known(self.sources, sorted(SOURCES), "real-mesh source")
+        degrade.check_known(self.geometry, REAL_GEOMETRY, "real meshes: geometry degradation")
+        degrade.check_known(self.texture, degrade.TEXTURE + degrade.COLOUR_SHIFTS, "real meshes: texture degradation")
+        degrade.check_known(self.photos, sorted(PHOTO_SOURCES), "photo source")
+        degrade.check_known(self.photo_texture, PHOTO_TEXTURE, "real meshes: photo texture degradation")
         if not 0.0 <= float(self.photo_fraction) <= 1.0:
             raise ValueError(f"real meshes: photo_fraction must be in [0, 1], got {self.photo_fraction}")
         if not 0 <= self.photo_factorial_texture <= len(self.photo_texture):

@@ -38,6 +38,7 @@ import open_clip
 import torch
 from torch import nn
 
+from rewardkit import config as _config
 from rewardkit.errors import RewardkitError
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def _quiet_random_init():
 def create_backbone(cfg: BackboneConfig | dict[str, Any]) -> nn.Module:
     """Build the open_clip model for ``cfg`` and load its weights (if any)."""
     if isinstance(cfg, dict):
-        cfg = BackboneConfig(**cfg)
+        cfg = _config.from_dict(BackboneConfig, cfg, key="backbone")
     register_model_config()
     if open_clip.get_model_config(cfg.name) is None:
         raise BackboneError(f"unknown backbone architecture {cfg.name!r}; known: {', '.join(open_clip.list_models())}")
@@ -305,7 +306,7 @@ def create_backbone(cfg: BackboneConfig | dict[str, Any]) -> nn.Module:
 def get_tokenizer(cfg: BackboneConfig | dict[str, Any]):
     """open_clip's tokenizer for the architecture (cached: building the BPE tokenizer takes ~0.2 s)."""
     if isinstance(cfg, dict):
-        cfg = BackboneConfig(**cfg)
+        cfg = _config.from_dict(BackboneConfig, cfg, key="backbone")
     return _tokenizer(cfg.name)
 
 

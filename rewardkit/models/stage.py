@@ -58,6 +58,33 @@ CHECKPOINT_WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_CONFIG_FILE = "config.json"
 
 
+def preprocess_views(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor, *,
+                     mode: str = "bilinear", center_crop: bool = False) -> torch.Tensor:
+    """Views [N, 3, H, W] (uint8 or float in [0, 1]) as a tower's input: resized to ``size`` (``mode``:
+    bilinear or bicubic, antialiased; ``center_crop``: to a square first, as CLIP's CenterCrop) and normalised
+    by ``mean`` / ``std`` (on whose device the result is). Views larger than ``size`` are converted a few at a
+    time (at most ``PREPROCESS_CHUNK_PIXELS`` source pixels per step), so a batch of 1024² uint8 renders never
+    exists as one float32 copy beside its resized result."""
+    n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
+    if images.shape[-2:] != (size, size) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
+        k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
+        return torch.cat([preprocess_views(images[i:i + k], size, mean, std, mode=mode, center_crop=center_crop)
+                          for i in range(0, n, k)])
+    if images.dtype == torch.uint8:
+        images = images.to(mean.device).float().div_(255.0)
+    images = images.to(mean.device, torch.float32)
+    if images.shape[-2:] != (size, size):
+        h, w = images.shape[-2:]
+        if center_crop and h != w:
+            m = min(h, w)
+            top, left = (h - m) // 2, (w - m) // 2
+            images = images[..., top:top + m, left:left + m]
+        images = F.interpolate(images, size=(size, size), mode=mode, align_corners=False, antialias=True)
+        if mode == "bicubic":
+            images = images.clamp(0.0, 1.0)
+    return (images - mean) / std
+
+
 @dataclass
 class StageModelConfig:
     """Architecture and freezing options of one stage's reward model."""
@@ -91,7 +118,7 @@ class StageModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, Mapping):
-            self.backbone = BackboneConfig(**self.backbone)
+            self.backbone = _config.from_dict(BackboneConfig, self.backbone, key="backbone")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.modes is None:
@@ -287,17 +314,7 @@ class StageRewardModel(nn.Module):
         Views larger than the tower's input are converted and resized a few at a time (at most
         ``PREPROCESS_CHUNK_PIXELS`` source pixels per step), so a batch of 1024² uint8 renders never exists
         as one float32 copy (4 bytes a channel) beside its resized result."""
-        s = self.image_size
-        n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
-        if images.shape[-2:] != (s, s) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
-            k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
-            return torch.cat([self.preprocess(images[i:i + k]) for i in range(0, n, k)])
-        if images.dtype == torch.uint8:
-            images = images.to(self.pixel_mean.device).float().div_(255.0)
-        images = images.to(self.pixel_mean.device, torch.float32)
-        if images.shape[-2:] != (s, s):
-            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return (images - self.pixel_mean) / self.pixel_std
+        return preprocess_views(images, self.image_size, self.pixel_mean, self.pixel_std)
 
     def _stack_views(self, views: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> views [B, V, 3, H, W], mode_index [V], view_index [V]."""

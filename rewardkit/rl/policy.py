@@ -380,17 +380,10 @@ def build_tiny_policy(
     torch.manual_seed(seed)
     n = max(len(vocab), vocab_size or 0)
     ffn = intermediate_size or hidden_size * 4
-    if arch == "llama":
-        cfg = LlamaConfig(
-            vocab_size=n, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
-            pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None,
-            tie_word_embeddings=tie_word_embeddings,
-        )
-    elif arch == "qwen2":
+    if arch in ("llama", "qwen2"):  # the same fields
         from transformers import Qwen2Config
 
-        cfg = Qwen2Config(
+        cfg = (LlamaConfig if arch == "llama" else Qwen2Config)(
             vocab_size=n, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=num_layers,
             num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads, max_position_embeddings=max_positions,
             pad_token_id=vocab["<pad>"], eos_token_id=vocab["<eos>"], bos_token_id=None,

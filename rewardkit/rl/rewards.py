@@ -155,40 +155,39 @@ def _surface(occ: np.ndarray) -> np.ndarray:
     return occ & ~interior
 
 
-def occupancy_iou(resolution: int = 8, targets: Mapping[str, np.ndarray] | None = None) -> RewardFn:
-    """Global shape: IoU of the decoded occupancy with the prompt's target shape (0 for no mesh)."""
+def _voxel_reward(resolution: int, targets: Mapping[str, np.ndarray] | None,
+                  score: Callable[[np.ndarray, np.ndarray], float]) -> RewardFn:
+    """A reward of ``score(occupancy, target occupancy)`` per mesh (0 for no mesh)."""
 
     def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
         out = []
         for mesh, prompt in zip(meshes, prompts):
             occ = _occupancy(mesh, resolution)
-            if occ is None:
-                out.append(0.0)
-                continue
-            tgt = _target(prompt, resolution, targets)
-            union = (occ | tgt).sum()
-            out.append(float((occ & tgt).sum() / union) if union else 1.0)
+            out.append(0.0 if occ is None else score(occ, _target(prompt, resolution, targets)))
         return out
 
     return fn
+
+
+def _iou(occ: np.ndarray, tgt: np.ndarray) -> float:
+    union = (occ | tgt).sum()
+    return float((occ & tgt).sum() / union) if union else 1.0
+
+
+def _surface_f1(occ: np.ndarray, tgt: np.ndarray) -> float:
+    s, t = _surface(occ), _surface(tgt)
+    hit = (s & t).sum()
+    return float(2 * hit / (s.sum() + t.sum())) if (s.sum() + t.sum()) else 1.0
+
+
+def occupancy_iou(resolution: int = 8, targets: Mapping[str, np.ndarray] | None = None) -> RewardFn:
+    """Global shape: IoU of the decoded occupancy with the prompt's target shape (0 for no mesh)."""
+    return _voxel_reward(resolution, targets, _iou)
 
 
 def surface_f1(resolution: int = 8, targets: Mapping[str, np.ndarray] | None = None) -> RewardFn:
     """Local detail: F1 between the surface voxels of the shape and of the prompt's target."""
-
-    def fn(meshes: Sequence[Any], prompts: Sequence[str]) -> list[float]:
-        out = []
-        for mesh, prompt in zip(meshes, prompts):
-            occ = _occupancy(mesh, resolution)
-            if occ is None:
-                out.append(0.0)
-                continue
-            s, t = _surface(occ), _surface(_target(prompt, resolution, targets))
-            hit = (s & t).sum()
-            out.append(float(2 * hit / (s.sum() + t.sum())) if (s.sum() + t.sum()) else 1.0)
-        return out
-
-    return fn
+    return _voxel_reward(resolution, targets, _surface_f1)
 
 
 def mirror_symmetry(resolution: int = 8, axis: int = 0) -> RewardFn:

@@ -69,6 +69,13 @@ class ScoreOutput:
 # ------------------------------------------------------------------------------------------------------ #
 # the scorer interface
 # ------------------------------------------------------------------------------------------------------ #
+def _write_config(directory: Path, cfg: dict[str, Any], card: str) -> Path:
+    """Write a scorer (set) directory's config.json and model card; returns ``directory``."""
+    (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (directory / CARD_FILE).write_text(card)
+    return directory
+
+
 class BaseScorer(ABC):
     """What every scorer (stage model or baseline) offers.
 
@@ -187,9 +194,7 @@ class BaseScorer(ABC):
         state = contiguous_state_dict(self.module)
         save_file(state, str(directory / WEIGHTS_FILE),
                   metadata={"format": "pt", "rewardkit_version": __version__, "kind": self.kind})
-        (directory / CONFIG_FILE).write_text(json.dumps(jsonable(cfg), indent=2, sort_keys=True) + "\n")
-        (directory / CARD_FILE).write_text(model_card(cfg))
-        return directory
+        return _write_config(directory, jsonable(cfg), model_card(cfg))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "auto",
@@ -287,9 +292,7 @@ class ScorerSet:
             s.save_pretrained(directory / key)
         cfg = {"format": SCORER_SET_FORMAT, "format_version": FORMAT_VERSION, "rewardkit_version": __version__,
                "scorers": {k: k for k in self.scorers}}
-        (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        (directory / CARD_FILE).write_text(set_card(self))
-        return directory
+        return _write_config(directory, cfg, set_card(self))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "auto",

@@ -160,28 +160,11 @@ class _ClipBaseline(BaseScorer):
     # ------------------------------------------------------------------------------------------------ #
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """As the stage models' preprocess: large views a few at a time (bounded float32 memory)."""
-        from rewardkit.models.stage import PREPROCESS_CHUNK_PIXELS
+        from rewardkit.models.stage import preprocess_views
 
-        s = int(self.preprocess_cfg["size"])
-        n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
-        if images.shape[-2:] != (s, s) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
-            k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
-            return torch.cat([self._preprocess(images[i:i + k]) for i in range(0, n, k)])
-        if images.dtype == torch.uint8:
-            images = images.to(self._mean.device).float().div_(255.0)
-        images = images.to(self._mean.device, torch.float32)
-        if images.shape[-2:] != (s, s):
-            h, w = images.shape[-2:]
-            if h != w:  # centre crop to a square first, as CLIP's CenterCrop does
-                m = min(h, w)
-                top, left = (h - m) // 2, (w - m) // 2
-                images = images[..., top:top + m, left:left + m]
-            interp = self.preprocess_cfg.get("interpolation", "bicubic")
-            mode = interp if interp in ("bilinear", "bicubic") else "bilinear"
-            images = F.interpolate(images, size=(s, s), mode=mode, align_corners=False, antialias=True)
-            if mode == "bicubic":
-                images = images.clamp(0.0, 1.0)
-        return (images - self._mean) / self._std
+        interp = self.preprocess_cfg.get("interpolation", "bicubic")
+        return preprocess_views(images, int(self.preprocess_cfg["size"]), self._mean, self._std,
+                                mode=interp if interp in ("bilinear", "bicubic") else "bilinear", center_crop=True)
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts)).to(self.device)

@@ -139,6 +139,30 @@ def add_prompt_weights(examples: pl.DataFrame) -> pl.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------- #
+def split_examples(items: pl.DataFrame | str | Path, pairs: pl.DataFrame | str | Path,
+                   preferences: pl.DataFrame | str | Path, *, stage: str, render_root: str | Path | None,
+                   aggregate_annotators: bool, val_fraction: float, test_fraction: float, seed: int,
+                   ) -> tuple[dict[str, pl.DataFrame], dict[str, str], dict[str, Any]]:
+    """The examples of ``stage`` split by prompt: ({split: weighted examples}, {prompt_id: split}, data
+    summary). The one split of a run: the data module and the ensemble (``rewardkit.train.ensemble``) both
+    use it, with the settings of the run's :class:`~rewardkit.train.config.TrainConfig` (no defaults here)."""
+    examples, summary = build_examples(items, pairs, preferences, stage, render_root=render_root,
+                                       aggregate_annotators=aggregate_annotators)
+    if examples.height == 0:
+        raise TableError(f"no usable {stage!r} preferences (labels: {summary['labels']})")
+    prompt_split = split_prompts(examples["prompt_id"].to_list(), val_fraction, test_fraction, seed)
+    examples = examples.with_columns(
+        pl.col("prompt_id").replace_strict(prompt_split, return_dtype=pl.Utf8).alias("split"))
+    splits: dict[str, pl.DataFrame] = {}
+    for s in SPLITS:
+        part = examples.filter(pl.col("split") == s)
+        splits[s] = add_prompt_weights(part) if part.height else part.with_columns(pl.lit(1.0).alias("weight"))
+    summary["split"] = {s: {"examples": int(df.height), "prompts": int(df["prompt_id"].n_unique()) if df.height else 0,
+                            "ties": int((df["target"] == 0.5).sum()) if df.height else 0}
+                        for s, df in splits.items()}
+    return splits, prompt_split, summary
+
+
 class PreferencePairDataset(Dataset):
     """Examples of one split; ``__getitem__`` returns both items' views, the prompt, target and weight."""
 
@@ -257,22 +281,10 @@ class PreferenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        examples, summary = build_examples(self.items, self.pairs, self.preferences, self.stage,
-                                           render_root=self.render_root,
-                                           aggregate_annotators=self.aggregate_annotators)
-        if examples.height == 0:
-            raise TableError(f"no usable {self.stage!r} preferences (labels: {summary['labels']})")
-        self.prompt_split = split_prompts(examples["prompt_id"].to_list(), self.val_fraction, self.test_fraction,
-                                          self.seed)
-        examples = examples.with_columns(
-            pl.col("prompt_id").replace_strict(self.prompt_split, return_dtype=pl.Utf8).alias("split"))
-        for s in SPLITS:
-            part = examples.filter(pl.col("split") == s)
-            self.splits[s] = add_prompt_weights(part) if part.height else part.with_columns(
-                pl.lit(1.0).alias("weight"))
-        summary["split"] = {s: {"examples": int(df.height), "prompts": int(df["prompt_id"].n_unique()) if df.height else 0,
-                                "ties": int((df["target"] == 0.5).sum()) if df.height else 0}
-                            for s, df in self.splits.items()}
+        self.splits, self.prompt_split, summary = split_examples(
+            self.items, self.pairs, self.preferences, stage=self.stage, render_root=self.render_root,
+            aggregate_annotators=self.aggregate_annotators, val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction, seed=self.seed)
         summary["seed"] = self.seed
         self.summary = summary
         if self.feature_model is None:

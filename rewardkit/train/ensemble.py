@@ -28,7 +28,8 @@ import torch
 from rewardkit.models.ensemble import RewardHead, StageEnsemble, head_reward
 from rewardkit.models.losses import bradley_terry_loss
 from rewardkit.models.stage import StageRewardModel
-from rewardkit.train.data import ViewCache, add_prompt_weights, build_examples, split_prompts
+from rewardkit.train.config import TrainConfig
+from rewardkit.train.data import ViewCache, split_examples
 from rewardkit.train.features import TowerFeatures
 
 
@@ -213,37 +214,33 @@ def pairwise_accuracy(rewards_a: torch.Tensor, rewards_b: torch.Tensor, target: 
     return float((pred[keep] == target[keep]).float().mean())
 
 
-def train_ensemble(model: StageRewardModel, train_config: Mapping[str, Any], cfg: EnsembleConfig, *,
+def train_ensemble(model: StageRewardModel, train_config: TrainConfig | Mapping[str, Any], cfg: EnsembleConfig, *,
                    items: str | Path | None = None, pairs: str | Path | None = None,
                    preferences: str | Path | None = None) -> tuple[StageEnsemble, dict[str, Any]]:
     """The ensemble of ``model`` (trained with ``train_config``, the run's ``train_config.json``): its
     training preferences and validation split are rebuilt from that config (tables overridable), the heads
     fitted on the training split, each member's and the ensemble's validation accuracy reported."""
-    tc = dict(train_config)
+    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config)
     threads = torch.get_num_threads()
-    if tc.get("num_threads"):  # the run's thread count (1 is fastest for these small tensors on a busy CPU)
-        torch.set_num_threads(int(tc["num_threads"]))
+    if tc.num_threads:  # the run's thread count (1 is fastest for these small tensors on a busy CPU)
+        torch.set_num_threads(tc.num_threads)
     try:
         return _train_ensemble(model, tc, cfg, items, pairs, preferences)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_ensemble(model: StageRewardModel, tc: dict[str, Any], cfg: EnsembleConfig, items: Any, pairs: Any,
+def _train_ensemble(model: StageRewardModel, tc: TrainConfig, cfg: EnsembleConfig, items: Any, pairs: Any,
                     preferences: Any) -> tuple[StageEnsemble, dict[str, Any]]:
     t0 = time.perf_counter()
-    stage = tc.get("stage", model.stage)
-    examples, _ = build_examples(items or tc["items"], pairs or tc["pairs"], preferences or tc["preferences"],
-                                 stage, render_root=tc.get("render_root"),
-                                 aggregate_annotators=bool(tc.get("aggregate_annotators", False)))
-    split = split_prompts(examples["prompt_id"].to_list(), float(tc.get("val_fraction", 0.2)),
-                          float(tc.get("test_fraction", 0.0)), int(tc.get("seed", 0)))
-    examples = examples.with_columns(pl.col("prompt_id").replace_strict(split, return_dtype=pl.Utf8).alias("split"))
-    train_ex = add_prompt_weights(examples.filter(pl.col("split") == "train"))
-    val_ex = examples.filter(pl.col("split") == "val")
-    size = int(tc.get("image_size") or model.load_size)
-    feats = HeadFeatures(model, ViewCache(model.modes, size, tc.get("views")),
-                         feature_cache=bool(tc.get("feature_cache")), feature_cache_dir=tc.get("feature_cache_dir"))
+    splits, _, _ = split_examples(items or tc.items, pairs or tc.pairs, preferences or tc.preferences,
+                                  stage=tc.stage, render_root=tc.render_root,
+                                  aggregate_annotators=tc.aggregate_annotators, val_fraction=tc.val_fraction,
+                                  test_fraction=tc.test_fraction, seed=tc.seed)
+    train_ex, val_ex = splits["train"], splits["val"]
+    size = int(tc.image_size or model.load_size)
+    feats = HeadFeatures(model, ViewCache(model.modes, size, tc.views), feature_cache=tc.feature_cache,
+                         feature_cache_dir=tc.feature_cache_dir)
     feats.add_dirs([*train_ex["dir_a"], *train_ex["dir_b"], *val_ex["dir_a"], *val_ex["dir_b"]])
     feats.add_prompts([*train_ex["prompt"], *val_ex["prompt"]])
     t_feat = time.perf_counter() - t0

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rewardkit import config as _config
 from rewardkit.rl.tokenizers.base import ShapeTokenizer
 
 __all__ = ["VQVAEConfig", "ShapeVQVAE", "VQVAETokenizer", "load_state_dict_file"]
@@ -250,7 +251,7 @@ class VQVAETokenizer(ShapeTokenizer):
         if not path.exists():
             raise FileNotFoundError(path)
         if isinstance(config, dict):
-            config = VQVAEConfig(**{k: v for k, v in config.items() if k in VQVAEConfig.__dataclass_fields__})
+            config = _config.from_dict(VQVAEConfig, config, key="vqvae")  # unknown keys, wrong types: ConfigError
         model = ShapeVQVAE(config)
         state = load_state_dict_file(path)
         for old, new in (key_map or {}).items():
