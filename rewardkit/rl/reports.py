@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,8 +21,6 @@ from rewardkit.rl.sample_grid import plot_sample_grid, sample_cells
 from rewardkit.rl.sequences import PHASE_TEXT
 
 __all__ = ["RESERVED_TERM_NAMES", "reward_metrics", "gather_mean", "write_evaluation", "MetricsLog"]
-
-log = logging.getLogger("rewardkit.rl.trainer")
 
 # the trainer's own metric names under global/ and local/: a reward term may not take one (its keys would clash)
 RESERVED_TERM_NAMES = ("reward", "reward_combined", "reasoning_tokens", "tokens", "entropy", "kl", "clip_low_frac",
