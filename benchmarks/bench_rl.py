@@ -44,7 +44,7 @@ def bench_steps(steps: int, device: str, threads: int) -> None:
 
 def bench_overlap(steps: int, device: str, threads: int, backbone: str, camera: str, render_size: int) -> None:
     """Seconds per rollout of the demo config plus a learned scorer set (random init, exported the way
-    benchmarks/bench_scoring.py does: global stage in R_high, local stage in R_low), with
+    benchmarks/bench_scoring.py does: global stage in the global step's reward, local stage in the local step's), with
     ``overlap_rewards`` on and off, alternating step by step in one process (same policy, same load)."""
     import sys
 
@@ -89,7 +89,7 @@ def bench_overlap(steps: int, device: str, threads: int, backbone: str, camera: 
     on, off = float(np.mean(secs[True])), float(np.mean(secs[False]))
     print(json.dumps({
         "device": device, "threads": threads, "samples_per_step": cfg.group_size * cfg.prompts_per_step,
-        "scorer": f"{backbone} {camera} @ {render_size}px (global in R_high, local in R_low)",
+        "scorer": f"{backbone} {camera} @ {render_size}px (global stage rewards the global step, local the local step)",
         "steps_each": steps, "rollout_s_overlap_on": round(on, 3), "rollout_s_overlap_off": round(off, 3),
         "on_over_off": round(on / off, 3),
         "generate_s_per_rollout_off": round(float(np.mean(gens)), 3),  # both steps; step 2's half is the bound

@@ -83,7 +83,7 @@ def run_case(spec: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     trainer = HiGRPOTrainer(cfg)
     groups = _synthetic_groups(trainer, b["prompts_per_step"], b["group_size"], b["context"], b["reasoning"])
-    tokens = sum(len(s.completion_ids) for g in groups for s in (*g.step1, *g.step2)) * trainer.fabric.world_size
+    tokens = sum(len(s.completion_ids) for g in groups for s in (*g.steps["global"].sequences, *g.steps["local"].sequences)) * trainer.fabric.world_size
     times = []
     for i in range(spec["warmup"] + spec["steps"]):
         trainer.fabric.barrier()
@@ -98,7 +98,7 @@ def run_case(spec: dict) -> None:
             times.append(time.perf_counter() - t0)
     out = {"rank": trainer.fabric.global_rank, "world_size": trainer.fabric.world_size, "times": times,
            "trained_tokens": tokens, "precision": trainer.precision,
-           "params": sum(p.numel() for p in trainer._unwrapped().parameters()) if not trainer.sharded else None}
+           "params": sum(p.numel() for p in trainer.unwrapped_model.parameters()) if not trainer.sharded else None}
     if trainer.sharded:  # the full count: local shards summed over ranks
         n = torch.tensor(float(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
                                    for p in trainer.model.parameters())), device=trainer.fabric.device)

@@ -158,7 +158,7 @@ def _synthetic_groups(trainer, n_prompts: int, G: int, context: int, reasoning: 
     import numpy as np
 
     from rewardkit.rl.policy import PHASE_FORCED, PHASE_MESH, PHASE_TEXT, StepRollout
-    from rewardkit.rl.rollout import _Group
+    from rewardkit.rl import GroupRollout, StepSamples
 
     pol = trainer.policy
     v = pol.vocab
@@ -178,7 +178,9 @@ def _synthetic_groups(trainer, n_prompts: int, G: int, context: int, reasoning: 
         # every sequence of a phase has the same length (the plan's L; padding is checked elsewhere)
         s1 = [step(context, reasoning) for i in range(G)]
         s2 = [step(context + reasoning, reasoning) for i in range(G)]
-        groups.append(_Group(f"p{p}", s1, s2, [None] * G, [None] * G, rng.normal(size=G), rng.normal(size=G), {}, {}))
+        groups.append(GroupRollout(prompt=f"p{p}", steps={
+            "global": StepSamples(sequences=s1, meshes=[None] * G, reward=rng.normal(size=G)),
+            "local": StepSamples(sequences=s2, meshes=[None] * G, reward=rng.normal(size=G))}))
     return groups
 
 
@@ -225,8 +227,8 @@ def measure(args: dict) -> None:
         trainer.optimize(groups)
         measured = _rss_kb("VmHWM") * 1024 - base
         trainer.sharded = True
-        L = max(len(s.context_ids) + len(s.completion_ids) for s in groups[0].step2)
-        scored = max(len(s.completion_ids) for s in groups[0].step2)
+        L = max(len(s.context_ids) + len(s.completion_ids) for s in groups[0].steps["local"].sequences)
+        scored = max(len(s.completion_ids) for s in groups[0].steps["local"].sequences)
         plan = plan_memory(counts, strategy="fsdp", world_size=2, precision=trainer.precision, micro_batch_size=mb,
                            seq_len=L, scored_len=scored, activation_checkpointing=args["ckpt"], reference="copy",
                            logprob_chunk=cfg.logprob_chunk_tokens, accumulation=2 * acc,

@@ -257,24 +257,24 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
     records = [json.loads(line) for line in (ws / "data/rl/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, rl["steps"] + 1))
     for r in records:
-        for key in ("high/shape_iou", "high/global_scorer", "low/surface_f1", "low/local_scorer"):
+        for key in ("global/shape_iou", "global/global_scorer", "local/surface_f1", "local/local_scorer"):
             assert isinstance(r[key], float) and r[key] == r[key], (key, r)  # a number, not NaN
         assert not any(k.startswith("failed/") for k in r), r
     report = json.loads((ws / "reports/rl.json").read_text())
     assert report["steps"] == rl["steps"]
-    for key in ("r_high_first", "r_high_last", "r_low_first", "r_low_last"):
+    for key in ("global/reward_first", "global/reward_last", "local/reward_first", "local/reward_last"):
         assert isinstance(report[key], float)
-    assert set(report["eval_before"]) == set(report["eval_after"]) == {"r_high", "r_low"}
+    assert set(report["eval_before"]) == set(report["eval_after"]) == {"global/reward", "local/reward"}
     curve = (ws / "reports/rl_rewards.csv").read_text().splitlines()
-    assert curve[0].startswith("step,r_high,r_low") and len(curve) == 1 + rl["steps"]
+    assert curve[0].startswith("step,global/reward,local/reward") and len(curve) == 1 + rl["steps"]
     for name in ("reward_curve.png", "samples_before.png", "samples_after.png"):
         assert (ws / "reports/rl" / name).stat().st_size > 1000, name
     # rl_penalised: the same run from the same policy with mean - k * std scorer terms, compared per prompt
     pen = [json.loads(line) for line in (ws / "data/rl_penalised/metrics.jsonl").read_text().splitlines()]
-    assert len(pen) == rl["steps"] and all(r["high/global_scorer_uncertainty"] >= 0 for r in pen), pen[0]
+    assert len(pen) == rl["steps"] and all(r["global/global_scorer_uncertainty"] >= 0 for r in pen), pen[0]
     assert (ws / "data/rl_penalised/init_policy").exists() is False  # started from data/rl/init_policy
     compare = (ws / "reports/rl_penalised/compare.csv").read_text().splitlines()
-    assert compare[0].startswith("prompt,r_high_before,r_high_plain,r_high_penalised")
+    assert compare[0].startswith("prompt,global/reward_before,global/reward_plain,global/reward_penalised")
     assert {line.split(",")[0] for line in compare[1:]} == set(rl["prompts"])
     assert (ws / "reports/rl_penalised/compare.png").stat().st_size > 5000
     # eval_gen: both policies scored on the held-out prompts, per category, random-init extractors labelled
@@ -602,15 +602,15 @@ def test_rl_params_are_a_valid_hi_grpo_config_and_the_report_helpers():
         cfg = HiGRPOConfig.from_dict(section)
         assert cfg.warm_start.enabled and cfg.resolve_prompts()
         assert {t.args.get("stage") for t in cfg.rewards_global + cfg.rewards_local} >= {"global", "local"}
-    records = [{"step": 1, "skipped": 1.0}, {"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
-                                             "r_low_group_std": 0.02, "high/shape_iou": 0.1}]
-    assert curve_rows(records) == [{"step": 2, "r_high": 0.1, "r_low": 0.2, "r_high_group_std": 0.01,
-                                    "r_low_group_std": 0.02, "high/shape_iou": 0.1}]  # per-term columns too
-    rep = report({"steps": 2, "window": 1, "r_high_first": 0.1, "r_high_last": 0.3, "r_low_first": 0.2,
-                  "r_low_last": 0.1, "r_high_rose": True, "r_low_rose": False,
-                  "eval_before": {"r_high": 0.1, "r_low": 0.2, "high/shape_iou": 0.1}, "eval_after": {}})
-    assert rep["eval_before"] == {"r_high": 0.1, "r_low": 0.2} and rep["eval_after"] == {}
-    assert rep["r_high_rose"] is True and rep["r_low_rose"] is False
+    records = [{"step": 1, "skipped": 1.0}, {"step": 2, "global/reward": 0.1, "local/reward": 0.2, "global/reward_group_std": 0.01,
+                                             "local/reward_group_std": 0.02, "global/shape_iou": 0.1}]
+    assert curve_rows(records) == [{"step": 2, "global/reward": 0.1, "local/reward": 0.2, "global/reward_group_std": 0.01,
+                                    "local/reward_group_std": 0.02, "global/shape_iou": 0.1}]  # per-term columns too
+    rep = report({"steps": 2, "window": 1, "global/reward_first": 0.1, "global/reward_last": 0.3, "local/reward_first": 0.2,
+                  "local/reward_last": 0.1, "global/reward_rose": True, "local/reward_rose": False,
+                  "eval_before": {"global/reward": 0.1, "local/reward": 0.2, "global/shape_iou": 0.1}, "eval_after": {}})
+    assert rep["eval_before"] == {"global/reward": 0.1, "local/reward": 0.2} and rep["eval_after"] == {}
+    assert rep["global/reward_rose"] is True and rep["local/reward_rose"] is False
 
 
 @pytest.mark.slow
@@ -621,7 +621,7 @@ def test_closing_summary_reads_the_reports(pipeline_run):
     assert "scorers:  data/scorers/" in p.stdout and "rewardkit score MESH.glb" in p.stdout
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert f"accuracy {100 * m['global']['holdout_owned_accuracy']:.0f}% on its own" in p.stdout
-    assert "rl:       R_high" in p.stdout and "Hi-GRPO steps" in p.stdout
+    assert "rl:       global reward" in p.stdout and "Hi-GRPO steps" in p.stdout
 
 
 @pytest.mark.slow
@@ -861,7 +861,7 @@ def test_round_two_runs_the_loop_on_the_policys_samples(pipeline_run):
         assert (ws / "data" / "scorers" / "global" / "model.safetensors").read_bytes() != round1_global
         records = [json.loads(line) for line in (ws / "data/rl/metrics.jsonl").read_text().splitlines()]
         assert len(records) == SMALL_PARAMS["rl"]["steps"]
-        assert all(r["high/global_scorer"] == r["high/global_scorer"] for r in records)  # scored, not NaN
+        assert all(r["global/global_scorer"] == r["global/global_scorer"] for r in records)  # scored, not NaN
     finally:
         for d in ("candidates", "scorers", "renders"):
             shutil.rmtree(prev / d, ignore_errors=True)

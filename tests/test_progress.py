@@ -91,7 +91,7 @@ RL_CONFIG = {
 
 
 def _step_lines(text: str) -> list[str]:
-    return [m.group(0) for m in re.finditer(r"step (\d+)  R_high", text)]
+    return [m.group(0) for m in re.finditer(r"step (\d+)  global", text)]
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_rl_cli_prints_each_step_once(tmp_path):
     (tmp_path / "rl.json").write_text(json.dumps(cfg))
     proc = _rk("rl", "--config", tmp_path / "rl.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _step_lines(proc.stderr) == ["step 1  R_high", "step 2  R_high", "step 3  R_high"], proc.stderr
+    assert _step_lines(proc.stderr) == ["step 1  global", "step 2  global", "step 3  global"], proc.stderr
     assert not _step_lines(proc.stdout)
     assert json.loads(proc.stdout)["steps"] == 3  # stdout: the summary only
 
@@ -123,5 +123,5 @@ def test_rl_stage_prints_each_step_once_after_open_clip_logged_to_root(tmp_path)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _step_lines(proc.stdout + proc.stderr) == ["step 1  R_high", "step 2  R_high", "step 3  R_high"], (
+    assert _step_lines(proc.stdout + proc.stderr) == ["step 1  global", "step 2  global", "step 3  global"], (
         proc.stdout + proc.stderr)

@@ -59,7 +59,7 @@ def test_learning_curves_mark_the_exported_epoch(tmp_path):
 def _groups(n_prompts: int = 2, G: int = 3):
     from rewardkit.demo.shapes import demo_shape
     from rewardkit.rl.tokenizers.base import occupancy_to_mesh
-    from rewardkit.rl.rollout import _Group
+    from rewardkit.rl import GroupRollout, StepSamples
 
     out = []
     for i, p in enumerate(["a cube", "an arch"][:n_prompts]):
@@ -67,26 +67,27 @@ def _groups(n_prompts: int = 2, G: int = 3):
         th = {"shape_iou": np.array([0.1, 0.2, 0.3]) + i, "global_scorer": np.array([1.0, np.nan, 3.0])}
         tl = {"surface_f1": np.array([0.5, 0.6, 0.7]), "symmetry": np.array([0.9, 0.8, 0.7])}
         meshes = [occupancy_to_mesh(occ), None, occupancy_to_mesh(occ)]
-        out.append(_Group(p, [], [], meshes, meshes, th["shape_iou"] + 0.5 * th["global_scorer"],
-                          tl["surface_f1"] + tl["symmetry"], th, tl))
+        out.append(GroupRollout(prompt=p, steps={
+            "global": StepSamples(sequences=[], meshes=meshes, reward=th["shape_iou"] + 0.5 * th["global_scorer"], terms=th),
+            "local": StepSamples(sequences=[], meshes=meshes, reward=tl["surface_f1"] + tl["symmetry"], terms=tl)}))
     return out
 
 
 def test_rl_sample_grid_labels_columns_and_shows_each_samples_terms(tmp_path):
     from rewardkit.reporting.sample_grid import plot_sample_grid
 
-    weights = {"high": {"shape_iou": 1.0, "global_scorer": 0.5}, "low": {"surface_f1": 1.0, "symmetry": 1.0}}
+    weights = {"global": {"shape_iou": 1.0, "global_scorer": 0.5}, "local": {"surface_f1": 1.0, "symmetry": 1.0}}
     data = plot_sample_grid(_groups(), tmp_path / "grid.png", max_samples=2, render_size=48, weights=weights, render=False)
     assert (tmp_path / "grid.png").stat().st_size > 5000
-    assert data["columns"] == ["sample 1 · step 1: coarse shape", "sample 1 · step 2: refined",
-                               "sample 2 · step 1: coarse shape", "sample 2 · step 2: refined"]
+    assert data["columns"] == ["sample 1 · global: coarse shape", "sample 1 · local: refined",
+                               "sample 2 · global: coarse shape", "sample 2 · local: refined"]
     assert data["rows"] == ["a cube", "an arch"] and len(data["cells"]) == 2 * 2 * 2
     c = {(x["prompt"], x["sample"], x["step"]): x for x in data["cells"]}
-    assert c[("an arch", 1, 1)]["reward_name"] == "R_high" and c[("an arch", 1, 1)]["reward"] == pytest.approx(1.1 + 0.5)
+    assert c[("an arch", 1, 1)]["reward_name"] == "global reward" and c[("an arch", 1, 1)]["reward"] == pytest.approx(1.1 + 0.5)
     assert c[("an arch", 1, 1)]["terms"]["global_scorer"] == {"value": 1.0, "weight": 0.5}
     assert c[("a cube", 2, 1)]["terms"]["global_scorer"]["value"] is None and c[("a cube", 2, 1)]["reward"] is None  # failed
     assert c[("a cube", 2, 2)]["empty_mesh"] and c[("a cube", 2, 2)]["terms"]["symmetry"]["value"] == 0.8
-    assert c[("a cube", 1, 2)]["reward_name"] == "R_low" and math.isclose(c[("a cube", 1, 2)]["reward"], 1.4)
+    assert c[("a cube", 1, 2)]["reward_name"] == "local reward" and math.isclose(c[("a cube", 1, 2)]["reward"], 1.4)
 
 
 def test_rl_evaluation_records_the_grid_data(tmp_path):
@@ -103,7 +104,7 @@ def test_rl_evaluation_records_the_grid_data(tmp_path):
         group_size=2, prompts_per_step=1, steps=0, output_dir=str(tmp_path / "run"), save_every=0,
         eval_group_size=2, render=False, accelerator="cpu", num_threads=1, seed=0))
     rew = StepReward([RewardTerm("occupied", occupied_fraction(2), weight=2.0)])
-    trainer = HiGRPOTrainer(cfg, rewards_high=rew, rewards_low=rew)
+    trainer = HiGRPOTrainer(cfg, rewards_global=rew, rewards_local=rew)
     trainer.evaluate("samples_after")
     grid = json.loads((tmp_path / "run" / "samples_after" / "samples.json").read_text())["grid"]
     assert grid["rows"] == ["fill"] and grid["samples_per_prompt"] == 2

@@ -51,15 +51,15 @@ def test_defaults_are_the_papers_best_recipe_and_bad_values_are_config_errors():
 def test_kl_removal_holds_no_reference_model_anywhere(tiny_policy, tmp_path):
     from rewardkit.plan.memory import count_model, plan_for_config
 
-    kept = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "kl"), rewards_high=_index_reward(), rewards_low=_index_reward())
+    kept = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "kl"), rewards_global=_index_reward(), rewards_local=_index_reward())
     assert kept.ref_model is not None
-    t = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "nokl", beta=0.0), rewards_high=_index_reward(),
-                      rewards_low=_index_reward())
+    t = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "nokl", beta=0.0), rewards_global=_index_reward(),
+                      rewards_local=_index_reward())
     assert t.ref_model is None and t.reference_mode is None
     modules = [v for v in vars(t).values() if isinstance(v, nn.Module)]
     assert modules == [t.model]  # the trained policy is the only model the trainer holds
     m = t.train_step()
-    assert m["step1/kl"] == 0.0 and m["step2/kl"] == 0.0
+    assert m["global/kl"] == 0.0 and m["local/kl"] == 0.0
     # the memory plan counts no reference either (with beta > 0 it plans a sharded copy of the parameters)
     counts = count_model(t.policy.model, None)
     ref = lambda cfg: sum(v for k, v in plan_for_config(cfg, counts).persistent.items() if "reference" in k)  # noqa: E731
@@ -73,17 +73,17 @@ def test_per_sequence_aggregation_reaches_the_loss(tiny_policy, tmp_path):
     advantage by its sample's length: -(1/N) sum_i A_i T_i."""
     cfg = dict(beta=0.0, mu=1, dynamic_sampling=False)
     seq = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "seq", loss_aggregation="sequence", **cfg),
-                        rewards_high=_index_reward(), rewards_low=_index_reward())
+                        rewards_global=_index_reward(), rewards_local=_index_reward())
     m = seq.train_step()
     assert m["loss"] == pytest.approx(0.0, abs=1e-6)
-    tok = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "tok", **cfg), rewards_high=_index_reward(),
-                        rewards_low=_index_reward())
+    tok = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / "tok", **cfg), rewards_global=_index_reward(),
+                        rewards_local=_index_reward())
     groups, _ = tok.collect(0)
-    adv, _ = tok._advantages(groups)
-    lengths = torch.tensor([float(sum(s.action_mask)) for g in groups for s in g.step1])
+    adv, _ = tok.updater.advantages(groups)
+    lengths = torch.tensor([float(sum(s.action_mask)) for g in groups for s in g.steps["global"].sequences])
     assert lengths.unique().numel() > 1  # reasoning lengths differ, so the two aggregations differ
     by_hand = -(adv[0] * lengths).sum() / lengths.sum()
-    assert tok.optimize(groups)["step1/loss"] == pytest.approx(float(by_hand), abs=1e-5)
+    assert tok.optimize(groups)["global/loss"] == pytest.approx(float(by_hand), abs=1e-5)
 
 
 def test_gspo_sequence_ratio_reaches_the_update(tiny_policy, tmp_path):
@@ -93,7 +93,7 @@ def test_gspo_sequence_ratio_reaches_the_update(tiny_policy, tmp_path):
     def grads(level: str, mu: int) -> list[torch.Tensor]:  # the last update's gradients
         t = HiGRPOTrainer(_cfg(tiny_policy, tmp_path / f"{level}{mu}", importance_sampling_level=level, mu=mu, lr=0.05,
                                eps_low=0.01, eps_high=0.01, dynamic_sampling=False, max_grad_norm=0.0),
-                          rewards_high=_index_reward(), rewards_low=_index_reward())
+                          rewards_global=_index_reward(), rewards_local=_index_reward())
         t.train_step()
         return [p.grad.clone() for p in t.model.parameters() if p.grad is not None]
 

@@ -47,12 +47,12 @@ def _fraction() -> StepReward:
 
 def _expected_reward(trainer: HiGRPOTrainer) -> tuple[float, float]:
     groups = trainer.rollout(PROMPTS, 64, seed=12345)
-    return float(np.mean([g.r_high for g in groups])), float(np.mean([g.r_low for g in groups]))
+    return float(np.mean([g.steps["global"].reward for g in groups])), float(np.mean([g.steps["local"].reward for g in groups]))
 
 
 def test_policy_increases_expected_reward(tiny_policy, tmp_path):
-    # R_high: occupied fraction of the coarse shape; R_low: occupied fraction of the refined one
-    trainer = HiGRPOTrainer(_config(tiny_policy, tmp_path), rewards_high=_fraction(), rewards_low=_fraction())
+    # global step: occupied fraction of the coarse shape; local step: occupied fraction of the refined one
+    trainer = HiGRPOTrainer(_config(tiny_policy, tmp_path), rewards_global=_fraction(), rewards_local=_fraction())
     before = _expected_reward(trainer)
     trainer.train(steps=10)
     after = _expected_reward(trainer)
@@ -65,12 +65,12 @@ def test_policy_increases_expected_reward(tiny_policy, tmp_path):
     # once it fills every shape, drops them all and logs no loss)
     trained = [r for r in rows if r["groups_kept"] > 0]
     assert trained and all("groups_dropped" in r for r in rows)
-    for key in ("r_high", "r_low", "high/occupied", "high/occupied_group_std", "low/occupied_group_std",
-                "step1/kl", "step2/clip_high_frac"):
+    for key in ("global/reward", "local/reward", "global/occupied", "global/occupied_group_std", "local/occupied_group_std",
+                "global/kl", "local/clip_high_frac"):
         assert key in trained[-1], key
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("step,")
     summary = json.loads((tmp_path / "metrics.json").read_text())
-    assert summary["r_high_rose"] and summary["r_low_rose"]
+    assert summary["global/reward_rose"] and summary["local/reward_rose"]
     assert (tmp_path / "reward_curve.png").stat().st_size > 0
     assert (tmp_path / "policy" / "config.json").exists()  # the trained policy is a HF checkpoint
 
@@ -87,7 +87,7 @@ def _flat_or_varied() -> StepReward:
 
 def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tiny_policy, tmp_path):
     cfg = _config(tiny_policy, tmp_path, prompts_per_step=2, max_sampling_rounds=3)
-    trainer = HiGRPOTrainer(cfg, rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
+    trainer = HiGRPOTrainer(cfg, rewards_global=_flat_or_varied(), rewards_local=_flat_or_varied())
     kept, info = trainer.collect(step=0)
     flat = sum(g.prompt == "fill" for g in info["sampled"])
     assert flat >= 1  # the flat prompt was drawn ...
@@ -96,13 +96,13 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_refills(tiny_policy, tm
     assert len(kept) == 2
 
     off = HiGRPOTrainer(_config(tiny_policy, tmp_path / "off", dynamic_sampling=False),
-                        rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
+                        rewards_global=_flat_or_varied(), rewards_local=_flat_or_varied())
     kept_off, info_off = off.collect(step=0)
     assert {g.prompt for g in kept_off} == set(PROMPTS) and info_off["groups_dropped"] == 0
 
     # nothing but flat groups: the step is skipped (no update), not crashed
     only_flat = HiGRPOTrainer(_config(tiny_policy, tmp_path / "flat", prompts=["fill"], prompts_per_step=1),
-                              rewards_high=_flat_or_varied(), rewards_low=_flat_or_varied())
+                              rewards_global=_flat_or_varied(), rewards_local=_flat_or_varied())
     before = [p.detach().clone() for p in only_flat.model.parameters()]
     m = only_flat.train_step()
     assert m["groups_kept"] == 0 and "loss" not in m
@@ -125,7 +125,7 @@ def _near_flat(spread: float) -> StepReward:
 def test_dynamic_sampling_drops_near_flat_continuous_groups(tiny_policy, tmp_path):
     # a group whose rewards differ by 1e-7 carries no signal: the default tolerance drops it
     t = HiGRPOTrainer(_config(tiny_policy, tmp_path, prompts_per_step=2, max_sampling_rounds=3),
-                      rewards_high=_near_flat(1e-7), rewards_low=_near_flat(1e-7))
+                      rewards_global=_near_flat(1e-7), rewards_local=_near_flat(1e-7))
     kept, info = t.collect(step=0)
     n_fill = sum(g.prompt == "fill" for g in info["sampled"])
     assert n_fill >= 1 and all(g.prompt == "grow" for g in kept)
@@ -134,7 +134,7 @@ def test_dynamic_sampling_drops_near_flat_continuous_groups(tiny_policy, tmp_pat
     assert info["groups_refilled"] == len(kept) - 1 and info["sampling_rounds"] >= 2
     # min_std 0 is the exact-equality rule: near-equal continuous rewards pass it
     exact = HiGRPOTrainer(_config(tiny_policy, tmp_path / "exact", dynamic_sampling_min_std=0.0),
-                          rewards_high=_near_flat(1e-7), rewards_low=_near_flat(1e-7))
+                          rewards_global=_near_flat(1e-7), rewards_local=_near_flat(1e-7))
     _, info0 = exact.collect(step=0)
     assert info0["groups_dropped"] == 0
 
@@ -143,12 +143,12 @@ def test_dynamic_sampling_reward_range_filter(tiny_policy, tmp_path):
     # "fill" has a real spread (std 0.05) around R~_high = 0.5 + 0.5: a range of [1.5, 10] drops it
     cfg = _config(tiny_policy, tmp_path, prompts=["fill"], prompts_per_step=1, max_sampling_rounds=2,
                   dynamic_sampling_reward_range=[1.5, 10.0])
-    t = HiGRPOTrainer(cfg, rewards_high=_near_flat(0.05), rewards_low=_near_flat(0.05))
+    t = HiGRPOTrainer(cfg, rewards_global=_near_flat(0.05), rewards_local=_near_flat(0.05))
     kept, info = t.collect(step=0)
     assert kept == [] and info["groups_dropped_range"] == 2 and info["groups_dropped_flat"] == 0
     wide = HiGRPOTrainer(_config(tiny_policy, tmp_path / "wide", prompts=["fill"], prompts_per_step=1,
                                  dynamic_sampling_reward_range=[0.0, 10.0]),
-                         rewards_high=_near_flat(0.05), rewards_low=_near_flat(0.05))
+                         rewards_global=_near_flat(0.05), rewards_local=_near_flat(0.05))
     kept, info = wide.collect(step=0)
     assert len(kept) == 1 and info["groups_dropped"] == 0
     m = wide.train_step()
@@ -171,29 +171,29 @@ def test_failed_reward_raises_or_is_masked(tiny_policy, tmp_path):
     assert np.isnan(res.total).all() and res.failures == {"broken": 2}
 
     cfg = _config(tiny_policy, tmp_path, reward_on_error="mark")
-    trainer = HiGRPOTrainer(cfg, rewards_high=StepReward([RewardTerm("flaky", flaky)], on_error="mark"), rewards_low=_fraction())
+    trainer = HiGRPOTrainer(cfg, rewards_global=StepReward([RewardTerm("flaky", flaky)], on_error="mark"), rewards_local=_fraction())
     m = trainer.train_step()
-    assert m["failed/high/flaky"] > 0
-    assert np.isfinite(m["loss"]) and m["tokens/step1"] < m["tokens/step2"]  # failed samples' step-1 tokens masked
+    assert m["failed/global/flaky"] > 0
+    assert np.isfinite(m["loss"]) and m["global/tokens"] < m["local/tokens"]  # failed samples' step-1 tokens masked
 
     strict = HiGRPOTrainer(_config(tiny_policy, tmp_path / "strict"),
-                           rewards_high=StepReward([RewardTerm("broken", broken)]), rewards_low=_fraction())
+                           rewards_global=StepReward([RewardTerm("broken", broken)]), rewards_local=_fraction())
     with pytest.raises(RewardError):
         strict.train_step()
 
 
 def test_resume_gives_the_same_next_step(tiny_policy, tmp_path):
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = HiGRPOTrainer(_config(tiny_policy, a_dir, save_every=2), rewards_high=_fraction(), rewards_low=_fraction())
+    a = HiGRPOTrainer(_config(tiny_policy, a_dir, save_every=2), rewards_global=_fraction(), rewards_local=_fraction())
     a.train(steps=2)
     shutil.copytree(a_dir, b_dir)
     next_a = a.train_step()
 
-    b = HiGRPOTrainer(_config(tiny_policy, b_dir, save_every=2), rewards_high=_fraction(), rewards_low=_fraction())
+    b = HiGRPOTrainer(_config(tiny_policy, b_dir, save_every=2), rewards_global=_fraction(), rewards_local=_fraction())
     assert b.load_checkpoint() == 2 and len(b.records) == 2
     next_b = b.train_step()
     assert next_b["step"] == next_a["step"] == 3
-    for key in ("r_high", "r_low", "loss", "step1/kl", "step2/ratio_mean", "grad_norm"):
+    for key in ("global/reward", "local/reward", "loss", "global/kl", "local/ratio_mean", "grad_norm"):
         assert next_b[key] == pytest.approx(next_a[key], rel=1e-6, abs=1e-9), key
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-7)
@@ -229,7 +229,7 @@ def test_cli_runs_end_to_end_with_warm_start(tmp_path):
         assert (run / f).exists(), f
     assert (tmp_path / "init" / "warm_start.json").exists()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert "low/sym_group_std" in rows[-1] and "high/occupancy_iou" in rows[-1]
+    assert "local/sym_group_std" in rows[-1] and "global/occupancy_iou" in rows[-1]
     # running again resumes from the last checkpoint and has nothing left to do
     again = CliRunner().invoke(main, ["rl", "--config", str(path)])
     assert again.exit_code == 0, again.output
@@ -305,8 +305,8 @@ def test_shipped_configs_and_params_yaml_section(tmp_path):
 
 def test_no_resume_starts_a_clean_run(tiny_policy, tmp_path):
     cfg = _config(tiny_policy, tmp_path, save_every=1)
-    HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction()).train(steps=2)
-    again = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
+    HiGRPOTrainer(cfg, rewards_global=_fraction(), rewards_local=_fraction()).train(steps=2)
+    again = HiGRPOTrainer(cfg, rewards_global=_fraction(), rewards_local=_fraction())
     again.train(steps=1, resume=False)
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1]
@@ -328,9 +328,9 @@ def test_bf16_checkpoint_trains_with_fp32_master_weights_by_default(tiny_policy,
 
     def changed_fraction(**kw) -> tuple[float, HiGRPOTrainer]:
         t = HiGRPOTrainer(_config(bf16, tmp_path / str(kw), lr=1e-6, mu=1, beta=0.0, **kw),
-                          rewards_high=_fraction(), rewards_low=_fraction())
+                          rewards_global=_fraction(), rewards_local=_fraction())
         t.train(steps=2)
-        sd = t._unwrapped().state_dict()
+        sd = t.unwrapped_model.state_dict()
         n = sum(v.numel() for v in start.values())
         return sum(int((sd[k].float() != v).sum()) for k, v in start.items()) / n, t
 
@@ -369,25 +369,25 @@ def test_what_an_rl_engineer_watches(tiny_policy, tmp_path, monkeypatch):
     cfg = _config(tiny_policy, tmp_path, prompts=["grow"], prompts_per_step=1, heldout_prompts=["fill"],
                   eval_every=2, heldout_group_size=3, lr_warmup_steps=2, steps=4,
                   loggers=["tensorboard", "wandb"])
-    t = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
+    t = HiGRPOTrainer(cfg, rewards_global=_fraction(), rewards_local=_fraction())
     t.train(steps=4)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.015, 0.03, 0.03, 0.03])
-    for key in ("step1/entropy", "step2/entropy", "step1/clip_frac", "grad_norm", "groups_dropped", "high/occupied"):
+    for key in ("global/entropy", "local/entropy", "global/clip_frac", "grad_norm", "groups_dropped", "global/occupied"):
         assert all(r[key] != "" for r in rows), key
-    assert 0 < float(rows[0]["step1/entropy"]) < np.log(t.policy.vocab.vocab_size)
-    held = [r["heldout/r_high"] for r in rows]
+    assert 0 < float(rows[0]["global/entropy"]) < np.log(t.policy.vocab.vocab_size)
+    held = [r["heldout/global/reward"] for r in rows]
     assert held[0] == "" and held[2] == "" and held[1] != "" and held[3] != ""  # steps 2 and 4
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ev = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
     ev.Reload()
-    assert [e.step for e in ev.Scalars("r_high")] == [1, 2, 3, 4]
-    assert [e.step for e in ev.Scalars("heldout/r_high")] == [2, 4]
+    assert [e.step for e in ev.Scalars("global/reward")] == [1, 2, 3, 4]
+    assert [e.step for e in ev.Scalars("heldout/global/reward")] == [2, 4]
     assert list((tmp_path / "logs").rglob("*.wandb")), "no offline W&B run written"
     with pytest.raises(ValueError, match="never be trained on"):
         HiGRPOTrainer(_config(tiny_policy, tmp_path / "bad", heldout_prompts=["fill"]),
-                      rewards_high=_fraction(), rewards_low=_fraction())
+                      rewards_global=_fraction(), rewards_local=_fraction())
 
 
 def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path):
@@ -398,15 +398,15 @@ def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path
 
     cfg = _config(tiny_policy, tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]},
                   lr=0.01, mu=2, save_every=2)
-    t = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
+    t = HiGRPOTrainer(cfg, rewards_global=_fraction(), rewards_local=_fraction())
     assert t.ref_model is None and t.reference_mode == "adapter"
-    trainable = [n for n, p in t._unwrapped().named_parameters() if p.requires_grad]
+    trainable = [n for n, p in t.unwrapped_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     t.train(steps=2)
     base = MeshPolicy.from_pretrained(tiny_policy)
     groups = t.rollout(PROMPTS, 2, seed=3)
-    b = RolloutBatch.collate([s for g in groups for s in g.step1], t.policy.vocab.pad_id)
-    [ref] = t._ref_logprobs([b])
+    b = RolloutBatch.collate([s for g in groups for s in g.steps["global"].sequences], t.policy.vocab.pad_id)
+    [ref] = t.updater.ref_logprobs([b])
     with torch.no_grad():
         want = base.logprobs(base.model, b, t.cfg.sampling)
         now = t.policy.logprobs(t.model, b, t.cfg.sampling)
@@ -418,13 +418,13 @@ def test_lora_reference_is_the_adapter_disabled_base_model(tiny_policy, tmp_path
         assert torch.allclose(exported.logprobs(exported.model, b, t.cfg.sampling), now, atol=1e-4)
     assert (tmp_path / "checkpoints" / "step-000002" / "adapter" / "adapter_model.safetensors").exists()
     # resume: a new trainer loads the adapters and continues from step 2
-    t2 = HiGRPOTrainer(cfg, rewards_high=_fraction(), rewards_low=_fraction())
+    t2 = HiGRPOTrainer(cfg, rewards_global=_fraction(), rewards_local=_fraction())
     assert t2.load_checkpoint() == 2
     with torch.no_grad():
         assert torch.allclose(t2.policy.logprobs(t2.model, b, t.cfg.sampling), now, atol=1e-5)
     with pytest.raises(ValueError, match="needs lora"):
-        HiGRPOTrainer(_config(tiny_policy, tmp_path / "x", reference="adapter"), rewards_high=_fraction(),
-                      rewards_low=_fraction())
+        HiGRPOTrainer(_config(tiny_policy, tmp_path / "x", reference="adapter"), rewards_global=_fraction(),
+                      rewards_local=_fraction())
 
 
 def test_lora_adapters_stay_out_of_the_vision_tower(tmp_path):
@@ -441,15 +441,15 @@ def test_lora_adapters_stay_out_of_the_vision_tower(tmp_path):
 
 
 def test_reference_on_cpu_matches_the_reference_on_device(tiny_policy, tmp_path):
-    a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), rewards_high=_fraction(), rewards_low=_fraction())
-    c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), rewards_high=_fraction(),
-                      rewards_low=_fraction())
+    a = HiGRPOTrainer(_config(tiny_policy, tmp_path / "a"), rewards_global=_fraction(), rewards_local=_fraction())
+    c = HiGRPOTrainer(_config(tiny_policy, tmp_path / "c", reference="cpu"), rewards_global=_fraction(),
+                      rewards_local=_fraction())
     assert next(c.ref_model.parameters()).device.type == "cpu"
     from rewardkit.rl.policy import RolloutBatch
 
     groups = a.rollout(PROMPTS, 2, seed=4)
-    b = RolloutBatch.collate([s for g in groups for s in g.step2], a.policy.vocab.pad_id)
-    assert torch.allclose(a._ref_logprobs([b])[0], c._ref_logprobs([b])[0])
+    b = RolloutBatch.collate([s for g in groups for s in g.steps["local"].sequences], a.policy.vocab.pad_id)
+    assert torch.allclose(a.updater.ref_logprobs([b])[0], c.updater.ref_logprobs([b])[0])
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tiny_policy, tmp_path):
@@ -472,8 +472,8 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_policy, tmp_path
                       for n, q in p.model.named_parameters() if q.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
-    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, activation_checkpointing=True), rewards_high=_fraction(),
-                      rewards_low=_fraction())
+    t = HiGRPOTrainer(_config(tiny_policy, tmp_path, activation_checkpointing=True), rewards_global=_fraction(),
+                      rewards_local=_fraction())
     assert np.isfinite(t.train_step()["loss"])
 
 
@@ -518,7 +518,7 @@ def test_fsdp_two_processes_sharded_checkpoint_resume_and_export(tmp_path):
     run("resumed", 2)
     resumed = run("resumed", 3)  # the same output_dir: resumes from step 2's sharded checkpoint
     assert resumed[2]["loss"] == pytest.approx(full[2]["loss"], rel=1e-5, abs=1e-7)
-    assert resumed[2]["r_high"] == pytest.approx(full[2]["r_high"])
+    assert resumed[2]["global/reward"] == pytest.approx(full[2]["global/reward"])
     # the consolidated export loads as a plain Hugging Face checkpoint and differs from the start
     exported = MeshPolicy.from_pretrained(tmp_path / "full" / "policy").model.state_dict()
     start = MeshPolicy.from_pretrained(init).model.state_dict()
@@ -552,12 +552,12 @@ def test_overlapped_rewards_give_the_same_step(tiny_policy, tmp_path):
     for overlap in (True, False):
         seen.clear()
         t = HiGRPOTrainer(_config(tiny_policy, tmp_path / str(overlap), overlap_rewards=overlap),
-                          rewards_high=frac_in_thread(), rewards_low=frac_in_thread())
+                          rewards_global=frac_in_thread(), rewards_local=frac_in_thread())
         rows.append(t.train_step())
         names = set(seen)
         if overlap:
             assert len(names) == 1 and next(iter(names)).startswith("rewardkit-rewards")
         else:
             assert names == {threading.current_thread().name}
-    for key in ("r_high", "r_low", "loss", "step1/kl"):
+    for key in ("global/reward", "local/reward", "loss", "global/kl"):
         assert rows[0][key] == pytest.approx(rows[1][key]), key

@@ -77,7 +77,7 @@ def test_two_torchrun_nodes_over_loopback_checkpoint_and_resume(tiny_fsdp_policy
     run_rl_two_nodes(tmp_path, {**cfg, "output_dir": str(tmp_path / "resumed")}, timeout=240, name="resumed")
     resumed = metric_rows(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2]
-    for key in ("loss", "r_high", "r_low", "grad_norm"):
+    for key in ("loss", "global/reward", "local/reward", "grad_norm"):
         assert resumed[1][key] == pytest.approx(full[1][key], rel=1e-5, abs=1e-7), key
     a = load_file(str(tmp_path / "run" / "policy" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "policy" / "model.safetensors"))

@@ -36,17 +36,17 @@ res["ref_dtypes"] = sorted({str(p.dtype) for p in ref})
 res["ref_all_dtensor"] = all(isinstance(p, DTensor) for p in ref)
 res["ref_local_fraction"] = sum(p.to_local().numel() for p in ref) / sum(p.numel() for p in ref)
 res["policy_dtypes"] = sorted({str(p.dtype) for p in t.model.parameters()})
-pol = full_state_dict(t._unwrapped())
+pol = full_state_dict(t.unwrapped_model)
 refsd = full_state_dict(getattr(t.ref_model, "module", t.ref_model))
-bufs = {n.replace("_checkpoint_wrapped_module.", ""): b.clone() for n, b in t._unwrapped().named_buffers()}
+bufs = {n.replace("_checkpoint_wrapped_module.", ""): b.clone() for n, b in t.unwrapped_model.named_buffers()}
 if rank == 0:
     torch.save({"policy": pol, "ref": refsd, "buffers": bufs}, out / "weights.pt")
 # reference log-probs = the policy's at step 0 (the same bf16 values the policy all-gathers)
 groups = t.rollout(cfg.prompts[:1], 2, seed=3)
-b = RolloutBatch.collate([s for g in groups for s in g.step2], t.policy.vocab.pad_id)
+b = RolloutBatch.collate([s for g in groups for s in g.steps["local"].sequences], t.policy.vocab.pad_id)
 with torch.no_grad(), t.fabric.autocast():
     lp = t.policy.logprobs(t.model, b, cfg.sampling)
-ref_lp = t._ref_logprobs([b])[0]
+ref_lp = t.updater.ref_logprobs([b])[0]
 res["ref_vs_policy_max_abs"] = float((lp - ref_lp).abs().max())
 res["scored"] = int(b.mask.sum())
 # every micro-batch's backward leaves sharded gradients only (FSDP2's unsharded accumulation buffer unused)
@@ -55,7 +55,7 @@ backward = t.fabric.backward
 
 def checked_backward(loss, *a, **k):
     backward(loss, *a, **k)
-    params = [fp for m in t._unwrapped().modules() if hasattr(m, "_get_fsdp_state")
+    params = [fp for m in t.unwrapped_model.modules() if hasattr(m, "_get_fsdp_state")
               for g in [m._get_fsdp_state()._fsdp_param_group] if g is not None for fp in g.fsdp_params]
     seen.append({"unsharded_grads": sum(fp.unsharded_accumulated_grad is not None for fp in params),
                  "sharded_grads": sum(fp.sharded_param.grad is not None for fp in params), "params": len(params)})

@@ -17,6 +17,7 @@ import torch
 from rewardkit.data.candidates import prompt_id_of, read_generations
 from rewardkit.data.tables import read_pairs
 from rewardkit.rl.guards import GuardConfig, HackingGuard, audit_selection, group_agreement, spearman
+from rewardkit.rl.records import GroupRollout, StepSamples
 from rewardkit.rl.policy import build_tiny_policy
 from rewardkit.rl.rewards import RewardError, RewardTermConfig, StepReward, TermValues, build_step_reward, build_term, occupancy_iou, surface_f1
 from rewardkit.demo.shapes import demo_shape, jitter
@@ -62,20 +63,28 @@ def test_uncertainty_penalised_reward():
         build_term({"builtin": "occupancy_iou", "uncertainty_penalty": -1})
 
 
+def _record(prompt, terms, reward=None):
+    """A group record with the global step's ``terms`` (and ``reward``) only: what the guard and audit read."""
+    n = len(next(iter(terms.values()))) if terms else len(reward)
+    r = np.zeros(n) if reward is None else np.asarray(reward, float)
+    return GroupRollout(prompt=prompt, steps={
+        "global": StepSamples(sequences=[], meshes=[None] * n, reward=r, terms=terms),
+        "local": StepSamples(sequences=[], meshes=[None] * n, reward=np.zeros(n))})
+
+
 def _groups(prompt, learned, anchor):
-    """One step's groups as data: per group the learned term 'g' and the anchor term 'a' of R_high."""
-    return [SimpleNamespace(prompt=prompt, terms_high={"g": np.asarray(lr, float), "a": np.asarray(a, float)},
-                            terms_low={}, stds_high={}, stds_low={}) for lr, a in zip(learned, anchor)]
+    """One step's groups as data: per group the learned term 'g' and the anchor term 'a' of the global step."""
+    return [_record(prompt, {"g": np.asarray(lr, float), "a": np.asarray(a, float)}) for lr, a in zip(learned, anchor)]
 
 
 def _terms(learned=True):
-    return {"high": [SimpleNamespace(name="g", weight=0.5, dims=1.0, learned=learned),
-                     SimpleNamespace(name="a", weight=1.0, dims=1.0, learned=False)], "low": []}
+    return {"global": [SimpleNamespace(name="g", weight=0.5, dims=1.0, learned=learned),
+                       SimpleNamespace(name="a", weight=1.0, dims=1.0, learned=False)], "local": []}
 
 
 def test_guard_flags_a_learned_term_rising_while_its_anchor_falls(caplog):
     guard = HackingGuard(GuardConfig(window=2, min_change=0.25), _terms())
-    assert guard.anchors == {"high/g": ["high/a"]}
+    assert guard.anchors == {"global/g": ["global/a"]}
     rng = np.random.default_rng(0)
     flags = []
     with caplog.at_level(logging.WARNING, logger="rewardkit.rl.guards"):
@@ -83,22 +92,22 @@ def test_guard_flags_a_learned_term_rising_while_its_anchor_falls(caplog):
             noise = rng.normal(0, 0.05, 4)
             up = 0.3 * max(0, t - 1)  # from step 3 on the learned term climbs, the anchor drops
             m = guard.update(t + 1, _groups("p", [noise + up], [0.8 - noise - up]))
-            flags.append(m["guard/high/g/flag"])
-            assert m["guard/high/g/agreement"] == pytest.approx(-1.0)  # opposite orders within the group
+            flags.append(m["guard/global/g/flag"])
+            assert m["guard/global/g/agreement"] == pytest.approx(-1.0)  # opposite orders within the group
     assert flags[:3] == [0.0, 0.0, 0.0] and flags[3:] == [1.0, 1.0, 1.0]  # needs 2 windows of history
-    assert m["guard/high/g/flagged_prompts"] == 1.0
+    assert m["guard/global/g/flagged_prompts"] == 1.0
     assert {e["prompt"] for e in guard.events} == {"p", "(batch)"}
-    assert "high/g rises" in caplog.text and "on p" in caplog.text
+    assert "global/g rises" in caplog.text and "on p" in caplog.text
     # both rising together (the policy got better at both) is no flag
     calm = HackingGuard(GuardConfig(window=2), _terms())
     for t in range(6):
         m = calm.update(t + 1, _groups("p", [np.arange(4) * 0.1 + 0.3 * t], [np.arange(4) * 0.1 + 0.3 * t]))
-        assert m["guard/high/g/flag"] == 0.0 and m["guard/high/g/agreement"] == pytest.approx(1.0)
+        assert m["guard/global/g/flag"] == 0.0 and m["guard/global/g/agreement"] == pytest.approx(1.0)
     # unknown names are configuration errors; no learned term: nothing to watch
     with pytest.raises(ValueError, match="unknown terms"):
-        HackingGuard(GuardConfig(learned=["high/nope"]), _terms())
+        HackingGuard(GuardConfig(learned=["global/nope"]), _terms())
     with pytest.raises(ValueError, match="not other terms"):
-        HackingGuard(GuardConfig(learned=["high/g"], anchors={"high/g": ["high/g"]}), _terms())
+        HackingGuard(GuardConfig(learned=["global/g"], anchors={"global/g": ["global/g"]}), _terms())
     assert HackingGuard(GuardConfig(), _terms(learned=False)).update(1, _groups("p", [[1, 2]], [[1, 2]])) == {}
 
 
@@ -107,14 +116,14 @@ def test_guard_flags_an_uncertainty_jump():
     out = []
     for t, s in enumerate([0.1, 0.1, 0.12, 0.3]):
         g = _groups("p", [[1, 2, 3]], [[1, 2, 3]])
-        g[0].stds_high = {"g": np.full(3, s)}
-        out.append(guard.update(t + 1, g)["guard/high/g/flag"])
+        g[0].steps["global"].term_stds = {"g": np.full(3, s)}
+        out.append(guard.update(t + 1, g)["guard/global/g/flag"])
     assert out == [0.0, 0.0, 0.0, 1.0]
     assert guard.events[-1]["reason"] == "uncertainty" and guard.events[-1]["std_last"] == pytest.approx(0.21)
 
 
 def test_audit_picks_the_best_and_worst_of_the_top_groups():
-    gs = [SimpleNamespace(r_high=np.array(r, float)) for r in ([0.1, 0.9, 0.5], [np.nan, 2.0, 0.0], [1.0, 1.0, 1.0], [0.3, np.nan, np.nan])]
+    gs = [_record("p", {}, reward=r) for r in ([0.1, 0.9, 0.5], [np.nan, 2.0, 0.0], [1.0, 1.0, 1.0], [0.3, np.nan, np.nan])]
     assert audit_selection(gs, 2) == [(1, 1, 2), (0, 1, 0)]  # flat and single-valid groups are skipped
 
 
@@ -137,10 +146,10 @@ def test_trainer_writes_candidates_guard_metrics_and_audit(tmp_path):
     summary = t.train()
     run = tmp_path / "run"
     for r in t.records:  # per-term means, within-group stds, the ensemble std and the guard, every step
-        for k in ("high/iou", "high/ens", "high/ens_group_std", "high/ens_uncertainty", "guard/high/ens/agreement",
-                  "guard/high/ens/flag", "guard/high/ens/flagged_prompts"):
+        for k in ("global/iou", "global/ens", "global/ens_group_std", "global/ens_uncertainty", "guard/global/ens/agreement",
+                  "guard/global/ens/flag", "guard/global/ens/flagged_prompts"):
             assert k in r, (k, r)
-    assert summary["guard"]["high/ens"]["anchors"] == ["high/iou"]
+    assert summary["guard"]["global/ens"]["anchors"] == ["global/iou"]
     # the candidates folder is an own-generations folder as it is
     items, _cands = read_generations(run / "candidates", generator="x")
     csv = pl.read_csv(run / "candidates" / "candidates.csv")
@@ -150,10 +159,10 @@ def test_trainer_writes_candidates_guard_metrics_and_audit(tmp_path):
     assert set(items["generator"]) == {f"{tmp_path / 'p'}@step-{n}" for n in (0, 1, 2)}  # the CSV's, not the default
     assert set(csv["mesh"]) == {"coarse", "refined"} and set(csv["step"]) == {0, 1, 2}
     assert set(items["prompt_id"]) == {prompt_id_of("a cube"), prompt_id_of("a ball")}
-    assert {"seed", "r_high", "r_low", "high/iou", "high/ens", "high/ens_std", "low/sym"} <= set(csv.columns)
-    # every row's R_high is its terms' penalised, weighted sum: iou + 0.5 * (ens - 0.5 * ens_std)
-    assert csv["r_high"].to_numpy() == pytest.approx(
-        (csv["high/iou"] + 0.5 * (csv["high/ens"] - 0.5 * csv["high/ens_std"])).to_numpy(), abs=1e-4)
+    assert {"seed", "global/reward", "local/reward", "global/iou", "global/ens", "global/ens_std", "local/sym"} <= set(csv.columns)
+    # every row's global reward is its terms' penalised, weighted sum: iou + 0.5 * (ens - 0.5 * ens_std)
+    assert csv["global/reward"].to_numpy() == pytest.approx(
+        (csv["global/iou"] + 0.5 * (csv["global/ens"] - 0.5 * csv["global/ens_std"])).to_numpy(), abs=1e-4)
     # the audit of step 2: the best and the worst sample of the best group, as candidates + a pairs table
     audit = run / "audit" / "step-0002"
     a_items, _ = read_generations(audit)
@@ -163,7 +172,7 @@ def test_trainer_writes_candidates_guard_metrics_and_audit(tmp_path):
     assert pairs["prompt_id"].n_unique() == 1 and pairs["prompt_id"][0] in set(a_items["prompt_id"])
     assert not (run / "audit" / "step-0001").exists()
     before = json.loads((run / "samples_before" / "samples.json").read_text())
-    assert [r["prompt"] for r in before["per_prompt"]] == ["a cube", "a ball"] and "high/ens" in before["per_prompt"][0]
+    assert [r["prompt"] for r in before["per_prompt"]] == ["a cube", "a ball"] and "global/ens" in before["per_prompt"][0]
 
 
 # -- the constructed collapse: "a tall cylinder" answered with the arch -----------------------------------
@@ -233,8 +242,8 @@ def test_the_constructed_collapse_is_flagged(tmp_path, caplog):
     assert probe.terms["global_scorer"][4:].min() > probe.terms["global_scorer"][:4].max()
     assert probe.terms["shape_iou"][4:].max() < probe.terms["shape_iou"][:4].min()
 
-    G, guard = 4, HackingGuard(GuardConfig(window=3, min_change=0.25), {"high": reward.terms, "low": []})
-    assert guard.anchors == {"high/global_scorer": ["high/shape_iou"]}
+    G, guard = 4, HackingGuard(GuardConfig(window=3, min_change=0.25), {"global": reward.terms, "local": []})
+    assert guard.anchors == {"global/global_scorer": ["global/shape_iou"]}
     flags, cyl_flagged, mixed_agreement = [], [], []
     with caplog.at_level(logging.WARNING, logger="rewardkit.rl.guards"):
         for t in range(14):
@@ -242,10 +251,10 @@ def test_the_constructed_collapse_is_flagged(tmp_path, caplog):
             cyl = _shape_meshes("arch", arches, 100 + t) + _shape_meshes("cylinder", G - arches, 200 + t)
             cube = _shape_meshes("cube", G, 300 + t)
             res = reward(cyl + cube, [CYL] * G + ["a cube"] * G)
-            groups = [SimpleNamespace(prompt=p, terms_high={k: v[sl] for k, v in res.terms.items()}, terms_low={})
+            groups = [_record(p, {k: v[sl] for k, v in res.terms.items()})
                       for p, sl in ((CYL, slice(0, G)), ("a cube", slice(G, 2 * G)))]
             m = guard.update(t + 1, groups)
-            flags.append(m["guard/high/global_scorer/flag"])
+            flags.append(m["guard/global/global_scorer/flag"])
             cyl_flagged.append(any(e["step"] == t + 1 and e["prompt"] == CYL for e in guard.events))
             if 0 < arches < G:  # a group of arches and cylinders: the scorer orders it against the IoU
                 mixed_agreement.append(spearman(res.terms["global_scorer"][:G], res.terms["shape_iou"][:G]))

@@ -6,12 +6,12 @@ from __future__ import annotations
 def test_reward_curve_has_heldout_columns_only_when_evaluated():
     from rewardkit.reporting.rl_run import curve_columns, curve_rows
 
-    plain = [{"step": 1, "r_high": 0.1, "r_low": 0.2}]
-    assert curve_columns(plain) == ["step", "r_high", "r_low", "r_high_group_std", "r_low_group_std"]
-    held = plain + [{"step": 2, "r_high": 0.3, "r_low": 0.4, "heldout/r_high": 0.25, "heldout/r_low": 0.35}]
-    assert curve_columns(held)[-2:] == ["heldout/r_high", "heldout/r_low"]
+    plain = [{"step": 1, "global/reward": 0.1, "local/reward": 0.2}]
+    assert curve_columns(plain) == ["step", "global/reward", "local/reward", "global/reward_group_std", "local/reward_group_std"]
+    held = plain + [{"step": 2, "global/reward": 0.3, "local/reward": 0.4, "heldout/global/reward": 0.25, "heldout/local/reward": 0.35}]
+    assert curve_columns(held)[-2:] == ["heldout/global/reward", "heldout/local/reward"]
     rows = curve_rows(held)
-    assert rows[0]["heldout/r_high"] is None and rows[1]["heldout/r_high"] == 0.25
+    assert rows[0]["heldout/global/reward"] is None and rows[1]["heldout/global/reward"] == 0.25
 
 
 def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_path):
@@ -33,16 +33,16 @@ def test_penalised_arm_penalises_every_scorer_term_and_compares_per_prompt(tmp_p
         penalised_params(p, -1.0)
 
     def ev(iou: float, g: float) -> dict:
-        return {"per_prompt": [{"prompt": "a tall cylinder", "r_high": iou + 0.5 * g, "high/shape_iou": iou,
-                                "high/global_scorer": g, "high/global_scorer_uncertainty": 0.3},
-                               {"prompt": "a cube", "r_high": 0.7, "high/shape_iou": 0.6, "high/global_scorer": 0.2}]}
+        return {"per_prompt": [{"prompt": "a tall cylinder", "global/reward": iou + 0.5 * g, "global/shape_iou": iou,
+                                "global/global_scorer": g, "global/global_scorer_uncertainty": 0.3},
+                               {"prompt": "a cube", "global/reward": 0.7, "global/shape_iou": 0.6, "global/global_scorer": 0.2}]}
 
     before, plain, pen = ev(0.5, -1.0), ev(0.14, -0.1), ev(0.45, -0.8)
-    rows = compare_rows(before, plain, pen, {"high/global_scorer": {"flagged_prompts": ["a tall cylinder"]}}, {})
+    rows = compare_rows(before, plain, pen, {"global/global_scorer": {"flagged_prompts": ["a tall cylinder"]}}, {})
     cyl = next(r for r in rows if r["prompt"] == "a tall cylinder")
-    assert (cyl["high/shape_iou_before"], cyl["high/shape_iou_plain"], cyl["high/shape_iou_penalised"]) == (0.5, 0.14, 0.45)
-    assert cyl["high/global_scorer_plain"] == -0.1 and cyl["high/global_scorer_penalised"] == -0.8
-    assert cyl["guard_flagged_plain"] == "high/global_scorer" and cyl["guard_flagged_penalised"] == ""
+    assert (cyl["global/shape_iou_before"], cyl["global/shape_iou_plain"], cyl["global/shape_iou_penalised"]) == (0.5, 0.14, 0.45)
+    assert cyl["global/global_scorer_plain"] == -0.1 and cyl["global/global_scorer_penalised"] == -0.8
+    assert cyl["guard_flagged_plain"] == "global/global_scorer" and cyl["guard_flagged_penalised"] == ""
     assert not any(k.endswith("_uncertainty_before") for k in cyl)
     plot_compare(rows, tmp_path / "compare.png", 1.0)
     assert (tmp_path / "compare.png").stat().st_size > 5000

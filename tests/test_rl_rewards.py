@@ -87,7 +87,7 @@ def test_trainer_step_with_exported_scorers(tmp_path):
                          [{"name": "local", "scorer": d, "args": {"stage": "local"}},
                           {"builtin": "mirror_symmetry", "weight": 0.5}])
     m = HiGRPOTrainer(cfg).train_step()
-    assert np.isfinite(m["high/global"]) and np.isfinite(m["low/local"]) and "low/local_group_std" in m
+    assert np.isfinite(m["global/global"]) and np.isfinite(m["local/local"]) and "local/local_group_std" in m
     assert np.isfinite(m["loss"]) or m["groups_kept"] == 0
 
 

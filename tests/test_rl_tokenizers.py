@@ -182,4 +182,4 @@ def test_trainer_runs_on_a_hf_checkpoint_and_vqvae_weights_paths(random_vqvae, t
     trainer = HiGRPOTrainer(cfg)
     assert isinstance(trainer.shape_tokenizer, VQVAETokenizer) and trainer.shape_tokenizer.resolution == 16
     m = trainer.train_step()
-    assert m["step"] == 1 and "high/occupied_fraction" in m and "low/mirror_symmetry_group_std" in m
+    assert m["step"] == 1 and "global/occupied_fraction" in m and "local/mirror_symmetry_group_std" in m

@@ -53,7 +53,7 @@ def _expected_reward(trainer) -> list[float]:
     """Mean R_high of 64 fresh samples per prompt (fixed seed) with the trainer's own sampler, and its SE."""
     import numpy as np
 
-    r = np.concatenate([g.r_high for g in trainer.rollout(PROMPTS, 64, seed=12345)])
+    r = np.concatenate([g.steps["global"].reward for g in trainer.rollout(PROMPTS, 64, seed=12345)])
     return [float(r.mean()), float(r.std(ddof=1) / np.sqrt(r.size))]
 
 
@@ -137,7 +137,7 @@ def run_vllm(policy: str, out: str) -> dict:
                 recs.setdefault(tuple(r["prompt"]), []).append(r)
             mb = self.cfg.micro_batch_size
             for k in (0, 1):
-                seqs = [s for g in groups for s in (g.step1 if k == 0 else g.step2)]
+                seqs = [s for g in groups for s in g.steps[("global", "local")[k]].sequences]
                 for i in range(0, len(seqs), mb):
                     chunk = seqs[i:i + mb]
                     b = RolloutBatch.collate(chunk, self.policy.vocab.pad_id)
@@ -173,7 +173,7 @@ def run_vllm(policy: str, out: str) -> dict:
     t1 = time.time()
     for _ in range(STEPS):
         m = trainer.train_step()
-        rewards.append(m["r_high"])
+        rewards.append(m["global/reward"])
         # the step's sampled tokens (recorded before optimize cleared them: the next step's rollouts are
         # checked in its optimize; here the greedy checks)
         e_stale, h = _greedy_pair(trainer, gen)  # the engine before its sync: the previous weights
@@ -274,7 +274,7 @@ def run_hf(policy: str, out: str, seed: int) -> dict:
     trainer = HiGRPOTrainer(HiGRPOConfig.from_dict(_config(policy, out, "hf", seed)))
     before = _expected_reward(trainer)
     t = time.time()
-    rewards = [trainer.train_step()["r_high"] for _ in range(STEPS)]
+    rewards = [trainer.train_step()["global/reward"] for _ in range(STEPS)]
     train_s = time.time() - t
     return {"rewards": rewards, "train_s": train_s, "before": before, "after": _expected_reward(trainer)}
 

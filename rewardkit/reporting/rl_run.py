@@ -1,10 +1,10 @@
 """The report of a finished Hi-GRPO run, as the pipeline's ``rl`` and ``rl_penalised`` stages write it.
 
-:func:`write_run_report`: ``<report>.json`` (R_high and R_low at the start and end of the run, the
-before/after evaluation, the reward-hacking guard's flags), the reward curve CSV (one row per step: R_high/R_low
-and every term's mean and within-group std, the guard's agreement and flag per learned term) and a plots
-folder (``reward_curve.png``, the before/after renders, ``prompts.csv`` + ``prompts.png``: per prompt R_high
-and every R_high term before and after, flagged prompts marked, and ``audit/step-N.png``).
+:func:`write_run_report`: ``<report>.json`` (the global and local rewards at the start and end of the run, the
+before/after evaluation, the reward-hacking guard's flags), the reward curve CSV (one row per step: the global
+and local rewards and every term's mean and within-group std, the guard's agreement and flag per learned term)
+and a plots folder (``reward_curve.png``, the before/after renders, ``prompts.csv`` + ``prompts.png``: per prompt
+the global reward and every global term before and after, flagged prompts marked, and ``audit/step-N.png``).
 :func:`penalised_params` and :func:`write_comparison`: the same run with every learned (scorer) term rewarded as
 ``mean - k * std``, compared per prompt with the plain run (``compare.csv`` + ``compare.png``).
 """
@@ -21,16 +21,21 @@ from typing import Any
 from rewardkit.config import ConfigError
 
 # Columns of the reward curve DVC plots (the full per-term log stays in data/rl/metrics.csv).
-CURVE_COLUMNS = ("step", "r_high", "r_low", "r_high_group_std", "r_low_group_std")
+# the trainer's own per-step metric names (``global/loss``, ``local/reward`` ...): no reward term may take one
+RESERVED_TERM_NAMES = ("reward", "reward_combined", "reasoning_tokens", "tokens", "entropy", "kl", "clip_low_frac",
+                       "clip_high_frac", "clip_frac", "ratio_mean", "loss")
+
+CURVE_COLUMNS = ("step", "global/reward", "local/reward", "global/reward_group_std", "local/reward_group_std")
 # with rl.heldout_prompts + rl.eval_every: the held-out evaluation, empty on steps without one
-HELDOUT_COLUMNS = ("heldout/r_high", "heldout/r_low")
+HELDOUT_COLUMNS = ("heldout/global/reward", "heldout/local/reward")
 
 
 def _is_term_column(k: str) -> bool:
-    """Per-term means / within-group stds / uncertainties (``high/<term>...``) and the guard's agreement
+    """Per-term means / within-group stds / uncertainties (``global/<term>...``) and the guard's agreement
     and flag (``guard/<step>/<term>/agreement|flag``)."""
-    if k.startswith(("high/", "low/")):
-        return True
+    if k.startswith(("global/", "local/")):
+        base = k.partition("/")[2].removesuffix("_group_std").removesuffix("_uncertainty")
+        return base not in RESERVED_TERM_NAMES  # not the trainer's own global/loss, global/reward, ...
     return k.startswith("guard/") and k.endswith(("/agreement", "/flag"))
 
 
@@ -42,25 +47,26 @@ def curve_columns(records: list[dict]) -> list[str]:
 
 
 def curve_rows(records: list[dict]) -> list[dict]:
-    """One row per optimizer step that produced rewards (skipped steps have no R_high)."""
+    """One row per optimizer step that produced rewards (skipped steps have no global reward)."""
     cols = curve_columns(records)
-    return [{k: r.get(k) for k in cols} for r in records if r.get("r_high") is not None]
+    return [{k: r.get(k) for k in cols} for r in records if r.get("global/reward") is not None]
 
 
 def report_metrics(summary: dict) -> dict:
     """The metrics DVC shows: the start/end windows of the training curve and the fixed-seed evaluations."""
-    keys = ("steps", "window", "r_high_first", "r_high_last", "r_low_first", "r_low_last", "r_high_rose", "r_low_rose")
+    keys = ("steps", "window", "global/reward_first", "global/reward_last", "local/reward_first", "local/reward_last",
+            "global/reward_rose", "local/reward_rose")
     out = {k: summary.get(k) for k in keys}
     for when in ("eval_before", "eval_after"):
         ev = summary.get(when) or {}
-        out[when] = {k: ev[k] for k in ("r_high", "r_low") if k in ev}
+        out[when] = {k: ev[k] for k in ("global/reward", "local/reward") if k in ev}
     out["guard"] = {term: {"flagged_steps": len(g["flagged_steps"]), "flagged_prompts": g["flagged_prompts"]}
                     for term, g in (summary.get("guard") or {}).items()}
     return out
 
 
 def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[dict]:
-    """Per evaluation prompt: R_high and every R_high term (``high/<term>``) before and after training
+    """Per evaluation prompt: the global reward and every global term (``global/<term>``) before and after training
     (the fixed-seed evaluations' ``per_prompt`` means) and the learned terms the guard flagged on it."""
     b = {r["prompt"]: r for r in before.get("per_prompt", [])}
     a = {r["prompt"]: r for r in after.get("per_prompt", [])}
@@ -70,7 +76,8 @@ def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[di
             flagged.setdefault(p, []).append(term)
     rows = []
     for prompt in [p for p in b if p in a]:
-        keys = ["r_high"] + [k for k in b[prompt] if k.startswith("high/") and not k.endswith(("_group_std", "_uncertainty"))]
+        keys = ["global/reward"] + [k for k in b[prompt] if k.startswith("global/") and _is_term_column(k)
+                                    and not k.endswith(("_group_std", "_uncertainty"))]
         row: dict = {"prompt": prompt}
         for k in keys:
             row[f"{k}_before"], row[f"{k}_after"] = b[prompt].get(k), a[prompt].get(k)
@@ -81,9 +88,9 @@ def prompt_rows(before: dict, after: dict, guard: dict | None = None) -> list[di
     return rows
 
 
-def plot_bars(rows: list[dict], path: str | Path, arms: tuple[tuple[str, str, str], ...], title: str, r_high_title: str,
+def plot_bars(rows: list[dict], path: str | Path, arms: tuple[tuple[str, str, str], ...], title: str, reward_title: str,
               ) -> None:
-    """One panel per quantity (R_high, each R_high term), per prompt one bar per arm (``(suffix, label,
+    """One panel per quantity (the global reward, each global term), per prompt one bar per arm (``(suffix, label,
     colour)``: the row's ``<key>_<suffix>``); a prompt the guard flagged is labelled so, in red."""
     import matplotlib
 
@@ -103,7 +110,7 @@ def plot_bars(rows: list[dict], path: str | Path, arms: tuple[tuple[str, str, st
         for j, (arm, label, colour) in enumerate(arms):
             ax.barh(y + (j - (len(arms) - 1) / 2) * height, [r.get(f"{key}_{arm}") or 0.0 for r in rows],
                     height=height, label=label, color=colour)
-        ax.set_title(key.replace("high/", "R_high term: ") if key != "r_high" else r_high_title, fontsize=9)
+        ax.set_title(key.replace("global/", "global term: ") if key != "global/reward" else reward_title, fontsize=9)
         ax.set_yticks(y)
         ax.set_yticklabels(labels if ax is axes[0][0] else [], fontsize=8)
         for t, r in zip(ax.get_yticklabels(), rows):
@@ -120,18 +127,19 @@ def plot_bars(rows: list[dict], path: str | Path, arms: tuple[tuple[str, str, st
 
 
 def plot_prompts(rows: list[dict], path: Path) -> None:
-    """Before/after bars per prompt for R_high and each R_high term (:func:`prompt_rows`)."""
+    """Before/after bars per prompt for the global reward and each global term (:func:`prompt_rows`)."""
     plot_bars(rows, path, (("before", "before", "#9aa5b1"), ("after", "after", "#1f77b4")),
               "Per prompt, fixed-seed evaluation before vs after Hi-GRPO (red: the guard flagged a learned term)",
-              "R_high")
+              "global reward")
 
 
 def reward_line(rep: dict) -> str | None:
-    """'R_high a -> b, R_low c -> d over N Hi-GRPO steps (...)' from :func:`report_metrics`; None if no step scored."""
-    if rep.get("r_high_first") is None:
+    """'global reward a -> b, local reward c -> d over N Hi-GRPO steps (...)' from :func:`report_metrics`; None
+    if no step scored."""
+    if rep.get("global/reward_first") is None:
         return None
-    return (f"R_high {rep['r_high_first']:.3f} -> {rep['r_high_last']:.3f}, R_low {rep['r_low_first']:.3f} -> "
-            f"{rep['r_low_last']:.3f} over {rep['steps']} Hi-GRPO steps (first vs last {rep['window']}-step means)")
+    return (f"global reward {rep['global/reward_first']:.3f} -> {rep['global/reward_last']:.3f}, local reward "
+            f"{rep['local/reward_first']:.3f} -> {rep['local/reward_last']:.3f} over {rep['steps']} Hi-GRPO steps (first vs last {rep['window']}-step means)")
 
 
 def penalised_params(p: dict, k: float) -> dict:
@@ -156,7 +164,7 @@ def penalised_params(p: dict, k: float) -> dict:
 
 def compare_rows(before: dict, plain: dict, penalised: dict, guard_plain: dict | None, guard_pen: dict | None,
                  ) -> list[dict]:
-    """Per evaluation prompt: R_high and every R_high term before RL, after the plain arm and after the
+    """Per evaluation prompt: the global reward and every global term before RL, after the plain arm and after the
     penalised arm (fixed-seed evaluations), and the learned terms the guard flagged in each arm."""
     plain_rows = {r["prompt"]: r for r in prompt_rows(before, plain, guard_plain)}
     pen_rows = {r["prompt"]: r for r in prompt_rows(before, penalised, guard_pen)}
@@ -181,7 +189,7 @@ def plot_compare(rows: list[dict], path: Path, k: float) -> None:
     plot_bars(rows, path, (("before", "before RL", "#9aa5b1"), ("plain", "after RL", "#1f77b4"),
                            ("penalised", f"after RL, penalised (k={k:g})", "#e8590c")),
               "Per prompt, fixed-seed evaluation: Hi-GRPO with the plain vs the uncertainty-penalised scorer terms",
-              "R_high (each arm's own objective)")
+              "global reward (each arm's own objective)")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -1,8 +1,8 @@
 """The before/after sample grid of a Hi-GRPO run (``samples_before/renders.png``, ``samples_after/``).
 
-One row per evaluation prompt; for each of its first samples two columns, the step-1 (coarse, global)
-mesh and the step-2 (refined, local) mesh, rendered inside the outline of the grid box. Column headers
-name the sample and the step; under each mesh its step reward (R_high or R_low) and every reward term
+One row per evaluation prompt; for each of its first samples two columns, the global step's (step 1, coarse)
+mesh and the local step's (step 2, refined) mesh, rendered inside the outline of the grid box. Column headers
+name the sample and the step; under each mesh its step reward (global or local) and every reward term
 with its weight, so a cell reads at a glance. ``sample_cells`` gives the same numbers as data (written
 to ``samples.json`` as ``grid``).
 """
@@ -18,7 +18,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-STEP_NAMES = {1: "step 1: coarse shape", 2: "step 2: refined"}
+STEP_NAMES = {1: "global: coarse shape", 2: "local: refined"}
+STEP_KEYS = {1: "global", 2: "local"}  # GroupRollout.steps
 STEP_COLOURS = {1: "#1f77b4", 2: "#d9480f"}
 
 
@@ -28,21 +29,21 @@ def _num(v: float) -> float | None:
 
 def sample_cells(groups: Sequence[Any], max_samples: int = 4, weights: dict[str, dict[str, float]] | None = None) -> dict:
     """The grid as data: ``columns`` (labels), ``rows`` (prompts) and one cell per prompt x sample x step
-    with ``reward`` (R_high for step 1, R_low for step 2) and ``terms`` (name -> raw value, weight);
+    with ``reward`` (the global step's reward for step 1, the local step's for step 2) and ``terms`` (name -> raw value, weight);
     NaN (a failed term) is None."""
     weights = weights or {}
-    n = min(max_samples, min((len(g.r_high) for g in groups), default=0))
+    n = min(max_samples, min((g.group_size for g in groups), default=0))
     columns = [f"sample {s + 1} · {STEP_NAMES[k]}" for s in range(n) for k in (1, 2)]
     cells = []
     for gi, g in enumerate(groups):
         for s in range(n):
-            for k, (r, terms, w) in ((1, (g.r_high, g.terms_high, weights.get("high", {}))),
-                                     (2, (g.r_low, g.terms_low, weights.get("low", {})))):
+            for k, st in ((1, g.steps["global"]), (2, g.steps["local"])):
+                r, terms, w = st.reward, st.terms, weights.get(STEP_KEYS[k], {})
                 cells.append({
                     "row": gi, "prompt": g.prompt, "sample": s + 1, "step": k,
-                    "reward_name": "R_high" if k == 1 else "R_low", "reward": _num(r[s]),
+                    "reward_name": f"{STEP_KEYS[k]} reward", "reward": _num(r[s]),
                     "terms": {t: {"value": _num(v[s]), "weight": w.get(t)} for t, v in terms.items()},
-                    "empty_mesh": (g.meshes1 if k == 1 else g.meshes2)[s] is None,
+                    "empty_mesh": st.meshes[s] is None,
                 })
     return {"columns": columns, "rows": [g.prompt for g in groups], "samples_per_prompt": n, "cells": cells}
 
@@ -86,7 +87,7 @@ def _render_tiles(groups: Sequence[Any], n: int, size: int) -> dict[tuple[int, i
         with Renderer(size=size) as r:
             for gi, g in enumerate(groups):
                 for s in range(n):
-                    for k, m in ((1, g.meshes1[s]), (2, g.meshes2[s])):
+                    for k, m in ((1, g.steps["global"].meshes[s]), (2, g.steps["local"].meshes[s])):
                         out[(gi, s, k)] = r.render(_with_grid_frame(m), protocol, modes=("geometry",))["geometry"][0]
         return out
     except Exception as exc:  # renders are a report artifact; the run goes on
@@ -125,7 +126,7 @@ def plot_sample_grid(groups: Sequence[Any], path: str | Path, *, max_samples: in
                     ax.set_xticks([]), ax.set_yticks([])
                 else:
                     ax = fig.add_subplot(gs[gi, col], projection="3d")
-                    m = (g.meshes1 if k == 1 else g.meshes2)[s]
+                    m = g.steps[STEP_KEYS[k]].meshes[s]
                     if m is not None and "occupancy" in getattr(m, "metadata", {}):
                         ax.voxels(np.asarray(m.metadata["occupancy"]).transpose(0, 2, 1))
                     ax.set_axis_off()

@@ -6,9 +6,13 @@
 - :mod:`rewardkit.rl.tokenizers`  shape tokenizers (tokens <-> occupancy -> mesh): voxel blocks, ShapeLLM-Omni VQVAE
 - :mod:`rewardkit.rl.rewards`     weighted reward terms per step over ``fn(meshes, prompts) -> list[float]``
 - :mod:`rewardkit.rl.config`      :class:`HiGRPOConfig` (every field commented), :func:`load_config`
-- :mod:`rewardkit.rl.trainer`     :class:`HiGRPOTrainer` (Lightning Fabric), assembled from
-  :mod:`~rewardkit.rl.rollout`, :mod:`~rewardkit.rl.update`, :mod:`~rewardkit.rl.checkpoint`,
-  :mod:`~rewardkit.rl.reports` (+ :mod:`~rewardkit.reporting.sample_grid`); devices in :mod:`~rewardkit.rl.engine` and :mod:`~rewardkit.rl.sharding`;
+- :mod:`rewardkit.rl.records`     :class:`GroupRollout`, the record of one prompt group's two-step samples
+  (per step, ``"global"`` and ``"local"``, a :class:`StepSamples`)
+- :mod:`rewardkit.rl.trainer`     :class:`HiGRPOTrainer` (Lightning Fabric), with the collaborators
+  :class:`~rewardkit.rl.rollout.Sampler`, :class:`~rewardkit.rl.update.Updater`,
+  :class:`~rewardkit.rl.checkpoint.Checkpointer`, :class:`~rewardkit.rl.reports.MetricsLog` (+
+  :mod:`~rewardkit.reporting.sample_grid`) and the :class:`Callback` s of :mod:`~rewardkit.rl.callbacks` (guard,
+  candidates, audit); seeds in :mod:`~rewardkit.rl.seeds`; devices in :mod:`~rewardkit.rl.engine` and :mod:`~rewardkit.rl.sharding`;
   :mod:`~rewardkit.rl.freezing`, :mod:`~rewardkit.rl.lora`; the demo's :mod:`~rewardkit.rl.warm_start`
 
 Heavy modules are imported on first attribute access.
@@ -22,6 +26,9 @@ from typing import Any
 _EXPORTS = {
     "HiGRPOConfig": "rewardkit.rl.config",
     "HiGRPOTrainer": "rewardkit.rl.trainer",
+    "GroupRollout": "rewardkit.rl.records",
+    "StepSamples": "rewardkit.rl.records",
+    "Callback": "rewardkit.rl.callbacks",
     "WarmStartConfig": "rewardkit.rl.config",
     "load_config": "rewardkit.rl.config",
     "MeshPolicy": "rewardkit.rl.policy",

@@ -14,10 +14,10 @@ column                  meaning
 ``step``                N, the optimizer steps the policy had taken (0: before training)
 ``seed``                the seed of the rollout batch (the same policy, batch and seed resample it)
 ``sample``              the sample's index in its prompt group
-``hi_grpo_step``        1 for the coarse (step-1, global) mesh, 2 for the refined (step-2, local) one
-``mesh``                ``coarse`` | ``refined``
-``r_high``, ``r_low``   the sample's step rewards (both steps' on both rows: one sample, two meshes)
-``high/<term>``, ``low/<term>``  every reward term's raw value; ``<...>_std`` where a term reports one
+``hi_grpo_step``        ``global`` for the coarse mesh (step 1), ``local`` for the refined one (step 2)
+``mesh``                ``coarse`` | ``refined`` (the mesh kind of that step)
+``global/reward``, ``local/reward``  the sample's step rewards (both steps' on both rows: one sample, two meshes)
+``global/<term>``, ``local/<term>``  every reward term's raw value; ``<...>_std`` where a term reports one
 ======================  ===========================================================================
 
 Samples whose tokens decoded to no surface have no mesh and are left out (counted in the return value).
@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from rewardkit.data.candidates import MANIFEST_NAME, prompt_id_of
+from rewardkit.rl.records import STEPS
 
 __all__ = ["CandidatesConfig", "write_generations", "item_id_of", "MESH_KINDS"]
 
-MESH_KINDS = {1: "coarse", 2: "refined"}
+MESH_KINDS = {1: "coarse", 2: "refined"}  # by Hi-GRPO step: 1 global, 2 local
 FIXED_COLUMNS = ("mesh_path", "prompt", "prompt_id", "item_id", "generator", "step", "seed", "sample",
-                 "hi_grpo_step", "mesh", "r_high", "r_low")
+                 "hi_grpo_step", "mesh", "global/reward", "local/reward")
 
 
 @dataclass
@@ -46,11 +47,12 @@ class CandidatesConfig:
 
     every: int = 0  # the samples of every N-th optimizer step (all groups sampled, dropped ones too); 0: none
     eval: bool = False  # also the fixed-seed before/after evaluation samples (steps 0 and the last)
-    meshes: Literal["coarse", "refined", "both"] = "both"  # step-1 meshes, step-2 meshes, or both
+    meshes: Literal["coarse", "refined", "both"] = "both"  # global-step meshes, local-step meshes, or both
 
 
 def item_id_of(tag: str, group: int, sample: int, step: int) -> str:
-    """The item id of a sample's mesh (``step`` 1: coarse, 2: refined) in a candidates folder."""
+    """The item id of a sample's mesh (``step`` 1: the global step's coarse mesh, 2: the local step's refined
+    one) in a candidates folder."""
     return f"{tag}-g{group:02d}-s{sample:02d}-{MESH_KINDS[step]}"
 
 
@@ -77,9 +79,9 @@ def write_generations(groups: Sequence[Any], folder: str | Path, *, tag: str, st
     empty = 0
     for gi, g in enumerate(groups):
         pid = prompt_id_of(g.prompt)
-        for s in (samples or {}).get(gi, range(len(g.r_high))):
+        for s in (samples or {}).get(gi, range(g.group_size)):
             for k in kinds:
-                mesh = (g.meshes1 if k == 1 else g.meshes2)[s]
+                mesh = g.steps[STEPS[k - 1]].meshes[s]
                 if mesh is None:
                     empty += 1
                     continue
@@ -88,12 +90,12 @@ def write_generations(groups: Sequence[Any], folder: str | Path, *, tag: str, st
                 mesh.export(folder / rel)
                 row = {"mesh_path": rel.as_posix(), "prompt": g.prompt, "prompt_id": pid, "item_id": item,
                        "generator": generator, "step": str(step), "seed": "" if g.seed is None else str(g.seed),
-                       "sample": str(s), "hi_grpo_step": str(k), "mesh": MESH_KINDS[k],
-                       "r_high": _num(g.r_high[s]), "r_low": _num(g.r_low[s])}
-                for name, terms, stds in (("high", g.terms_high, g.stds_high), ("low", g.terms_low, g.stds_low)):
-                    for t, v in terms.items():
+                       "sample": str(s), "hi_grpo_step": STEPS[k - 1], "mesh": MESH_KINDS[k],
+                       **{f"{name}/reward": _num(g.steps[name].reward[s]) for name in STEPS}}
+                for name in STEPS:
+                    for t, v in g.steps[name].terms.items():
                         row[f"{name}/{t}"] = _num(v[s])
-                    for t, v in stds.items():
+                    for t, v in g.steps[name].term_stds.items():
                         row[f"{name}/{t}_std"] = _num(v[s])
                 rows.append(row)
     _merge_rows(folder / MANIFEST_NAME, rows)

@@ -43,7 +43,7 @@ class GuardConfig:
     """The reward-hacking guard of a Hi-GRPO run (``guard:`` in the config)."""
 
     enabled: bool = True
-    # learned terms to watch as "<step>/<term>" (step high or low); None: the terms marked learned
+    # learned terms to watch as "<step>/<term>" (step global or local); None: the terms marked learned
     # (scorer and url terms, or any term with ``learned: true``)
     learned: list[str] | None = None
     # "<step>/<term>" -> its anchors ("<step>/<term>" of the same step); unset: the step's other terms that
@@ -52,7 +52,7 @@ class GuardConfig:
     window: int = 4  # appearances per window: the last `window` of a prompt against the `window` before
     min_change: float = 0.25  # a rise / fall bigger than this many within-group stds of the series
     std_jump: float = 2.0  # uncertainty flag: last window's mean std above std_jump x the first window's
-    # the audit: every N optimizer steps (0: never), the `audit_top_k` groups with the highest R_high
+    # the audit: every N optimizer steps (0: never), the `audit_top_k` groups with the highest global-reward
     # sample, each as its best and its worst sample: a grid PNG (with ``render``), the meshes as candidates
     # and the best-vs-worst pairs (pairs table) under output_dir/audit/step-N/
     audit_every: int = 0
@@ -100,7 +100,7 @@ def _key(step: str, term: str) -> str:
 
 class HackingGuard:
     """Follows learned reward terms step by step (see the module docstring). ``terms``: per Hi-GRPO step
-    (``high``, ``low``) its :class:`~rewardkit.rl.rewards.RewardTerm` s (names, weights, dims, learned)."""
+    (``global``, ``local``) its :class:`~rewardkit.rl.rewards.RewardTerm` s (names, weights, dims, learned)."""
 
     def __init__(self, config: GuardConfig, terms: Mapping[str, Sequence[Any]]):
         self.cfg = config
@@ -138,7 +138,7 @@ class HackingGuard:
         return list(self.anchors)
 
     def _anchor_values(self, g: Any, step: str, anchors: Sequence[str]) -> np.ndarray:
-        terms = getattr(g, f"terms_{step}")
+        terms = g.steps[step].terms
         total = None
         for a in anchors:
             t = self.terms[step][a.partition("/")[2]]
@@ -147,18 +147,18 @@ class HackingGuard:
         return total
 
     def update(self, step_index: int, groups: Sequence[Any]) -> dict[str, float]:
-        """The guard's metrics for one optimizer step's sampled groups (each with ``prompt``,
-        ``terms_high``/``terms_low`` and optionally ``stds_high``/``stds_low``); flags are logged."""
+        """The guard's metrics for one optimizer step's sampled groups (:class:`~rewardkit.rl.GroupRollout`
+        s: ``prompt`` and per step ``terms`` and ``term_stds``); flags are logged."""
         out: dict[str, float] = {}
         if not self.cfg.enabled or not groups:
             return out
         for key, anchors in self.anchors.items():
             step, _, name = key.partition("/")
-            vals = [np.asarray(getattr(g, f"terms_{step}")[name], dtype=np.float64) for g in groups]
+            vals = [np.asarray(g.steps[step].terms[name], dtype=np.float64) for g in groups]
             anc = [self._anchor_values(g, step, anchors) for g in groups] if anchors else None
             if anc is not None:
                 out[f"guard/{key}/agreement"] = group_agreement(vals, anc)
-            stds = [getattr(g, f"stds_{step}", {}).get(name) for g in groups]
+            stds = [g.steps[step].term_stds.get(name) for g in groups]
             reasons: list[dict[str, Any]] = []
             if all(s is not None for s in stds):
                 m = _nanmean(np.concatenate(stds))
@@ -225,12 +225,13 @@ def _nanstd(v: np.ndarray) -> float:
 
 
 def audit_selection(groups: Sequence[Any], top_k: int) -> list[tuple[int, int, int]]:
-    """The audit's samples: ``(group index, best sample, worst sample)`` by R_high for the ``top_k`` groups
+    """The audit's samples: ``(group index, best sample, worst sample)`` by the global step's reward for the
+    ``top_k`` groups
     whose best sample scores highest (failed samples never chosen; groups without two valid samples
     skipped), highest first."""
     rows = []
     for gi, g in enumerate(groups):
-        r = np.asarray(g.r_high, dtype=np.float64)
+        r = np.asarray(g.steps["global"].reward, dtype=np.float64)
         ok = np.flatnonzero(np.isfinite(r))
         if len(ok) < 2:
             continue

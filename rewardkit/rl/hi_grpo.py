@@ -2,7 +2,7 @@
 
 Pure tensor functions with no model, tokenizer or I/O, so each can be checked against hand-computed
 values (tests/test_hi_grpo_math.py). The equations are AR3D-R1's (arXiv:2512.10949, Eq. 9-14; see
-docs/hi-grpo.md):
+docs/hi-grpo.md; R_high is the reward of the global step, step 1, and R_low that of the local step, step 2):
 
     R~_high = R_high + lambda * R_low
     A(1)_i  = (R~_high_i - mean_g) / (std_g + eps)      population std within the prompt group
@@ -43,9 +43,10 @@ LOSS_AGGREGATIONS = ("token", "sequence")
 RATIO_LEVELS = ("token", "sequence")
 
 
-def combine_step_rewards(r_high: torch.Tensor, r_low: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Step-1 reward with cross-step supervision: ``R~_high = R_high + lam * R_low`` (paper Eq. 9)."""
-    return r_high + lam * r_low
+def combine_step_rewards(r_global: torch.Tensor, r_local: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """The global step's reward with cross-step supervision: ``r_global + lam * r_local`` (paper Eq. 9,
+    ``R~_high = R_high + lam * R_low``; the paper's R_high is the global step's reward, R_low the local step's)."""
+    return r_global + lam * r_local
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -1,91 +1,79 @@
-"""Rollouts of one Hi-GRPO step: two-step samples per prompt group, decoded and scored (step 1's rewards
-overlapping step 2's generation), and dynamic sampling (drop groups without signal, refill)."""
+"""Rollouts of one Hi-GRPO step (:class:`Sampler`): two-step samples per prompt group, decoded and scored (the
+global step's rewards overlapping the local step's generation), and dynamic sampling (drop groups without
+signal, refill)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from rewardkit.rl.hi_grpo import combine_step_rewards, group_has_signal
-from rewardkit.rl.sequences import StepRollout
+from rewardkit.rl.records import GroupRollout, StepSamples
 from rewardkit.rl.sampling import sample_two_steps
+from rewardkit.rl.seeds import step_seed
+from rewardkit.rl.sequences import StepRollout
 
-__all__ = ["RolloutMixin"]
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+__all__ = ["Sampler"]
 
 
-def _step_seed(seed: int, step: int, rank: int, extra: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, rank, extra]).generate_state(1)[0])
+class Sampler:
+    """Samples and scores prompt groups for :class:`~rewardkit.rl.trainer.HiGRPOTrainer`.
 
+    ``cfg``: the run's :class:`~rewardkit.rl.HiGRPOConfig`; ``policy``: the :class:`~rewardkit.rl.MeshPolicy`
+    (its ``generator`` samples); ``model``: the trained module as Fabric set it up; ``shape_tokenizer``
+    decodes codes to meshes; ``rewards``: per step name (``global``, ``local``) its
+    :class:`~rewardkit.rl.StepReward`; ``prompts``: the training prompts; ``fabric``: ranks and devices."""
 
-@dataclass
-class _Group:
-    prompt: str
-    step1: list[StepRollout]
-    step2: list[StepRollout]
-    meshes1: list[Any]
-    meshes2: list[Any]
-    r_high: np.ndarray
-    r_low: np.ndarray
-    terms_high: dict[str, np.ndarray]
-    terms_low: dict[str, np.ndarray]  # raw term values; NaN where the term failed for that sample
-    seed: int | None = None  # the seed of the rollout batch the group was sampled in
-    stds_high: dict[str, np.ndarray] = field(default_factory=dict)  # std of the terms that report one
-    stds_low: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class RolloutMixin:
-    """Sampling and scoring for :class:`~rewardkit.rl.trainer.HiGRPOTrainer` (uses its ``cfg``, ``policy``,
-    ``model``, ``shape_tokenizer``, ``rewards_high``/``rewards_low``, ``prompts`` and ``fabric``)."""
+    def __init__(self, cfg: Any, policy: Any, model: Any, shape_tokenizer: Any, rewards: Mapping[str, Any],
+                 prompts: Sequence[str], fabric: Any):
+        self.cfg, self.policy, self.model, self.fabric = cfg, policy, model, fabric
+        self.shape_tokenizer = shape_tokenizer
+        self.rewards = dict(rewards)
+        self.prompts = list(prompts)
+        self._pool: Any = None
 
     def _decode(self, steps: Sequence[StepRollout]) -> list[Any]:
         occ = self.shape_tokenizer.decode(np.stack([s.codes for s in steps]))
         return [self.shape_tokenizer.to_mesh(o) for o in occ]
 
-    def rollout(self, prompts: Sequence[str], group_size: int, seed: int) -> list[_Group]:
+    def rollout(self, prompts: Sequence[str], group_size: int, seed: int) -> list[GroupRollout]:
         """G two-step samples for each prompt, decoded and scored."""
         cfg, G = self.cfg, group_size
         flat = [p for p in prompts for _ in range(G)]
+        reward_global, reward_local = self.rewards["global"], self.rewards["local"]
 
-        def score_step1(s1: Sequence[StepRollout]) -> tuple[list[Any], Any]:
+        def score_global(s1: Sequence[StepRollout]) -> tuple[list[Any], Any]:
             m = self._decode(s1)
-            return m, self.rewards_high(m, flat)
+            return m, reward_global(m, flat)
 
-        # overlap_rewards: step 1's decode + rewards run while step 2 generates
-        submit = (lambda s1: self._reward_pool().submit(score_step1, s1)) if cfg.overlap_rewards else None
+        # overlap_rewards: the global step's decode + rewards run while the local step generates
+        submit = (lambda s1: self.reward_pool().submit(score_global, s1)) if cfg.overlap_rewards else None
         s1, s2, fut = sample_two_steps(self.policy, self.model, flat, cfg, seed, after_step1=submit)
         if fut is not None:
-            m1, rh = fut.result()
+            m1, r1 = fut.result()
             m2 = self._decode(s2)
-            rl = self._reward_pool().submit(self.rewards_low, m2, flat).result()
+            r2 = self.reward_pool().submit(reward_local, m2, flat).result()
         else:
-            m1, rh = score_step1(s1)
+            m1, r1 = score_global(s1)
             m2 = self._decode(s2)
-            rl = self.rewards_low(m2, flat)
+            r2 = reward_local(m2, flat)
         groups = []
         for g, p in enumerate(prompts):
             sl = slice(g * G, (g + 1) * G)
-            groups.append(_Group(
-                p, s1[sl], s2[sl], m1[sl], m2[sl], rh.total[sl], rl.total[sl],
-                {k: v[sl] for k, v in rh.terms.items()}, {k: v[sl] for k, v in rl.terms.items()}, seed,
-                {k: v[sl] for k, v in rh.stds.items()}, {k: v[sl] for k, v in rl.stds.items()},
-            ))
+            steps = {name: StepSamples(sequences=seqs[sl], meshes=meshes[sl], reward=res.total[sl],
+                                       terms={k: v[sl] for k, v in res.terms.items()},
+                                       term_stds={k: v[sl] for k, v in res.stds.items()})
+                     for name, seqs, meshes, res in (("global", s1, m1, r1), ("local", s2, m2, r2))}
+            groups.append(GroupRollout(prompt=p, steps=steps, seed=seed))
         return groups
 
-    def _setup_rollout_backend(self) -> None:
-        """``rollout.backend: vllm``: a colocated vLLM engine samples both phases (rewardkit.rl.vllm_rollout);
-        ``hf`` keeps Hugging Face generate on the training model."""
+    def setup_backend(self, optimizer: Any) -> None:
+        """``rollout.backend: vllm``: a colocated vLLM engine samples both phases (rewardkit.rl.vllm_rollout),
+        synced from ``model`` after every step of ``optimizer``; ``hf`` keeps Hugging Face generate on the
+        training model."""
         rc = self.cfg.rollout
         if rc.backend != "vllm":
             return
@@ -96,29 +84,30 @@ class RolloutMixin:
         longest = max(len(self.policy.encode_context(t.format(prompt=p, plan=""))) for p in prompts
                       for t in (cfg.step1_template, cfg.step2_template))
         self.policy.generator = VLLMGenerator(
-            rc, self.policy, self.model, self.optimizer, cfg.policy_path, rank=f.global_rank,
+            rc, self.policy, self.model, optimizer, cfg.policy_path, rank=f.global_rank,
             local_rank=f.local_rank, world_size=f.world_size,
             max_model_len=sequence_budget(longest, cfg.sampling.max_reasoning_tokens, cfg.tokens_per_object),
             max_num_seqs=cfg.prompts_per_step * cfg.group_size,
         )
         self.policy.synced_generation = False  # each rank's engine samples on its own
 
-    def _reward_pool(self) -> Any:
+    def reward_pool(self) -> Any:
         """One worker thread for every reward call, so a reward's thread-bound state (a GL context of a
         scorer's renderer) always lives in the same thread."""
-        if getattr(self, "_pool", None) is None:
+        if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="rewardkit-rewards")
         return self._pool
 
-    def _drop_reason(self, g: _Group) -> str | None:
+    def drop_reason(self, g: GroupRollout) -> str | None:
         """Why dynamic sampling drops this group (``"flat"``: no reward spread in either step;
-        ``"range"``: mean R~_high outside ``dynamic_sampling_reward_range``), or None to keep it."""
+        ``"range"``: mean R~_global outside ``dynamic_sampling_reward_range``), or None to keep it."""
         cfg = self.cfg
         G, tol = cfg.group_size, cfg.dynamic_sampling_min_std
-        rt = combine_step_rewards(torch.from_numpy(g.r_high), torch.from_numpy(g.r_low), cfg.lam)
-        if not bool(group_has_signal(rt, G, tol)[0] or group_has_signal(torch.from_numpy(g.r_low), G, tol)[0]):
+        r_local = torch.from_numpy(g.steps["local"].reward)
+        rt = combine_step_rewards(torch.from_numpy(g.steps["global"].reward), r_local, cfg.lam)
+        if not bool(group_has_signal(rt, G, tol)[0] or group_has_signal(r_local, G, tol)[0]):
             return "flat"
         if cfg.dynamic_sampling_reward_range is not None:
             lo, hi = cfg.dynamic_sampling_reward_range
@@ -140,16 +129,16 @@ class RolloutMixin:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def collect(self, step: int) -> tuple[list[_Group], dict[str, Any]]:
+    def collect(self, step: int) -> tuple[list[GroupRollout], dict[str, Any]]:
         """Rollouts for one optimizer step, with dynamic sampling (drop groups without reward signal or
         outside the reward range, refill with new prompts, at most ``max_sampling_rounds`` rounds). The
         ranks decide together: a new round runs on every rank while any rank still needs groups."""
         cfg = self.cfg
-        kept: list[_Group] = []
-        sampled: list[_Group] = []
+        kept: list[GroupRollout] = []
+        sampled: list[GroupRollout] = []
         dropped = {"flat": 0, "range": 0}
         refilled = surplus = rounds = 0
-        rng = np.random.default_rng(_step_seed(cfg.seed, step, self.fabric.global_rank, 1))
+        rng = np.random.default_rng(step_seed(cfg.seed, step, self.fabric.global_rank, 1))
         while rounds < max(1, cfg.max_sampling_rounds) and (
                 rounds == 0 or self._any_rank_needs(len(kept) < cfg.prompts_per_step)):
             # a rank whose batch is full still samples one group while another rank refills: under FSDP every
@@ -157,10 +146,10 @@ class RolloutMixin:
             need = max(1, cfg.prompts_per_step - len(kept))
             n = min(need, len(self.prompts))
             prompts = [self.prompts[i] for i in rng.choice(len(self.prompts), size=n, replace=False)]
-            groups = self.rollout(prompts, cfg.group_size, _step_seed(cfg.seed, step, self.fabric.global_rank, 100 + rounds))
+            groups = self.rollout(prompts, cfg.group_size, step_seed(cfg.seed, step, self.fabric.global_rank, 100 + rounds))
             sampled += groups
             for g in groups:
-                why = self._drop_reason(g) if cfg.dynamic_sampling else None
+                why = self.drop_reason(g) if cfg.dynamic_sampling else None
                 if why is None and len(kept) >= cfg.prompts_per_step:
                     surplus += 1  # sampled only to keep this rank in step with a refilling one
                 elif why is None:
@@ -179,4 +168,3 @@ class RolloutMixin:
                  "groups_dropped_flat": dropped["flat"], "groups_dropped_range": dropped["range"],
                  "groups_refilled": refilled, "groups_surplus": surplus, "sampling_rounds": rounds}
         return kept, {"sampled": sampled, **stats}
-

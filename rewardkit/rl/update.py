@@ -1,54 +1,69 @@
-"""One Hi-GRPO optimizer update: group advantages of both steps, reference log-probs (frozen copy, CPU copy
-or adapter-disabled base), the clipped token-level loss over micro-batches, ``mu`` updates."""
+"""One Hi-GRPO optimizer update (:class:`Updater`): group advantages of both steps, reference log-probs (frozen
+copy, CPU copy or adapter-disabled base), the clipped token-level loss over micro-batches, ``mu`` updates."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from rewardkit.rl.hi_grpo import clipped_token_loss, combine_step_rewards, group_advantages
+from rewardkit.rl.records import STEPS, GroupRollout
 from rewardkit.rl.sequences import RolloutBatch
-from rewardkit.rl.rollout import _Group
 
-__all__ = ["UpdateMixin"]
+__all__ = ["Updater"]
 
 
-class UpdateMixin:
-    """The loss and optimizer step of :class:`~rewardkit.rl.trainer.HiGRPOTrainer`."""
+class Updater:
+    """The loss and optimizer step of :class:`~rewardkit.rl.trainer.HiGRPOTrainer`.
 
-    def _advantages(self, groups: Sequence[_Group]) -> tuple[torch.Tensor, torch.Tensor]:
+    ``cfg``: the run's config; ``policy``: the :class:`~rewardkit.rl.MeshPolicy` (log-probs, vocabulary);
+    ``model``/``optimizer``: as Fabric set them up; ``fabric``: devices and collectives; ``sharded``: FSDP
+    (a reduce-scatter per micro-batch); ``reference_mode``: ``copy``, ``cpu``, ``adapter`` or None (``beta``
+    0: no KL) and ``ref_model`` the frozen copy of the first two."""
+
+    def __init__(self, cfg: Any, policy: Any, model: Any, optimizer: Any, fabric: Any, *, sharded: bool,
+                 reference_mode: str | None, ref_model: Any = None):
+        self.cfg, self.policy, self.model, self.optimizer, self.fabric = cfg, policy, model, optimizer, fabric
+        self.sharded, self.reference_mode, self.ref_model = sharded, reference_mode, ref_model
+
+    def advantages(self, groups: Sequence[GroupRollout]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(advantages, valid)``, each ``[2, N]`` (row 0 the global step, row 1 the local step; N = all
+        samples, group by group): A from R~_global = R_global + lam R_local and from R_local; valid 0 where the
+        step's reward failed."""
         G = self.cfg.group_size
-        rh = torch.from_numpy(np.concatenate([g.r_high for g in groups]))
-        rl = torch.from_numpy(np.concatenate([g.r_low for g in groups]))
-        a1 = group_advantages(combine_step_rewards(rh, rl, self.cfg.lam), G, self.cfg.adv_eps)
+        rg = torch.from_numpy(np.concatenate([g.steps["global"].reward for g in groups]))
+        rl = torch.from_numpy(np.concatenate([g.steps["local"].reward for g in groups]))
+        a1 = group_advantages(combine_step_rewards(rg, rl, self.cfg.lam), G, self.cfg.adv_eps)
         a2 = group_advantages(rl, G, self.cfg.adv_eps)
         # samples whose reward failed (NaN) train on nothing in that step
-        valid1 = torch.isfinite(combine_step_rewards(rh, rl, self.cfg.lam)).float()
+        valid1 = torch.isfinite(combine_step_rewards(rg, rl, self.cfg.lam)).float()
         valid2 = torch.isfinite(rl).float()
         return torch.stack([a1.float(), a2.float()]), torch.stack([valid1, valid2])
 
-    def _ref_logprobs(self, batches: list[RolloutBatch]) -> list[torch.Tensor | None]:
+    def ref_logprobs(self, batches: list[RolloutBatch]) -> list[torch.Tensor | None]:
         """Log-probs of the KL reference: a frozen copy (device or CPU) or the adapter-disabled base."""
         if self.reference_mode is None:
             return [None] * len(batches)
         s = self.cfg.sampling
         with torch.no_grad(), self.fabric.autocast():
             if self.reference_mode == "adapter":
-                with self._unwrapped().disable_adapter():
+                with getattr(self.model, "module", self.model).disable_adapter():
                     return [self.policy.logprobs(self.model, b, s) for b in batches]
             if self.reference_mode == "cpu":
                 return [self.policy.logprobs(self.ref_model, b.to("cpu"), s).to(self.fabric.device) for b in batches]
             return [self.policy.logprobs(self.ref_model, b, s) for b in batches]
 
-    def optimize(self, groups: Sequence[_Group]) -> dict[str, float]:
+    def optimize(self, groups: Sequence[GroupRollout]) -> dict[str, float]:
+        """``mu`` optimizer steps of L = L_global + L_local on ``groups``; returns the step's metrics
+        (``global/loss``, ``local/kl``, ..., ``loss``, ``grad_norm``, ``global/tokens``)."""
         cfg, fabric = self.cfg, self.fabric
-        adv, valid = self._advantages(groups)
+        adv, valid = self.advantages(groups)
         mb = max(1, cfg.micro_batch_size)
         step_data = []
-        for k in range(2):
-            seqs = [s for g in groups for s in (g.step1 if k == 0 else g.step2)]
+        for k, name in enumerate(STEPS):
+            seqs = [s for g in groups for s in g.steps[name].sequences]
             batches, advs = [], []
             for i in range(0, len(seqs), mb):
                 b = RolloutBatch.collate(seqs[i : i + mb], self.policy.vocab.pad_id)
@@ -59,7 +74,7 @@ class UpdateMixin:
             counts = torch.tensor([float(sum(b.mask.sum() for b in batches)),
                                    float(sum((b.mask.sum(1) > 0).sum() for b in batches))], device=fabric.device)
             counts = fabric.all_reduce(counts, reduce_op="sum") if fabric.world_size > 1 else counts
-            step_data.append((batches, advs, self._ref_logprobs(batches), counts[0], counts[1]))
+            step_data.append((batches, advs, self.ref_logprobs(batches), counts[0], counts[1]))
         old: dict[tuple[int, int], torch.Tensor] = {}
         metrics: dict[str, list[float]] = {}
         micro = [(k, j) for k, (batches, *_rest) in enumerate(step_data) for j in range(len(batches))]
@@ -75,7 +90,7 @@ class UpdateMixin:
                     if epoch == 0:
                         lp, ent = self.policy.logprobs(self.model, b, cfg.sampling, return_entropy=True)
                         tok = float(b.mask.sum())
-                        metrics.setdefault(f"step{k + 1}/entropy", []).append((float(ent.sum()), tok))
+                        metrics.setdefault(f"{STEPS[k]}/entropy", []).append((float(ent.sum()), tok))
                     else:
                         lp = self.policy.logprobs(self.model, b, cfg.sampling)
                     out = clipped_token_loss(
@@ -88,10 +103,10 @@ class UpdateMixin:
                     old[(k, j)] = lp.detach()
                 w = float(out.num_tokens)
                 for name in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
-                    metrics.setdefault(f"step{k + 1}/{name}", []).append((float(getattr(out, name)) * w, w))
-                metrics.setdefault(f"step{k + 1}/clip_frac", []).append(
+                    metrics.setdefault(f"{STEPS[k]}/{name}", []).append((float(getattr(out, name)) * w, w))
+                metrics.setdefault(f"{STEPS[k]}/clip_frac", []).append(
                     ((float(out.clip_low_frac) + float(out.clip_high_frac)) * w, w))
-                metrics.setdefault(f"step{k + 1}/loss", []).append((float(out.loss.detach()), 1.0))
+                metrics.setdefault(f"{STEPS[k]}/loss", []).append((float(out.loss.detach()), 1.0))
             grad_norm = fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else None
             self.optimizer.step()
             if grad_norm is not None:
@@ -103,8 +118,8 @@ class UpdateMixin:
             else:
                 tot = sum(w for _, w in vals)
                 result[name] = sum(v for v, _ in vals) / tot if tot else 0.0
-        result["loss"] = result.get("step1/loss", 0.0) + result.get("step2/loss", 0.0)
-        result["tokens/step1"] = float(step_data[0][3])
-        result["tokens/step2"] = float(step_data[1][3])
+        result["loss"] = result.get("global/loss", 0.0) + result.get("local/loss", 0.0)
+        for k, name in enumerate(STEPS):
+            result[f"{name}/tokens"] = float(step_data[k][3])
         return result
 
