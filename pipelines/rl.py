@@ -2,11 +2,11 @@
 
 The run's :class:`rewardkit.rl.HiGRPOConfig` is the ``rl`` section of params.yaml; the pipeline fixes
 only where it writes (``data/rl/``: warm-started policy, checkpoints, logs, final policy, samples before
-and after). A small report for DVC goes to ``reports/``: ``rl.json`` (metrics: R_high and R_low at the
+and after). A small report for DVC goes to ``reports/``: ``rl.json`` (metrics: the global and local rewards at the
 start and end of the run, before/after evaluation, the reward-hacking guard's flags), ``rl_rewards.csv``
-(the reward curve, one row per step: R_high/R_low and every term's mean and within-group std, the guard's
+(the reward curve, one row per step: global/local reward and every term's mean and within-group std, the guard's
 agreement and flag per learned term) and ``rl/`` (``reward_curve.png``, the before/after renders,
-``prompts.csv`` + ``prompts.png``: per prompt R_high and every R_high term before and after, flagged
+``prompts.csv`` + ``prompts.png``: per prompt the global reward and every global term before and after, flagged
 prompts marked, and ``audit/step-N.png``: the guard's audit grids). The policy's samples written as
 candidates (``rl.candidates``) are in ``data/rl/candidates/`` (a ``generate.source: own`` folder), the
 audits' meshes and pairs in ``data/rl/audit/step-N/``.
@@ -15,7 +15,7 @@ Stage ``rl_penalised`` (``python -m pipelines.rl penalised``) runs the same ``rl
 same warm-started policy (``data/rl/init_policy``) with every learned (scorer) term's reward replaced by
 ``mean - k * std`` over its ensemble members (``rl_penalised.uncertainty_penalty``: k), into
 ``data/rl_penalised/`` and ``reports/rl_penalised*``. Its ``compare.csv`` + ``compare.png`` put the two arms
-side by side per prompt: R_high, the IoU anchor and the scorer term before RL, after the plain run and after
+side by side per prompt: the global reward, the IoU anchor and the scorer term before RL, after the plain run and after
 the penalised one, and which learned terms the guard flagged in each arm.
 """
 
