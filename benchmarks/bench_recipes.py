@@ -45,6 +45,9 @@ RECIPES: dict[str, tuple[dict, str]] = {
         "train.global.model.backbone": {"name": "rk-tiny-rn", "pretrained": None},
         "train.global.model.unlocked_image_blocks": None, "train.global.model.train_image_head": False,
         "train.global.feature_cache": False, "train.global.lr": 0.0005, "train.global.max_epochs": 4}, "all"),
+    "+ no ensemble, quality head with a hidden layer (64)": ({
+        "export.ensemble.members": 1, "train.common.model.quality_hidden": 64}, "all"),
+    "+ no ensemble, global 12 epochs": ({"export.ensemble.members": 1, "train.global.max_epochs": 12}, "all"),
 }
 
 
