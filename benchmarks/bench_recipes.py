@@ -38,6 +38,16 @@ RECIPES: dict[str, tuple[dict, str]] = {
     # not measured yet (docs/reward-models.md): the ensemble's share, without the text term for global only
     "+ global without text (quality head only)": ({"train.global.model.use_alignment": False}, "all"),
     "+ no ensemble (1 member)": ({"export.ensemble.members": 1}, "all"),
+    # the random-init towers of before issue 17 (990492f: rk-tiny-rn, 64 px, lr 5e-4) for global only, on the new
+    # data; no feature cache (the tower trains): ~1.7 s a step on the shared 2-core CPU, so 4 epochs, not 990492f's 8
+    "+ no ensemble, global random-init rk-tiny-rn (990492f towers, 4 epochs)": ({
+        "export.ensemble.members": 1,
+        "train.global.model.backbone": {"name": "rk-tiny-rn", "pretrained": None},
+        "train.global.model.unlocked_image_blocks": None, "train.global.model.train_image_head": False,
+        "train.global.feature_cache": False, "train.global.lr": 0.0005, "train.global.max_epochs": 4}, "all"),
+    "+ no ensemble, quality head with a hidden layer (64)": ({
+        "export.ensemble.members": 1, "train.common.model.quality_hidden": 64}, "all"),
+    "+ no ensemble, global 12 epochs": ({"export.ensemble.members": 1, "train.global.max_epochs": 12}, "all"),
 }
 
 
