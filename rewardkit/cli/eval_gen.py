@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from rewardkit.cli.options import config_options
+
 from rewardkit.cli.errors import UserError
 
 
@@ -27,11 +29,8 @@ from rewardkit.cli.errors import UserError
                    "(000.png ...).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Output folder: result.json, result.png, renders/, cache/.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML/JSON protocol config (an 'eval_gen:' section is used if present).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a protocol field (views=orbit6, size=299, shading=untextured, "
-                   "inception.weights=pt_inception.pth, clip.prompt=full, ...). Repeatable.")
+@config_options("YAML/JSON protocol config (an 'eval_gen:' section is used if present).",
+                "views=orbit6, size=299, shading=untextured, inception.weights=pt_inception.pth, clip.prompt=full")
 @click.option("--inception", default=None, help="Inception-V3 weights file (= --set inception.weights=...).")
 @click.option("--dinov2", default=None, help="DINOv2 folder (= --set dinov2.weights=...).")
 @click.option("--clip-weights", default=None, help="open_clip checkpoint (= --set clip.weights=...).")

@@ -6,19 +6,18 @@ import json
 
 import click
 
+from rewardkit.cli.options import config_options
+
 from rewardkit.cli.errors import UserError
 
 
 @click.command("rl")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
-              help="YAML/JSON Hi-GRPO config (a top-level 'rl:' section is used if present).")
+@config_options("YAML/JSON Hi-GRPO config (a top-level 'rl:' section is used if present).",
+                "sampling.temperature=0.7", required=True)
 @click.option("--steps", type=int, default=None, help="Override config steps.")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None, help="Override config output_dir.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from the latest checkpoint in output_dir.")
 @click.option("--warm-start-only", is_flag=True, help="Only build and warm-start the tiny policy, then exit.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any config field; dotted keys for nested ones (sampling.temperature=0.7), "
-                   "values parsed as YAML. Repeatable.")
 def rl(config_path: str, steps: int | None, output_dir: str | None, resume: bool, warm_start_only: bool, sets: tuple[str, ...]) -> None:
     """Train a policy with Hi-GRPO (two steps: global shape, then local detail) as configured in FILE.
 

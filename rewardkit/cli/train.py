@@ -6,20 +6,19 @@ import json
 
 import click
 
+from rewardkit.cli.options import config_options
+
 from rewardkit.cli.errors import UserError
 
 
 @click.command("train")
 @click.option("--stage", type=click.Choice(["global", "local"]), default=None,
               help="Which reward stage (and preferences question). Overrides the config's `stage`.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML or JSON file of TrainConfig fields (see docs/reward-models.md).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config field; dotted keys for nested ones (model.backbone.name=ViT-B-32), "
-                   "values parsed as YAML. Repeatable.")
+@config_options("YAML or JSON file of TrainConfig fields (see docs/reward-models.md).",
+                "model.backbone.name=ViT-B-32")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (config `out_dir`).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
-def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...], out_dir: str | None,
+def train(stage: str | None, config_path: str | None, sets: tuple[str, ...], out_dir: str | None,
           print_config: bool) -> None:
     """Train the GLOBAL (geometry views) or LOCAL (rgb views) reward model with Lightning.
 
@@ -32,7 +31,7 @@ def train(stage: str | None, config_path: str | None, overrides: tuple[str, ...]
     """
     from rewardkit.train.config import load_train_config
 
-    cfg = load_train_config(config_path, overrides, stage=stage, out_dir=out_dir)  # ConfigError: exit 2
+    cfg = load_train_config(config_path, sets, stage=stage, out_dir=out_dir)  # ConfigError: exit 2
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return

@@ -21,43 +21,33 @@ from typing import Any
 
 import torch
 
-from rewardkit.scoring.base import BaseScorer, ScoreOutput, register_scorer_kind
+from rewardkit.scoring.base import ScoreOutput, register_scorer_kind
 from rewardkit.scoring.core import encode_prompts
 from rewardkit.scoring.errors import ScorerError
-from rewardkit.scoring.format import camera_protocol
-from rewardkit.scoring.stage import rebuild_scorer
+from rewardkit.scoring.stage import Scorer, rebuild_scorer
 
 STAGE_ENSEMBLE_KIND = "stage-ensemble"
 
 
 @register_scorer_kind
-class EnsembleScorer(BaseScorer):
-    """A :class:`rewardkit.models.StageEnsemble` plus its render settings (as :class:`~rewardkit.scoring.Scorer`)."""
+class EnsembleScorer(Scorer):
+    """A :class:`rewardkit.models.StageEnsemble` plus its render settings: a :class:`~rewardkit.scoring.Scorer`
+    (the same constructor) whose scores are the members' mean, with their std."""
 
     kind = STAGE_ENSEMBLE_KIND
 
-    def __init__(self, ensemble: torch.nn.Module, *, camera: Any = "orbit6", render_size: int | None = None,
-                 render_config: Mapping[str, Any] | None = None, name: str | None = None,
-                 training_data: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
-                 description: str | None = None) -> None:
-        proto = camera_protocol(camera, size=render_size)
-        super().__init__(name=name or ensemble.stage, stage=ensemble.stage, modes=ensemble.modes, camera=proto,
-                         render_config=render_config, training_data=training_data, metrics=metrics,
-                         description=description or f"An ensemble of {ensemble.members} reward heads on one "
-                                                    f"{ensemble.stage}-stage model: scores are the members' mean, "
-                                                    "with their std as the uncertainty.")
-        self.ensemble = ensemble.eval()
+    def __init__(self, ensemble: torch.nn.Module, *, description: str | None = None, **settings: Any) -> None:
+        super().__init__(ensemble, description=description or f"An ensemble of {ensemble.members} reward heads on "
+                         f"one {ensemble.stage}-stage model: scores are the members' mean, with their std as the "
+                         "uncertainty.", **settings)
+
+    @property
+    def ensemble(self) -> torch.nn.Module:
+        return self.model
 
     @property
     def members(self) -> int:
         return int(self.ensemble.members)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.ensemble
-
-    def _architecture_config(self) -> dict[str, Any]:
-        return self.ensemble.to_config_dict()
 
     def _forward(self, views: Any, prompts: Sequence[str], per_view: bool) -> ScoreOutput:
         text_features = (encode_prompts(self.ensemble.encode_text, prompts) if self.ensemble.config.use_alignment
