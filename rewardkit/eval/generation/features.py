@@ -123,7 +123,8 @@ class FeatureExtractor:
     kind: str = ""
 
     def __init__(self, model: nn.Module, *, dim: int, input_size: int, source: str, fingerprint: str,
-                 details: dict[str, Any], device: str = "cpu") -> None:
+                 details: dict[str, Any], device: str = "cpu", mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -131,9 +132,14 @@ class FeatureExtractor:
         self.fingerprint = fingerprint
         self.details = details
         self.device = device
+        # the network's input normalisation ([0, 1] RGB -> (x - mean) / std), when it has one
+        self._mean = None if mean is None else torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self._std = None if std is None else torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        if self._mean is None:
+            raise NotImplementedError
+        return (x - self._mean) / self._std
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -260,13 +266,8 @@ class DinoFeatures(FeatureExtractor):
     kind = "dinov2"
 
     def __init__(self, *args, hf: bool, **kw) -> None:
-        super().__init__(*args, **kw)
+        super().__init__(*args, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kw)
         self.hf = hf
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean) / self._std
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hf:
@@ -321,14 +322,9 @@ class ClipFeatures(FeatureExtractor):
 
     kind = "clip"
 
-    def __init__(self, *args, tokenizer, mean, std, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *args, tokenizer, **kw) -> None:
+        super().__init__(*args, **kw)  # mean, std: the CLIP model's
         self.tokenizer = tokenizer
-        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean) / self._std
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
