@@ -48,14 +48,14 @@ def test_clip_multiview_matches_reference(weights):
 
 def test_large_views_are_preprocessed_in_chunks_with_the_same_result(weights, monkeypatch):
     """Views larger than the tower's input are resized a few at a time (bounded memory), same scores."""
-    import rewardkit.models.stage as stage_mod
+    import rewardkit.models.preprocess as pre_mod
 
     s = load_baseline("clip-multiview", weights["clip"], arch=weights["config"], render_size=64, camera="orbit4")
     views = torch.randint(0, 256, (2, 3, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     whole = s.score_views(views, ["a", "b"], per_view=True).per_view
-    monkeypatch.setattr(stage_mod, "PREPROCESS_CHUNK_PIXELS", 2 * 48 * 48)  # 6 views: 3 chunks of 2
-    calls, real = [], stage_mod.preprocess_views  # the stage models' preprocessing, shared by the baselines
-    monkeypatch.setattr(stage_mod, "preprocess_views", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    monkeypatch.setattr(pre_mod, "PREPROCESS_CHUNK_PIXELS", 2 * 48 * 48)  # 6 views: 3 chunks of 2
+    calls, real = [], pre_mod.preprocess_views  # the stage models' preprocessing, shared by the baselines
+    monkeypatch.setattr(pre_mod, "preprocess_views", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
     chunked = s.score_views(views, ["a", "b"], per_view=True).per_view
     assert calls == [6, 2, 2, 2]  # the forward's one call, then its chunks of 2
     assert torch.allclose(whole, chunked, atol=1e-5)

@@ -242,13 +242,13 @@ def test_differentiable_in_the_views_and_deterministic():
 
 def test_preprocess_in_chunks_matches_one_pass_and_keeps_the_gradient(monkeypatch):
     """Large views are converted to float a few at a time (bounded memory); the result is the one-pass one."""
-    import rewardkit.models.stage as stage_mod
+    import rewardkit.models.preprocess as pre_mod
 
     m = tiny("global").eval()
     u8 = torch.randint(0, 256, (5, 3, 48, 48), dtype=torch.uint8)
     x = torch.rand(5, 3, 48, 48, requires_grad=True)
     whole_u8, whole_x = m.preprocess(u8), m.preprocess(x)
-    monkeypatch.setattr(stage_mod, "PREPROCESS_CHUNK_PIXELS", 2 * 48 * 48)  # 2 views a step: 3 chunks
+    monkeypatch.setattr(pre_mod, "PREPROCESS_CHUNK_PIXELS", 2 * 48 * 48)  # 2 views a step: 3 chunks
     calls = []
     real = torch.cat
     monkeypatch.setattr(torch, "cat", lambda ts, *a, **k: calls.append(len(ts)) or real(ts, *a, **k))

@@ -47,42 +47,15 @@ from rewardkit.models.backbone import (
     image_preprocess_cfg,
 )
 from rewardkit.models.fusion import AttentionViewPool, MeanViewPool
+from rewardkit.models.preprocess import preprocess_views
 
 STAGES = ("global", "local")
 RENDER_MODES = ("rgb", "geometry", "normal")
-PREPROCESS_CHUNK_PIXELS = 2 ** 21  # source pixels converted to float32 at once in StageRewardModel.preprocess
 DEFAULT_MODES: dict[str, list[str]] = {"global": ["geometry"], "local": ["rgb"]}
 # The files of a stage model's training checkpoint (save_pretrained / from_pretrained). A scorer directory is a
 # different on-disk format with its own names: rewardkit.scoring.format.CONFIG_FILE / WEIGHTS_FILE.
 CHECKPOINT_WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_CONFIG_FILE = "config.json"
-
-
-def preprocess_views(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor, *,
-                     mode: str = "bilinear", center_crop: bool = False) -> torch.Tensor:
-    """Views [N, 3, H, W] (uint8 or float in [0, 1]) as a tower's input: resized to ``size`` (``mode``:
-    bilinear or bicubic, antialiased; ``center_crop``: to a square first, as CLIP's CenterCrop) and normalised
-    by ``mean`` / ``std`` (on whose device the result is). Views larger than ``size`` are converted a few at a
-    time (at most ``PREPROCESS_CHUNK_PIXELS`` source pixels per step), so a batch of 1024² uint8 renders never
-    exists as one float32 copy beside its resized result."""
-    n, hw = images.shape[0], images.shape[-2] * images.shape[-1]
-    if images.shape[-2:] != (size, size) and n > 1 and n * hw > PREPROCESS_CHUNK_PIXELS:
-        k = max(1, PREPROCESS_CHUNK_PIXELS // hw)
-        return torch.cat([preprocess_views(images[i:i + k], size, mean, std, mode=mode, center_crop=center_crop)
-                          for i in range(0, n, k)])
-    if images.dtype == torch.uint8:
-        images = images.to(mean.device).float().div_(255.0)
-    images = images.to(mean.device, torch.float32)
-    if images.shape[-2:] != (size, size):
-        h, w = images.shape[-2:]
-        if center_crop and h != w:
-            m = min(h, w)
-            top, left = (h - m) // 2, (w - m) // 2
-            images = images[..., top:top + m, left:left + m]
-        images = F.interpolate(images, size=(size, size), mode=mode, align_corners=False, antialias=True)
-        if mode == "bicubic":
-            images = images.clamp(0.0, 1.0)
-    return (images - mean) / std
 
 
 @dataclass

@@ -160,7 +160,7 @@ class _ClipBaseline(BaseScorer):
     # ------------------------------------------------------------------------------------------------ #
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """As the stage models' preprocess: large views a few at a time (bounded float32 memory)."""
-        from rewardkit.models.stage import preprocess_views
+        from rewardkit.models.preprocess import preprocess_views
 
         interp = self.preprocess_cfg.get("interpolation", "bicubic")
         return preprocess_views(images, int(self.preprocess_cfg["size"]), self._mean, self._std,
