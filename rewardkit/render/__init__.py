@@ -4,17 +4,8 @@
 
 from rewardkit.render.batch import BatchSummary, output_names, render_batch, render_one
 from rewardkit.render.folder import (
-    RenderFolderError,
-    RenderResult,
-    ViewImageError,
-    is_rendered,
-    load_views,
-    open_view,
-    read_meta,
-    render_to_dir,
-    view_files,
-    view_paths,
-    write_views,
+    RenderFolderError, RenderResult, ViewImageError, is_rendered, load_views, open_view, read_meta, render_to_dir,
+    view_files, view_paths, write_views
 )
 from rewardkit.render.grid import grid_shape, make_grid
 from rewardkit.render.protocol import PRESETS, PROTOCOL_VERSION, CameraProtocol, get_protocol, look_at_pose

@@ -36,14 +36,14 @@ class CameraProtocol:
     """A fixed set of views. ``azimuths`` and ``elevations`` are in degrees, one entry per view."""
 
     name: str
-    azimuths: tuple[float, ...]
-    elevations: tuple[float, ...]
-    radius: float = 2.0
-    yfov_deg: float = 40.0
-    size: int = 512
-    znear: float = 0.05
+    azimuths: tuple[float, ...]  # degrees; 0 looks from +Z (the glTF front), 90 from +X
+    elevations: tuple[float, ...]  # degrees above the XZ plane
+    radius: float = 2.0  # camera distance from the origin, in the canonical frame's units (object in [-0.5, 0.5]^3)
+    yfov_deg: float = 40.0  # vertical field of view, degrees
+    size: int = 512  # square image side, pixels
+    znear: float = 0.05  # clipping planes, same units as radius
     zfar: float = 10.0
-    version: int = PROTOCOL_VERSION
+    version: int = PROTOCOL_VERSION  # the version of the protocol definitions, recorded with every render
 
     def __post_init__(self) -> None:
         if len(self.azimuths) != len(self.elevations):
