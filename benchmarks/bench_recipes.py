@@ -92,7 +92,8 @@ def run_recipe(name: str, overrides: dict, data: str, out: Path, smoke: bool) ->
     if smoke:
         set_dotted(p, "train.common.max_epochs", 1)
         set_dotted(p, "export.ensemble.members", 1)
-        set_dotted(p, "evaluate.transfer.noise", [0.03])
+        if (p.get("evaluate") or {}).get("transfer"):  # params without a transfer report keep none
+            set_dotted(p, "evaluate.transfer.noise", [0.03])
     with tempfile.TemporaryDirectory(prefix="rewardkit-recipe-") as tmp:
         tmp = Path(tmp)
         (tmp / "params.yaml").write_text(yaml.safe_dump(p))
